@@ -1,0 +1,289 @@
+//! The `bot-bottle` command. It parses flags, calls the libraries, prints
+//! their results and maps failures to exit codes: 0 ok, 2 usage or manifest
+//! error, 1 anything else. Nothing here decides policy.
+
+mod render;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bot_bottle_manifest::{BackendKind, DiscoverError, DiscoverFrom, Manifest, Request, ResolveError, discover};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "bot-bottle", version, about, propagate_version = true)]
+struct Cli {
+    /// Manifest directory (default: $BOT_BOTTLE_MANIFEST, the nearest .bot-bottle/, or ~/.config/bot-bottle/).
+    #[arg(long, global = true, value_name = "DIR")]
+    manifest: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an agent in a bottle.
+    Start(StartArgs),
+    /// Check or list the manifest.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct StartArgs {
+    /// The agent to start (agents/AGENT.md).
+    agent: Option<String>,
+    /// Bottle to use, replacing the agent's `bottle:` list; repeat to merge several in order.
+    #[arg(long = "bottle", value_name = "BOTTLE")]
+    bottles: Vec<String>,
+    /// Backend, overriding the bottle's `backend:`.
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Resolve and print the plan; create nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Arguments passed to the agent.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ManifestCommand {
+    /// Check every file in the manifest directory and report all problems.
+    Check {
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+    /// List agents with their bottle lineage, and bottles with their parents.
+    List {
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Native,
+    Docker,
+    Smolmachines,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    Text,
+    Json,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure { code: 2, message: message.into() }
+}
+
+fn failure(message: impl Into<String>) -> Failure {
+    Failure { code: 1, message: message.into() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                let _ = writeln!(io::stderr(), "{}", f.message.trim_end());
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bot-bottle", &mut io::stdout());
+            Ok(())
+        }
+        Command::Start(args) => start(cli.manifest, args),
+        Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
+        Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
+    }
+}
+
+struct Env {
+    cwd: PathBuf,
+    home: Option<PathBuf>,
+}
+
+fn env() -> Result<Env, Failure> {
+    let cwd = std::env::current_dir().map_err(|e| failure(format!("error: cannot read the current directory: {e}")))?;
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    Ok(Env { cwd, home })
+}
+
+fn load(flag: Option<PathBuf>, env: &Env) -> Result<Manifest, Failure> {
+    let from = DiscoverFrom {
+        flag,
+        env: std::env::var_os("BOT_BOTTLE_MANIFEST").map(PathBuf::from),
+        cwd: env.cwd.clone(),
+        xdg_config_home: std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
+        home: env.home.clone(),
+    };
+    let (root, _) = discover(&from).map_err(|e| match e {
+        DiscoverError::Missing { .. } | DiscoverError::NotFound { .. } => usage(format!("error: {e}")),
+    })?;
+    Manifest::load(&root, env.home.as_deref()).map_err(|e| usage(format!("error: {}", chain(&e))))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn render_diagnostics(d: &bot_bottle_manifest::Diagnostics, cwd: &Path) -> String {
+    d.0.iter().map(|x| x.clone().relative_to(cwd).to_string()).collect::<Vec<_>>().join("\n")
+}
+
+fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
+    let env = env()?;
+    let manifest = load(flag, &env)?;
+    let Some(agent) = args.agent else {
+        let known: Vec<String> = manifest.listing().agents.into_iter().map(|a| a.name).collect();
+        return Err(usage(format!("error: name the agent to start (known: {})", known.join(", "))));
+    };
+    let req = Request {
+        agent,
+        bottles: args.bottles,
+        backend: args.backend.map(|b| match b {
+            BackendArg::Auto => BackendKind::Auto,
+            BackendArg::Native => BackendKind::Native,
+            BackendArg::Docker => BackendKind::Docker,
+            BackendArg::Smolmachines => BackendKind::Smolmachines,
+        }),
+        args: args.args,
+    };
+    let is_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let plan = manifest.resolve(&req, &is_set).map_err(|e| match e {
+        ResolveError::Invalid(d) => {
+            usage(format!("{}\nerror: cannot start `{}`: {}", render_diagnostics(&d, &env.cwd), req.agent, d))
+        }
+        other => usage(format!("error: {other}")),
+    })?;
+    if args.dry_run {
+        let out = match args.format {
+            Format::Text => render::plan_text(&plan),
+            Format::Json => {
+                serde_json::to_string_pretty(&plan).map(|s| s + "\n").map_err(|e| failure(e.to_string()))?
+            }
+            Format::Yaml => serde_yaml::to_string(&plan).map_err(|e| failure(e.to_string()))?,
+        };
+        print(&out)?;
+        return Ok(());
+    }
+    // Launching is fail-closed on missing secrets before anything else.
+    let unset: Vec<String> =
+        plan.secrets.iter().filter(|s| !s.set).map(|s| format!("{} ({})", s.env, s.used_by)).collect();
+    if !unset.is_empty() {
+        return Err(failure(format!(
+            "error: cannot start `{}`: host environment variables not set: {}\nset them, or remove the routes and repos that need them",
+            plan.agent.name,
+            unset.join(", ")
+        )));
+    }
+    Err(failure(format!(
+        "error: cannot start `{}`: this build has no backend that can launch bottles yet\n\
+         the plan resolved cleanly; see it with `bot-bottle start {} --dry-run`",
+        plan.agent.name, plan.agent.name
+    )))
+}
+
+fn check(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {
+    let env = env()?;
+    let manifest = load(flag, &env)?;
+    let diags = manifest.check();
+    let listing = manifest.listing();
+    let errors = diags.errors().count();
+    let warnings = diags.warnings().count();
+    match format {
+        ListFormat::Json => {
+            let v = serde_json::json!({
+                "manifest": manifest.root(),
+                "errors": diags.errors().collect::<Vec<_>>(),
+                "warnings": diags.warnings().collect::<Vec<_>>(),
+            });
+            print(&format!("{v:#}\n"))?;
+        }
+        ListFormat::Text => {
+            let mut out = render_diagnostics(&diags, &env.cwd);
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "checked {}: {}, {}, {}; {}, {}\n",
+                manifest.root().display(),
+                count(listing.agents.len(), "agent"),
+                count(listing.bottles.len(), "bottle"),
+                count(listing.skills.len(), "skill"),
+                count(errors, "error"),
+                count(warnings, "warning"),
+            ));
+            if errors > 0 {
+                return Err(usage(out));
+            }
+            print(&out)?;
+        }
+    }
+    if errors > 0 { Err(usage(String::new())) } else { Ok(()) }
+}
+
+fn list(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {
+    let env = env()?;
+    let manifest = load(flag, &env)?;
+    let listing = manifest.listing();
+    let out = match format {
+        ListFormat::Json => serde_json::to_string_pretty(&listing).map_err(|e| failure(e.to_string()))? + "\n",
+        ListFormat::Text => render::listing_text(&listing),
+    };
+    print(&out)
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+fn print(s: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`| head`) is not an error worth reporting.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(failure(format!("error: cannot write output: {e}"))),
+    }
+}

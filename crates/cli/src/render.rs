@@ -1,0 +1,121 @@
+//! Human-readable text for plans and listings.
+
+use std::fmt::Write;
+
+use bot_bottle_manifest::{ImageSource, KeySource, Listing, Plan, TlsMode};
+
+pub(crate) fn plan_text(p: &Plan) -> String {
+    let mut s = String::new();
+    let a = &p.agent;
+    let provider =
+        serde_json::to_value(a.provider).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let _ = write!(s, "agent      {} ({provider}", a.name);
+    if let Some(cmd) = &a.command {
+        let _ = write!(s, ": {}", cmd.join(" "));
+    }
+    if let Some(m) = &a.model {
+        let _ = write!(s, ", model {m}");
+    }
+    let _ = writeln!(s, ")");
+    let _ =
+        writeln!(s, "prompt     {} from line {} ({} bytes)", a.prompt.file.display(), a.prompt.line, a.prompt.bytes);
+    if !a.skills.is_empty() {
+        let names: Vec<&str> = a.skills.iter().map(|k| k.name.as_str()).collect();
+        let _ = writeln!(s, "skills     {}", names.join(", "));
+    }
+    let _ = writeln!(s, "bottle     {} (chosen by {})", p.bottle.lineage_text, p.bottle.selected_by);
+    let backend =
+        serde_json::to_value(p.backend.requested).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let _ = writeln!(s, "backend    {backend} (from {})", p.backend.from);
+    match &p.image {
+        Some(ImageSource::Image(i)) => {
+            let _ = writeln!(s, "image      {i}");
+        }
+        Some(ImageSource::Dockerfile(d)) => {
+            let _ = writeln!(s, "dockerfile {}", d.display());
+        }
+        None => {}
+    }
+    let ws = serde_json::to_value(p.workspace).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let _ = writeln!(s, "workspace  {ws}");
+    let r = &p.resources;
+    let mut res = Vec::new();
+    if let Some(c) = r.cpus {
+        res.push(format!("cpus {c}"));
+    }
+    if let Some(m) = r.memory {
+        res.push(format!("memory {m}"));
+    }
+    if let Some(n) = r.pids {
+        res.push(format!("pids {n}"));
+    }
+    if !res.is_empty() {
+        let _ = writeln!(s, "resources  {}", res.join(", "));
+    }
+    for (k, v) in &p.env {
+        let _ = writeln!(s, "env        {k}={v}");
+    }
+    let dlp = serde_json::to_value(p.egress.dlp).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let _ = writeln!(s, "egress     default deny, {} route(s), dlp {dlp}", p.egress.routes.len());
+    for route in &p.egress.routes {
+        let _ = write!(s, "  allow    {}", route.host);
+        if !route.methods.is_empty() {
+            let m: Vec<String> = route.methods.iter().map(ToString::to_string).collect();
+            let _ = write!(s, " {}", m.join(","));
+        }
+        if !route.paths.is_empty() {
+            let _ = write!(s, " {}", route.paths.join(" "));
+        }
+        if route.tls == TlsMode::Passthrough {
+            let _ = write!(s, " (tls passthrough: not inspected)");
+        }
+        if route.websocket {
+            let _ = write!(s, " (websocket)");
+        }
+        if let Some(i) = &route.inject {
+            let _ = write!(s, " [inject {} from ${}]", i.header, i.env);
+        }
+        let _ = writeln!(s);
+    }
+    if !p.git_gate.repos.is_empty() {
+        let _ = writeln!(s, "git-gate");
+        for (name, repo) in &p.git_gate.repos {
+            let key = match &repo.key {
+                KeySource::Static { path } => format!("key {}", path.display()),
+                KeySource::Github { forge_token_env } => format!("github deploy key via ${forge_token_env}"),
+                KeySource::Gitea { forge_token_env } => format!("gitea deploy key via ${forge_token_env}"),
+                KeySource::Token { env } => format!("token ${env}"),
+            };
+            let _ = writeln!(s, "  {name:<8} {} ({key}), branches {}", repo.url, repo.branches.join(" "));
+        }
+    }
+    let _ = writeln!(s, "supervise  {}", if p.supervise { "on" } else { "off" });
+    if !p.args.is_empty() {
+        let _ = writeln!(s, "args       {}", p.args.join(" "));
+    }
+    for w in &p.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
+pub(crate) fn listing_text(l: &Listing) -> String {
+    let mut s = String::from("agents\n");
+    for a in &l.agents {
+        let bottles =
+            if a.bottles.is_empty() { "portable (choose with --bottle)".to_owned() } else { a.lineage.join(" -> ") };
+        let bad = if a.valid { "" } else { "  [invalid: see manifest check]" };
+        let _ = writeln!(s, "  {:<16} {bottles}{bad}", a.name);
+    }
+    s.push_str("bottles\n");
+    for b in &l.bottles {
+        let parents = if b.extends.is_empty() { String::new() } else { format!("extends {}", b.extends.join(", ")) };
+        let bad = if b.valid { "" } else { "  [invalid: see manifest check]" };
+        let line = format!("  {:<16} {parents}{bad}", b.name);
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    if !l.skills.is_empty() {
+        let _ = writeln!(s, "skills\n  {}", l.skills.join(", "));
+    }
+    s
+}
