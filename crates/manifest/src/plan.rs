@@ -156,7 +156,9 @@ impl Manifest {
                 known,
             }
         })?;
-        let mut diags: Vec<Diagnostic> = agent.diags.clone();
+        // Layout problems (duplicate or bad file names) make any name ambiguous.
+        let mut diags: Vec<Diagnostic> = self.layout.clone();
+        diags.extend(agent.diags.iter().cloned());
         let Some(head) = &agent.head else { return Err(invalid(diags)) };
         diags.extend(self.agent_refs(agent, head));
 

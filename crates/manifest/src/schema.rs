@@ -71,6 +71,12 @@ impl<'a> Checker<'a> {
         self.push(Severity::Error, path, Target::Value, message.into(), Some(help.into()), false);
     }
 
+    /// An error about a whole mapping (a field it lacks): points at the key
+    /// that introduces it, e.g. the repo's name.
+    fn missing(&mut self, path: &YamlPath, message: impl Into<String>, help: impl Into<String>) {
+        self.push(Severity::Error, path, Target::Key, message.into(), Some(help.into()), false);
+    }
+
     fn invalid(&mut self, path: &YamlPath, inv: Invalid) {
         self.push(Severity::Error, path, Target::Value, inv.message, inv.help, false);
     }
@@ -505,7 +511,7 @@ fn route(ck: &mut Checker<'_>, path: &YamlPath, v: &Value) -> Option<Route> {
             }
         }
         None => {
-            ck.error(path, "route has no `host`", "every route names a host, e.g. `host: api.example.com`");
+            ck.missing(path, "route has no `host`", "every route names a host, e.g. `host: api.example.com`");
             None
         }
     };
@@ -576,7 +582,7 @@ fn inject(ck: &mut Checker<'_>, path: &YamlPath, v: &Value) -> Option<Inject> {
             }
         }),
         None => {
-            ck.error(path, "inject has no `header`", "name the header to set, e.g. `header: authorization`");
+            ck.missing(path, "inject has no `header`", "name the header to set, e.g. `header: authorization`");
             None
         }
     };
@@ -597,7 +603,7 @@ fn inject(ck: &mut Checker<'_>, path: &YamlPath, v: &Value) -> Option<Inject> {
 /// A required field naming a host environment variable.
 fn env_ref(ck: &mut Checker<'_>, path: &YamlPath, m: &Mapping, key: &str) -> Option<EnvName> {
     let Some(v) = get(m, key) else {
-        ck.error(
+        ck.missing(
             path,
             format!("missing `{key}`"),
             format!("name the host environment variable that holds the secret: `{key}: NAME`"),
@@ -687,14 +693,14 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
             })
         }
         None => {
-            ck.error(path, "repo has no `url`", "e.g. `url: git@github.com:org/app.git`");
+            ck.missing(path, "repo has no `url`", "e.g. `url: git@github.com:org/app.git`");
             None
         }
     };
     let key = match get(m, "key") {
         Some(v) => key_source(ck, &path.key("key"), v, dir, home),
         None => {
-            ck.error(
+            ck.missing(
                 path,
                 "repo has no `key`",
                 "say how the gate authenticates upstream, e.g. `key: { provider: static, path: ~/.ssh/app_deploy }`",
@@ -734,7 +740,7 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
             ck.error(&path.key("key").key("provider"), "key provider does not fit the URL's transport", help);
         }
         if url.is_ssh() && host_key.is_none() && !ck.diags.iter().any(|d| d.message.contains("host key")) {
-            ck.error(
+            ck.missing(
                 path,
                 format!("ssh remote `{url}` has no `host_key`"),
                 format!("pin the server's key so pushes cannot be intercepted: `ssh-keyscan {}`, then `host_key: \"ssh-ed25519 AAAA...\"`", url.host()),
@@ -757,7 +763,7 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
 fn key_source(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Option<&Path>) -> Option<KeySource> {
     let m = ck.map(path, v)?;
     let Some(pv) = get(m, "provider") else {
-        ck.error(path, "key has no `provider`", "one of: static, github, gitea, token");
+        ck.missing(path, "key has no `provider`", "one of: static, github, gitea, token");
         return None;
     };
     let provider = ck.one_of(&path.key("provider"), pv, &["static", "github", "gitea", "token"], |s| {
@@ -767,7 +773,7 @@ fn key_source(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home
         "static" => {
             ck.keys(path, m, &["provider", "path"], "static key");
             let Some(v) = get(m, "path") else {
-                ck.error(path, "static key has no `path`", "e.g. `path: ~/.ssh/app_deploy`");
+                ck.missing(path, "static key has no `path`", "e.g. `path: ~/.ssh/app_deploy`");
                 return None;
             };
             let s = ck.str(&path.key("path"), v)?;

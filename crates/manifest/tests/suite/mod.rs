@@ -1,0 +1,5 @@
+pub(crate) mod cases;
+mod discovery;
+mod malformed;
+mod plans;
+mod props;
