@@ -49,6 +49,7 @@ struct StartArgs {
     /// Resolve and print the plan; create nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Output format of the plan.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Arguments passed to the agent.
@@ -60,11 +61,13 @@ struct StartArgs {
 enum ManifestCommand {
     /// Check every file in the manifest directory and report all problems.
     Check {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
     /// List agents with their bottle lineage, and bottles with their parents.
     List {
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },

@@ -27,14 +27,19 @@ pub(crate) struct Checker<'a> {
 }
 
 /// Finds the closest candidate to a misspelt word, for "did you mean".
+/// Case and `_`/`-` are ignored; a swap of two letters counts as one edit.
 pub(crate) fn suggest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
     let norm = |s: &str| s.to_ascii_lowercase().replace('_', "-");
+    let w = norm(word);
     candidates
         .iter()
-        .map(|c| (c, strsim::jaro_winkler(&norm(word), &norm(c))))
-        .filter(|(_, score)| *score >= 0.8)
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(c, _)| *c)
+        .map(|c| {
+            let n = norm(c);
+            (c, strsim::damerau_levenshtein(&w, &n), strsim::jaro_winkler(&w, &n))
+        })
+        .filter(|(_, edits, jw)| *edits <= (w.len() / 3).max(1) || *jw >= 0.8)
+        .min_by(|a, b| a.1.cmp(&b.1).then(b.2.total_cmp(&a.2)))
+        .map(|(c, _, _)| *c)
 }
 
 fn describe(v: &Value) -> &'static str {

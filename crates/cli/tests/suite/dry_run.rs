@@ -1,0 +1,148 @@
+//! `start --dry-run` on the shipped examples, and the CLI's other commands.
+
+use super::cli::{Env, examples};
+
+fn redact(s: &str) -> String {
+    s.replace(&examples().display().to_string(), "[EXAMPLES]")
+}
+
+#[test]
+fn dry_run_json_plan_of_the_hello_example() {
+    let env = Env::new();
+    let r = env.run(&examples(), &["start", "hello", "--dry-run", "--format", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan is JSON");
+    assert_eq!(plan["schema"], 1);
+    assert_eq!(plan["bottle"]["lineage_text"], "base -> dev");
+    assert_eq!(plan["agent"]["command"][0], "sh");
+    assert!(env.written().is_empty(), "dry run wrote {:?}", env.written());
+    let stdout = redact(&r.stdout).replace(&env.path().display().to_string(), "[TMP]");
+    insta::assert_snapshot!("hello-plan-json", stdout);
+}
+
+#[test]
+fn dry_run_text_and_yaml_formats() {
+    let env = Env::new();
+    let text = env.run(&examples(), &["start", "hello", "--dry-run"], &[]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    insta::assert_snapshot!(
+        "hello-plan-text",
+        redact(&text.stdout).replace(&env.path().display().to_string(), "[TMP]")
+    );
+    let yaml = env.run(&examples(), &["start", "hello", "--dry-run", "--format", "yaml"], &[]);
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    let v: serde_json::Value = serde_yaml::from_str(&yaml.stdout).expect("plan is YAML");
+    let json = env.run(&examples(), &["start", "hello", "--dry-run", "--format", "json"], &[]);
+    let j: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(v, j, "yaml and json carry the same plan");
+}
+
+#[test]
+fn secret_values_never_reach_the_plan_or_errors() {
+    let env = Env::new();
+    let token = "ghp_realTokenValue0123456789abcdefghijkl";
+    for args in [
+        &["start", "hello", "--dry-run", "--format", "json"][..],
+        &["start", "hello", "--dry-run", "--format", "yaml"],
+        &["start", "hello", "--dry-run"],
+        &["start", "hello"],
+        &["start", "reviewer", "--bottle", "claude"],
+    ] {
+        let r = env.run(
+            &examples(),
+            args,
+            &[("GITHUB_TOKEN", token), ("ANTHROPIC_API_KEY", "sk-ant-secret-value-1234567890")],
+        );
+        for out in [&r.stdout, &r.stderr] {
+            assert!(!out.contains(token) && !out.contains("sk-ant-secret"), "{args:?} leaked a secret:\n{out}");
+        }
+    }
+    // With the token set the plan says so, by name only.
+    let r = env.run(&examples(), &["start", "hello", "--dry-run", "--format", "json"], &[("GITHUB_TOKEN", token)]);
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(plan["secrets"][0]["env"], "GITHUB_TOKEN");
+    assert_eq!(plan["secrets"][0]["set"], true);
+    assert_eq!(plan["warnings"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn start_without_dry_run_refuses_clearly_and_creates_nothing() {
+    let env = Env::new();
+    let unset = env.run(&examples(), &["start", "hello"], &[]);
+    assert_eq!(unset.code, 1);
+    assert!(unset.stderr.contains("GITHUB_TOKEN"), "{}", unset.stderr);
+    let set = env.run(&examples(), &["start", "hello"], &[("GITHUB_TOKEN", "x")]);
+    assert_eq!(set.code, 1);
+    assert!(set.stderr.contains("no backend"), "{}", set.stderr);
+    assert!(env.written().is_empty(), "{:?}", env.written());
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_pointer() {
+    let env = Env::new();
+    let ex = examples();
+    let cases: &[(&[&str], &str)] = &[
+        (&["start", "helo", "--dry-run"], "did you mean `hello`?"),
+        (&["start", "--dry-run"], "name the agent"),
+        (&["start", "reviewer", "--dry-run"], "--bottle"),
+        (&["start", "hello", "--bottle", "dve", "--dry-run"], "did you mean `dev`?"),
+        (&["start", "hello", "--backend", "podman", "--dry-run"], "invalid value"),
+        (&["--manifest", "/nonexistent/dir", "start", "hello", "--dry-run"], "does not exist"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expect) in cases {
+        let r = env.run(&ex, args, &[]);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{args:?}: {}", r.stderr);
+    }
+    // Outside any manifest, discovery says where it looked.
+    let r = env.run(env.path(), &["start", "hello", "--dry-run"], &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no manifest directory found"), "{}", r.stderr);
+}
+
+#[test]
+fn manifest_directory_discovery_from_the_environment() {
+    let env = Env::new();
+    let m = examples().join(".bot-bottle");
+    let r =
+        env.run(env.path(), &["start", "hello", "--dry-run"], &[("BOT_BOTTLE_MANIFEST", m.to_str().expect("utf-8"))]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A subdirectory finds the nearest .bot-bottle/ above it.
+    let r = env.run(&m.join("agents"), &["manifest", "check"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn manifest_check_and_list() {
+    let env = Env::new();
+    let check = env.run(&examples(), &["manifest", "check"], &[]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(check.stdout.contains("0 errors"), "{}", check.stdout);
+    let list = env.run(&examples(), &["manifest", "list"], &[]);
+    assert_eq!(list.code, 0);
+    insta::assert_snapshot!("examples-list", list.stdout);
+    let json = env.run(&examples(), &["manifest", "list", "--format", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(v["agents"][0]["lineage"], serde_json::json!(["base", "dev"]));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let r = env.run(env.path(), &["completions", shell], &[]);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        assert!(r.stdout.contains("bot-bottle") && r.stdout.contains("dry-run"), "{shell}");
+    }
+}
+
+#[test]
+fn help_texts() {
+    let env = Env::new();
+    for args in [&["--help"][..], &["start", "--help"], &["manifest", "--help"]] {
+        let r = env.run(env.path(), args, &[]);
+        assert_eq!(r.code, 0);
+        insta::assert_snapshot!(format!("help-{}", args.join("-").trim_start_matches("-")), r.stdout);
+    }
+}

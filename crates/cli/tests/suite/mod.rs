@@ -1,0 +1,5 @@
+#[path = "../../../manifest/tests/suite/cases.rs"]
+mod cases;
+mod cli;
+mod dry_run;
+mod malformed;
