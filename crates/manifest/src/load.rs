@@ -300,10 +300,10 @@ fn list_files(dir: &Path) -> Vec<String> {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 walk(base, &p, out);
-            } else if ft.is_file() {
-                if let Ok(rel) = p.strip_prefix(base) {
-                    out.push(rel.to_string_lossy().into_owned());
-                }
+            } else if ft.is_file()
+                && let Ok(rel) = p.strip_prefix(base)
+            {
+                out.push(rel.to_string_lossy().into_owned());
             }
         }
     }
@@ -321,10 +321,10 @@ fn path_diag_sev(severity: Severity, path: &Path, message: String, help: Option<
     Diagnostic { severity, file: path.to_path_buf(), line: 1, column: 1, message, source_line: None, width: 1, help }
 }
 
-fn read(path: &Path) -> Result<String, Diagnostic> {
-    let bytes = fs::read(path).map_err(|e| path_diag(path, format!("cannot read file: {e}"), None))?;
+fn read(path: &Path) -> Result<String, Box<Diagnostic>> {
+    let bytes = fs::read(path).map_err(|e| Box::new(path_diag(path, format!("cannot read file: {e}"), None)))?;
     String::from_utf8(bytes)
-        .map_err(|_| path_diag(path, "file is not UTF-8 text".into(), Some("save it as UTF-8".into())))
+        .map_err(|_| Box::new(path_diag(path, "file is not UTF-8 text".into(), Some("save it as UTF-8".into()))))
 }
 
 fn load_bottle(path: PathBuf, home: Option<&Path>) -> BottleEntry {
@@ -332,7 +332,7 @@ fn load_bottle(path: PathBuf, home: Option<&Path>) -> BottleEntry {
         Ok(t) => t,
         Err(d) => {
             let file = FileText { path, text: String::new(), yaml: 0..0, line_offset: 0 };
-            return BottleEntry { file, body: None, diags: vec![d] };
+            return BottleEntry { file, body: None, diags: vec![*d] };
         }
     };
     let len = text.len();
@@ -368,7 +368,7 @@ fn load_agent(path: PathBuf) -> AgentEntry {
     };
     let text = match read(&path) {
         Ok(t) => t,
-        Err(d) => return fail(FileText { path, text: String::new(), yaml: 0..0, line_offset: 0 }, d),
+        Err(d) => return fail(FileText { path, text: String::new(), yaml: 0..0, line_offset: 0 }, *d),
     };
     let Some(fm) = split_frontmatter(&text) else {
         let len = text.len();
@@ -426,14 +426,12 @@ fn split_frontmatter(text: &str) -> Option<Frontmatter> {
     }
     let start = first_end + 1;
     let mut offset = start;
-    let mut line = 2;
-    for l in text[start..].split_inclusive('\n') {
+    for (line, l) in (2..).zip(text[start..].split_inclusive('\n')) {
         let trimmed = l.trim_end();
         if trimmed == "---" || trimmed == "..." {
             return Some(Frontmatter { yaml: start..offset, body_start: offset + l.len(), body_line: line + 1 });
         }
         offset += l.len();
-        line += 1;
     }
     None
 }

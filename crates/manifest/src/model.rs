@@ -605,7 +605,7 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let body = s.trim_end_matches('=');
-    if s.len() % 4 != 0 || s.len() - body.len() > 2 {
+    if !s.len().is_multiple_of(4) || s.len() - body.len() > 2 {
         return None;
     }
     let mut out = Vec::with_capacity(body.len() * 3 / 4);
@@ -664,7 +664,7 @@ pub struct Cpus(pub u32);
 
 impl fmt::Display for Cpus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             let s = format!("{}.{:03}", self.0 / 1000, self.0 % 1000);
@@ -707,7 +707,7 @@ impl ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, size) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 % size == 0 {
+            if self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }

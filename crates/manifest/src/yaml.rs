@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn parse_errors_carry_positions() {
-        let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        let e = parse("a: [1, 2\nb: 3\n").expect_err("unclosed list");
         assert!(e.pos.line >= 1);
         assert!(!e.message.contains("at line"));
     }

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default)]
-pub struct Case {
+pub(crate) struct Case {
     pub name: String,
     pub start: Vec<String>,
     pub env: Vec<String>,
@@ -22,12 +22,12 @@ pub struct Case {
     pub files: Vec<(String, String)>,
 }
 
-pub fn dir(kind: &str) -> PathBuf {
+pub(crate) fn dir(kind: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifest/tests").join(kind)
 }
 
 /// Every case in `tests/<kind>/`, sorted by name.
-pub fn load_all(kind: &str) -> Vec<Case> {
+pub(crate) fn load_all(kind: &str) -> Vec<Case> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir(kind))
         .expect("case directory")
         .map(|e| e.expect("entry").path())
@@ -67,7 +67,7 @@ fn parse(path: &Path) -> Case {
 
 impl Case {
     /// Writes the case's files under `root/.bot-bottle/` and returns that path.
-    pub fn materialize(&self, root: &Path) -> PathBuf {
+    pub(crate) fn materialize(&self, root: &Path) -> PathBuf {
         let m = root.join(".bot-bottle");
         for (name, body) in &self.files {
             let p = m.join(name);
@@ -80,7 +80,7 @@ impl Case {
 }
 
 /// Every file and folder under `root`, relative, sorted: to prove a command created nothing.
-pub fn tree(root: &Path) -> Vec<String> {
+pub(crate) fn tree(root: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(rd) = std::fs::read_dir(dir) else { return };
         for e in rd.flatten() {
