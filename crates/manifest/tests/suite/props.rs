@@ -147,9 +147,17 @@ fn layer() -> impl Strategy<Value = String> {
         prop::collection::btree_map(repo.0, repo.1, 0..2),
         prop::option::of(any::<bool>()),
         prop::option::of(prop::sample::select(vec!["block", "log"])),
+        (
+            prop::option::of(prop::sample::select(vec!["node:22-slim", "debian:12"])),
+            prop::option::of(prop::sample::select(vec!["Bot A", "Bot B"])),
+            prop::option::of(prop::sample::select(vec!["a@example.com", "b@example.com"])),
+        ),
     )
-        .prop_map(|(backend, ws, env, cpus, pids, routes, repos, supervise, dlp)| {
+        .prop_map(|(backend, ws, env, cpus, pids, routes, repos, supervise, dlp, (image, user, email))| {
             let mut s = String::new();
+            if let Some(i) = image {
+                s += &format!("image: \"{i}\"\n");
+            }
             if let Some(b) = backend {
                 s += &format!("backend: {b}\n");
             }
@@ -185,8 +193,18 @@ fn layer() -> impl Strategy<Value = String> {
             if let Some(d) = dlp {
                 s += &format!("  dlp: {{ mode: {d} }}\n");
             }
+            s += "git-gate:\n  user: {";
+            let mut u = Vec::new();
+            if let Some(n) = user {
+                u.push(format!("name: {n}"));
+            }
+            if let Some(e) = email {
+                u.push(format!("email: {e}"));
+            }
+            s += &u.join(", ");
+            s += "}\n";
             if !repos.is_empty() {
-                s += "git-gate:\n  repos:\n";
+                s += "  repos:\n";
                 for (name, path) in repos {
                     s += &format!("    {name}:\n      url: https://git.example.com/{path}\n      key: {{ provider: token, env: T_{name} }}\n");
                 }
