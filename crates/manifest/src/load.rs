@@ -49,6 +49,20 @@ impl FileText {
         src.diag(sev, pos, message, help, false)
     }
 
+    /// Parses the YAML part; a syntax error becomes a located diagnostic.
+    fn parse(&self, what: &str) -> Result<serde_yaml::Value, Box<Diagnostic>> {
+        let src = self.source();
+        yaml::parse(src.yaml).map_err(|e| {
+            Box::new(src.diag(
+                Severity::Error,
+                e.pos,
+                format!("invalid YAML{what}: {}", e.message),
+                Some("fix the YAML syntax".into()),
+                false,
+            ))
+        })
+    }
+
     fn whole_file(&self, sev: Severity, message: String, help: Option<String>) -> Diagnostic {
         self.source().diag(sev, Pos { line: 1, column: 1 }, message, help, false)
     }
@@ -337,20 +351,11 @@ fn load_bottle(path: PathBuf, home: Option<&Path>) -> BottleEntry {
     };
     let len = text.len();
     let file = FileText { path, text, yaml: 0..len, line_offset: 0 };
-    let src = file.source();
-    let root = match yaml::parse(src.yaml) {
+    let root = match file.parse("") {
         Ok(v) => v,
-        Err(e) => {
-            let d = src.diag(
-                Severity::Error,
-                e.pos,
-                format!("invalid YAML: {}", e.message),
-                Some("fix the YAML syntax".into()),
-                false,
-            );
-            return BottleEntry { file, body: None, diags: vec![d] };
-        }
+        Err(d) => return BottleEntry { file, body: None, diags: vec![*d] },
     };
+    let src = file.source();
     let dir = file.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut ck = Checker::new(&src);
     let body = schema::bottle(&mut ck, &root, &dir, home);
@@ -384,20 +389,11 @@ fn load_agent(path: PathBuf) -> AgentEntry {
         return fail(file, d);
     };
     let file = FileText { path, text, yaml: fm.yaml, line_offset: 1 };
-    let src = file.source();
-    let root = match yaml::parse(src.yaml) {
+    let root = match file.parse(" in frontmatter") {
         Ok(v) => v,
-        Err(e) => {
-            let d = src.diag(
-                Severity::Error,
-                e.pos,
-                format!("invalid YAML in frontmatter: {}", e.message),
-                Some("fix the YAML syntax".into()),
-                false,
-            );
-            return fail(file, d);
-        }
+        Err(d) => return fail(file, *d),
     };
+    let src = file.source();
     let mut ck = Checker::new(&src);
     let head = schema::agent(&mut ck, &root);
     let body = &file.text[fm.body_start..];
