@@ -135,7 +135,18 @@ impl Manifest {
         if skills_dir.is_dir() {
             for e in sorted_entries(&skills_dir)? {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') || !e.path().is_dir() {
+                let Ok(ft) = e.file_type() else { continue };
+                if name.starts_with('.') || !(ft.is_dir() || ft.is_symlink()) {
+                    continue;
+                }
+                // A skill's files are copied into the bottle; a symlinked
+                // folder could pull any host directory in with them.
+                if ft.is_symlink() {
+                    m.layout.push(path_diag(
+                        &e.path(),
+                        format!("skill folder `{name}` is a symlink"),
+                        Some("copy the skill into the manifest's skills/ folder; links are not followed".into()),
+                    ));
                     continue;
                 }
                 let mut skill = SkillEntry { dir: e.path(), files: list_files(&e.path()), diags: Vec::new() };

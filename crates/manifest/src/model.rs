@@ -353,6 +353,12 @@ pub(crate) fn check_header_name(h: &str) -> Result<String, Invalid> {
     if !ok {
         return Err(invalid(format!("invalid header name `{h}`"), "e.g. `authorization` or `x-api-key`"));
     }
+    if looks_like_secret("", h).is_some() {
+        return Err(invalid(
+            format!("header name `{h}` looks like a secret"),
+            "`header` names the header (e.g. `x-api-key`); the token itself stays in the host environment, named by `env`",
+        ));
+    }
     let lower = h.to_ascii_lowercase();
     if matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding" | "connection" | "upgrade" | "te") {
         return Err(invalid(
@@ -417,30 +423,33 @@ impl GitUrl {
         if s.starts_with('-') {
             return Err(invalid(format!("git URL `{raw}` starts with `-`"), "give a real remote URL"));
         }
+        // Credentials never belong in a URL. Catch them before any other
+        // check so that no error message quotes them.
+        let userinfo = match s.split_once("://") {
+            Some((_, rest)) => rest.split('/').next().and_then(|a| a.rsplit_once('@')).map(|(u, _)| u),
+            None => s.split('/').next().and_then(|a| a.rsplit_once('@')).map(|(u, _)| u),
+        };
+        if let Some(u) = userinfo {
+            let web = s.starts_with("https://") || s.starts_with("http://");
+            if u.contains(':') || web {
+                return Err(invalid(
+                    "git URL carries credentials".to_owned(),
+                    "never put credentials in a URL; name a key instead: `key: { provider: token, env: NAME }` (https) or `key: { provider: static, path: ... }` (ssh)",
+                ));
+            }
+        }
         if let Some(rest) = s.strip_prefix("ssh://") {
             let (authority, path) = rest.split_once('/').ok_or_else(unsupported)?;
             let (user, hostport) = match authority.rsplit_once('@') {
                 Some((u, h)) => (Some(u), h),
                 None => (None, authority),
             };
-            if user.is_some_and(|u| u.contains(':')) {
-                return Err(invalid(
-                    "git URL carries a password".to_owned(),
-                    "never put credentials in a URL; use `key:` to name a deploy key",
-                ));
-            }
             let (host, port) = split_host_port(hostport, raw)?;
             let user = user.map(|u| check_git_user(u, raw)).transpose()?;
             return Ok(GitUrl::Ssh { user, host, port, path: check_repo_path(path, raw)? });
         }
         if let Some(rest) = s.strip_prefix("https://") {
             let (authority, path) = rest.split_once('/').ok_or_else(unsupported)?;
-            if authority.contains('@') {
-                return Err(invalid(
-                    "git URL carries credentials".to_owned(),
-                    "never put credentials in a URL; use `key: { provider: token, env: NAME }`",
-                ));
-            }
             let (host, port) = split_host_port(authority, raw)?;
             return Ok(GitUrl::Https { host, port, path: check_repo_path(path, raw)? });
         }
@@ -500,7 +509,7 @@ fn split_host_port(s: &str, raw: &str) -> Result<(String, Option<u16>), Invalid>
 fn check_repo_path(p: &str, raw: &str) -> Result<String, Invalid> {
     let ok = !p.is_empty()
         && !p.starts_with('-')
-        && p.chars().all(|c| c.is_ascii_graphic() && !"\\?#'\"`$;|&<>".contains(c))
+        && p.chars().all(|c| c.is_ascii_graphic() && !"\\?#'\"`$;|&<>:@".contains(c))
         && !p.split('/').any(|seg| seg == "..");
     if ok {
         Ok(p.to_owned())
@@ -793,4 +802,95 @@ pub enum Provider {
 
 impl Provider {
     pub const NAMES: &[&str] = &["claude", "codex", "command"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        let ok = |s: &str| HostPattern::parse(s).map(|h| h.to_string()).map_err(|e| e.message);
+        assert_eq!(ok("API.Example.com"), Ok("api.example.com".into()));
+        assert_eq!(ok("*.example.com:8443"), Ok("*.example.com:8443".into()));
+        assert_eq!(ok("127.0.0.1:9000"), Ok("127.0.0.1:9000".into()));
+        assert_eq!(ok("[::1]:80"), Ok("[::1]:80".into()));
+        for bad in [
+            "",
+            "*",
+            "*.com",
+            "a.*.com",
+            "example.com.",
+            "exa mple.com",
+            "-a.com",
+            "a-.com",
+            "x.com:0",
+            "x.com:65536",
+            "::1",
+            "https://x.com",
+            "x.com/v1",
+            "[::1",
+            "a..com",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn git_urls() {
+        let ok = |s: &str| GitUrl::parse(s).map(|u| u.to_string()).map_err(|e| e.message);
+        assert_eq!(ok("git@github.com:org/app.git"), Ok("ssh://git@github.com/org/app.git".into()));
+        assert_eq!(ok("github.com:org/app.git"), Ok("ssh://github.com/org/app.git".into()));
+        assert_eq!(
+            ok("ssh://git@Git.Example.com:2222/org/app.git"),
+            Ok("ssh://git@git.example.com:2222/org/app.git".into())
+        );
+        assert_eq!(ok("https://gitea.example.com/org/app.git"), Ok("https://gitea.example.com/org/app.git".into()));
+        for bad in [
+            "-oProxyCommand=x:y",
+            "ssh://-oProxyCommand=x/y",
+            "http://github.com/org/app.git",
+            "git://github.com/org/app.git",
+            "file:///srv/app.git",
+            "/srv/app.git",
+            "./app",
+            "ext::sh -c touch% /tmp/pwned",
+            "https://token@github.com/org/app.git",
+            "https://u:p@github.com/org/app.git",
+            "ssh://u:p@github.com/org/app.git",
+            "u:p@github.com:org/app.git",
+            "git@github.com:org/../../etc",
+            "git@github.com:-org/app",
+            "git@github.com:org/app;rm",
+            "ssh://git@github.com",
+        ] {
+            assert!(GitUrl::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        // Credentials are never quoted back.
+        let e = GitUrl::parse("https://u:hunter2@github.com/x.git").expect_err("credentials");
+        assert!(!e.message.contains("hunter2") && !e.help.unwrap_or_default().contains("hunter2"));
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(ByteSize::parse("4GiB").map(|b| b.0), Ok(4 << 30));
+        assert_eq!(ByteSize::parse("2G").map(|b| b.to_string()), Ok("1953125KiB".into()));
+        assert_eq!(ByteSize::parse("512MiB").map(|b| b.to_string()), Ok("512MiB".into()));
+        for bad in ["", "4 gigs", "1KiB", "-1GiB", "99999999999TiB", "GiB"] {
+            assert!(ByteSize::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Cpus(500).to_string(), "0.5");
+        assert_eq!(Cpus(2000).to_string(), "2");
+        assert_eq!(Cpus(1250).to_string(), "1.25");
+    }
+
+    #[test]
+    fn secret_detection_in_env_values() {
+        assert!(looks_like_secret("X", "ghp_abcdefghijklmnopqrstuvwxyz0123456789").is_some());
+        assert!(looks_like_secret("X", "AKIAIOSFODNN7EXAMPLE").is_some());
+        assert!(looks_like_secret("GITHUB_TOKEN", "anything").is_some());
+        assert!(looks_like_secret("RUST_LOG", "info").is_none());
+        assert!(looks_like_secret("API_KEY", "").is_none());
+        assert!(looks_like_secret("PATH_PREFIX", "sk-").is_none());
+    }
 }

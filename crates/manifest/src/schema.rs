@@ -42,6 +42,31 @@ pub(crate) fn suggest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str>
         .map(|(c, _, _)| *c)
 }
 
+/// Replaces each `quoted` part of a message that looks like a secret.
+fn redact_quoted(message: &str) -> (String, bool) {
+    let mut hit = false;
+    let out: Vec<String> = message
+        .split('`')
+        .enumerate()
+        .map(|(i, p)| {
+            let secret = i % 2 == 1 && (looks_like_secret("", p).is_some() || url_has_credentials(p));
+            hit |= secret;
+            if secret { "<redacted>".to_owned() } else { p.to_owned() }
+        })
+        .collect();
+    (out.join("`"), hit)
+}
+
+/// `scheme://user:pass@host` anywhere, or `http(s)://anything@host`.
+fn url_has_credentials(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else { return false };
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.contains(':') || scheme.ends_with("http") || scheme.ends_with("https"),
+        None => false,
+    }
+}
+
 fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
@@ -68,8 +93,12 @@ impl<'a> Checker<'a> {
         help: Option<String>,
         redact: bool,
     ) {
+        // A safety net under the specific checks: whatever a message quotes,
+        // if it looks like a credential it is replaced, and so is the value
+        // in the quoted source line.
+        let (message, redacted) = redact_quoted(&message);
         let pos = locate_or_parent(self.src.yaml, path, target);
-        self.diags.push(self.src.diag(sev, pos, message, help, redact));
+        self.diags.push(self.src.diag(sev, pos, message, help, redact || redacted));
     }
 
     pub(crate) fn error(&mut self, path: &YamlPath, message: impl Into<String>, help: impl Into<String>) {
@@ -691,7 +720,7 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
                 Ok(u) => Some(u),
                 Err(e) => {
                     // A URL with credentials in it holds a secret: never echo it.
-                    let redact = e.message.contains("credentials") || e.message.contains("password");
+                    let redact = e.message.contains("credentials");
                     ck.push(Severity::Error, &p, Target::Value, e.message, e.help, redact);
                     None
                 }

@@ -35,3 +35,24 @@ fn malformed_manifests_report_located_errors() {
         insta::assert_snapshot!(format!("malformed-{}", case.name), rendered);
     }
 }
+
+#[test]
+fn symlinked_skill_folders_are_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let m = tmp.path().join(".bot-bottle");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    std::fs::write(outside.join("SKILL.md"), "x").expect("write");
+    std::fs::create_dir_all(m.join("skills")).expect("mkdir");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, m.join("skills/linked")).expect("symlink");
+    std::fs::write(m.join("agents/a.md"), "---\nprovider: claude\nbottle: dev\nskills: [linked]\n---\nGo.\n")
+        .expect("write");
+    std::fs::write(m.join("bottles/dev.yaml"), "{}\n").expect("write");
+    let manifest = Manifest::load(&m, None).expect("load");
+    let diags = manifest.check();
+    assert!(diags.errors().any(|d| d.message.contains("is a symlink")), "{}", diags.render());
+    let err = manifest.resolve(&Request { agent: "a".into(), ..Request::default() }, &|_| true);
+    assert!(err.is_err(), "an agent using a symlinked skill must not resolve");
+}
