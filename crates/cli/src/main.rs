@@ -3,6 +3,7 @@
 //! error, 1 anything else. Nothing here decides policy.
 
 mod render;
+mod scan;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ enum Command {
     /// Check or list the manifest.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Look for secrets in files, directories (respecting .gitignore) or stdin (`-`).
+    Scan(scan::ScanArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -89,23 +92,23 @@ enum Format {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum ListFormat {
+pub(crate) enum ListFormat {
     Text,
     Json,
 }
 
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
-struct Failure {
-    code: u8,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
-fn usage(message: impl Into<String>) -> Failure {
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
     Failure { code: 2, message: message.into() }
 }
 
-fn failure(message: impl Into<String>) -> Failure {
+pub(crate) fn failure(message: impl Into<String>) -> Failure {
     Failure { code: 1, message: message.into() }
 }
 
@@ -129,6 +132,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Start(args) => start(cli.manifest, args),
+        Command::Scan(args) => scan::run(args),
         Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
         Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
     }
@@ -281,7 +285,7 @@ fn count(n: usize, what: &str) -> String {
     if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
-fn print(s: &str) -> Result<(), Failure> {
+pub(crate) fn print(s: &str) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
     match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),

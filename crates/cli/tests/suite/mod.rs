@@ -3,3 +3,4 @@ mod cases;
 mod cli;
 mod dry_run;
 mod malformed;
+mod scan;

@@ -1,0 +1,162 @@
+//! The rule set: parsed from YAML data and compiled once.
+
+use regex::bytes::Regex;
+use serde::Deserialize;
+
+static RULES_YAML: &str = include_str!("rules.yaml");
+
+/// A compiled detection rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    /// Literal prefilter: the regex runs only near one of these
+    /// (matched ASCII case-insensitively).
+    pub keywords: Vec<String>,
+    pub regex: Regex,
+    /// The capture group holding the secret (0: the whole match).
+    pub group: usize,
+    /// Minimum Shannon entropy (bits per byte) of the secret.
+    pub entropy: Option<f64>,
+    /// Template for generated test secrets.
+    pub gen_template: String,
+    pub examples: Vec<String>,
+    pub negatives: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    description: String,
+    keywords: Vec<String>,
+    regex: String,
+    #[serde(default)]
+    group: usize,
+    entropy: Option<f64>,
+    #[serde(rename = "gen")]
+    template: String,
+    examples: Vec<String>,
+    negatives: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("rules file is malformed")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("rule `{id}`: bad regex")]
+    Regex {
+        id: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("rule `{id}`: {problem}")]
+    Invalid { id: String, problem: String },
+}
+
+/// Parses and compiles a rules file.
+pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
+    let raw: Vec<RawRule> = serde_yaml::from_str(yaml)?;
+    let mut out: Vec<Rule> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let invalid = |problem: &str| RuleError::Invalid { id: r.id.clone(), problem: problem.to_owned() };
+        if out.iter().any(|o| o.id == r.id) {
+            return Err(invalid("duplicate id"));
+        }
+        if r.keywords.is_empty() || r.keywords.iter().any(String::is_empty) {
+            return Err(invalid("needs non-empty keywords"));
+        }
+        let regex = Regex::new(&r.regex).map_err(|source| RuleError::Regex { id: r.id.clone(), source })?;
+        if r.group >= regex.captures_len() {
+            return Err(invalid("group out of range"));
+        }
+        out.push(Rule {
+            id: r.id,
+            description: r.description,
+            keywords: r.keywords,
+            regex,
+            group: r.group,
+            entropy: r.entropy,
+            gen_template: r.template,
+            examples: r.examples,
+            negatives: r.negatives,
+        });
+    }
+    Ok(out)
+}
+
+/// The built-in rules, compiled.
+pub fn builtin_rules() -> Vec<Rule> {
+    // The embedded file is checked by the test suite; a failure here is a
+    // build defect, not an input error.
+    parse_rules(RULES_YAML).unwrap_or_else(|e| panic!("built-in rules.yaml is invalid: {e}"))
+}
+
+/// Expands a `gen` template: literal text, `\x` escapes, and character
+/// classes `[a-z0-9_\-]` with an optional `{n}` or `{m,n}` count. `next`
+/// supplies randomness (any u64 source); used to build test corpora.
+pub fn generate(template: &str, next: &mut dyn FnMut() -> u64) -> String {
+    let t: Vec<char> = template.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < t.len() {
+        match t[i] {
+            '\\' if i + 1 < t.len() => {
+                out.push(t[i + 1]);
+                i += 2;
+            }
+            '[' => {
+                let Some(close) = t[i..].iter().position(|&c| c == ']').map(|p| p + i) else {
+                    out.push('[');
+                    i += 1;
+                    continue;
+                };
+                let class = expand_class(&t[i + 1..close]);
+                i = close + 1;
+                let (lo, hi) = parse_count(&t, &mut i);
+                let n = lo + (next() as usize) % (hi - lo + 1);
+                for _ in 0..n {
+                    if !class.is_empty() {
+                        out.push(class[(next() as usize) % class.len()]);
+                    }
+                }
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn expand_class(c: &[char]) -> Vec<char> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        if c[i] == '\\' && i + 1 < c.len() {
+            out.push(c[i + 1]);
+            i += 2;
+        } else if i + 2 < c.len() && c[i + 1] == '-' {
+            out.extend(c[i]..=c[i + 2]);
+            i += 3;
+        } else {
+            out.push(c[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn parse_count(t: &[char], i: &mut usize) -> (usize, usize) {
+    if t.get(*i) != Some(&'{') {
+        return (1, 1);
+    }
+    let Some(close) = t[*i..].iter().position(|&c| c == '}').map(|p| p + *i) else { return (1, 1) };
+    let inner: String = t[*i + 1..close].iter().collect();
+    *i = close + 1;
+    let mut parts = inner.split(',').map(|p| p.trim().parse::<usize>().unwrap_or(1));
+    let lo = parts.next().unwrap_or(1);
+    let hi = parts.next().unwrap_or(lo).max(lo);
+    (lo, hi)
+}
