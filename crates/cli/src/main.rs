@@ -2,6 +2,7 @@
 //! their results and maps failures to exit codes: 0 ok, 2 usage or manifest
 //! error, 1 anything else. Nothing here decides policy.
 
+mod proxy;
 mod render;
 mod scan;
 
@@ -30,6 +31,8 @@ enum Command {
     /// Check or list the manifest.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Run the egress proxy standalone, for any process.
+    Proxy(proxy::ProxyArgs),
     /// Look for secrets in files, directories (respecting .gitignore) or stdin (`-`).
     Scan(scan::ScanArgs),
     /// Print shell completions.
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Start(args) => start(cli.manifest, args),
         Command::Scan(args) => scan::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
         Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
     }
@@ -163,7 +167,7 @@ fn load(flag: Option<PathBuf>, env: &Env) -> Result<Manifest, Failure> {
     Manifest::load(&root, env.home.as_deref()).map_err(|e| usage(format!("error: {}", chain(&e))))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -102,6 +102,13 @@ impl Detector {
         self
     }
 
+    /// How many trailing bytes a stream keeps between chunks; a consumer
+    /// that forwards scanned data should hold back this much until the
+    /// stream has seen what follows.
+    pub fn overlap(&self) -> usize {
+        self.overlap
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

@@ -12,6 +12,7 @@
 
 mod diag;
 mod discover;
+mod egress;
 mod listing;
 mod load;
 mod merge;
@@ -22,6 +23,7 @@ mod yaml;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use discover::{DiscoverError, DiscoverFrom, Found, discover};
+pub use egress::{Egress, parse_egress};
 pub use listing::{AgentSummary, BottleSummary, Listing};
 pub use load::{LoadError, Manifest};
 pub use merge::{merge, merge_all};

@@ -479,6 +479,20 @@ fn resources(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut Bottle
 }
 
 fn egress(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec) {
+    egress_section(ck, path, v, spec, true);
+}
+
+/// The `egress:` mapping. A standalone routes file (unwrapped) must say
+/// something: an empty file there is more likely a mistake than a policy.
+pub(crate) fn egress_section(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec, wrapped: bool) {
+    if !wrapped && !matches!(v, Value::Mapping(_)) {
+        ck.error(
+            path,
+            format!("a routes file must be a mapping, found {}", describe(v)),
+            "write `routes:` (a list of routes) and optionally `dlp:`",
+        );
+        return;
+    }
     let Some(m) = ck.map(path, v) else { return };
     ck.keys(path, m, &["routes", "dlp"], "egress");
     if let Some(v) = get(m, "routes") {

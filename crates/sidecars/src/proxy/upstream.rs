@@ -1,0 +1,140 @@
+//! Connections to upstreams: resolve once, check every address, connect to
+//! the checked one (no second lookup to rebind), then TLS verified against
+//! the system roots plus an optional extra CA, HTTP/2 when offered.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bot_bottle_manifest::{HostKind, Route};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::body::BoxError;
+use super::guard::is_internal;
+use super::policy::{Denial, deny};
+
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an upstream could not be used.
+#[derive(Debug)]
+pub(crate) enum UpstreamError {
+    /// Refused by policy (an internal address no route names).
+    Denied(Denial),
+    /// Could not resolve, connect, or complete TLS: a 502.
+    Failed(String),
+}
+
+/// Resolves `host` and checks the result. A route that names an IP allows
+/// exactly that IP, even an internal one; a name must resolve only to
+/// public addresses.
+pub(crate) async fn resolve_checked(host: &str, port: u16, route: &Route) -> Result<SocketAddr, UpstreamError> {
+    if let HostKind::Ip(ip) = route.host.kind {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Err(UpstreamError::Denied(deny("ip-literal", format!("{host} is an IP address no route names"))));
+    }
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| UpstreamError::Failed(format!("resolving {host} timed out")))?
+        .map_err(|e| UpstreamError::Failed(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    if let Some(bad) = addrs.iter().find(|a| is_internal(a.ip())) {
+        return Err(UpstreamError::Denied(deny(
+            "internal-address",
+            format!("{host} resolves to {}, an internal address; only a route naming that address allows it", bad.ip()),
+        )));
+    }
+    addrs.first().copied().ok_or_else(|| UpstreamError::Failed(format!("{host} has no addresses")))
+}
+
+async fn tcp(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::Failed(format!("connecting to {addr} timed out")))?
+        .map_err(|e| UpstreamError::Failed(format!("cannot connect to {addr}: {e}")))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// A ready-to-use upstream connection.
+pub(crate) enum Sender {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Sender {
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(_))
+    }
+
+    /// Waits until the connection can take a request; `false` if it is gone.
+    pub(crate) async fn ready(&mut self) -> bool {
+        match self {
+            Sender::H1(s) => s.ready().await.is_ok(),
+            Sender::H2(s) => s.ready().await.is_ok(),
+        }
+    }
+
+    pub(crate) async fn send(&mut self, req: Request<ProxyBody>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+pub(crate) async fn connect_tls(
+    tls: &Arc<ClientConfig>,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<Sender, UpstreamError> {
+    let stream = tcp(addr).await?;
+    let name = match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.to_owned())
+            .map_err(|e| UpstreamError::Failed(format!("bad server name {host}: {e}")))?,
+    };
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls.clone()).connect(name, stream))
+        .await
+        .map_err(|_| UpstreamError::Failed(format!("TLS handshake with {host} timed out")))?
+        .map_err(|e| UpstreamError::Failed(format!("TLS with {host} failed: {e}")))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let (send, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| UpstreamError::Failed(format!("HTTP/2 with {host} failed: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(send))
+    } else {
+        let (send, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Failed(format!("HTTP/1.1 with {host} failed: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(send))
+    }
+}
+
+pub(crate) async fn connect_plain(host: &str, addr: SocketAddr) -> Result<Sender, UpstreamError> {
+    let io = TokioIo::new(tcp(addr).await?);
+    let (send, conn) =
+        http1::handshake(io).await.map_err(|e| UpstreamError::Failed(format!("HTTP/1.1 with {host} failed: {e}")))?;
+    tokio::spawn(conn);
+    Ok(Sender::H1(send))
+}
+
+pub(crate) async fn connect_raw(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    tcp(addr).await
+}
