@@ -1,0 +1,3 @@
+mod clients;
+mod harness;
+mod proxy;
