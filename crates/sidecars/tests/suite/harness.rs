@@ -121,12 +121,7 @@ async fn handle(
         .collect();
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let body_len = body.len();
-    log.lock().expect("lock").push(Seen {
-        path: path.clone(),
-        headers: headers.clone(),
-        body,
-        peer,
-    });
+    log.lock().expect("lock").push(Seen { path: path.clone(), headers: headers.clone(), body, peer });
     if let (Some(dir), Some(rel)) = (files, path.strip_prefix("/files/")) {
         let p = dir.join(rel.split('?').next().unwrap_or_default());
         return match std::fs::read(&p) {
