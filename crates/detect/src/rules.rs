@@ -18,6 +18,11 @@ pub struct Rule {
     pub group: usize,
     /// Minimum Shannon entropy (bits per byte) of the secret.
     pub entropy: Option<f64>,
+    /// The secret must contain both a digit and a letter.
+    pub mixed: bool,
+    /// A match in which one of these is found is not a finding (documented
+    /// placeholders, pagination tokens).
+    pub allow: Vec<Regex>,
     /// Template for generated test secrets.
     pub gen_template: String,
     pub examples: Vec<String>,
@@ -34,6 +39,10 @@ struct RawRule {
     #[serde(default)]
     group: usize,
     entropy: Option<f64>,
+    #[serde(default)]
+    mixed: bool,
+    #[serde(default)]
+    allow: Vec<String>,
     #[serde(rename = "gen")]
     template: String,
     examples: Vec<String>,
@@ -70,6 +79,11 @@ pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
         if r.group >= regex.captures_len() {
             return Err(invalid("group out of range"));
         }
+        let allow = r
+            .allow
+            .iter()
+            .map(|a| Regex::new(a).map_err(|source| RuleError::Regex { id: r.id.clone(), source }))
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(Rule {
             id: r.id,
             description: r.description,
@@ -77,6 +91,8 @@ pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
             regex,
             group: r.group,
             entropy: r.entropy,
+            mixed: r.mixed,
+            allow,
             gen_template: r.template,
             examples: r.examples,
             negatives: r.negatives,

@@ -171,6 +171,15 @@ impl Detector {
                     if rule.group > 0 && looks_like_placeholder(m.as_bytes()) {
                         continue;
                     }
+                    let secret = m.as_bytes();
+                    if rule.mixed && !(secret.iter().any(u8::is_ascii_digit) && secret.iter().any(u8::is_ascii_alphabetic)) {
+                        continue;
+                    }
+                    if let Some(whole) = caps.get(0)
+                        && rule.allow.iter().any(|a| a.is_match(whole.as_bytes()))
+                    {
+                        continue;
+                    }
                     let start = base + (w.start + m.start()) as u64;
                     let end = base + (w.start + m.end()) as u64;
                     let whole = caps.get(0).map_or(m.end(), |w0| w0.end());
