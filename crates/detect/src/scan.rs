@@ -172,7 +172,9 @@ impl Detector {
                         continue;
                     }
                     let secret = m.as_bytes();
-                    if rule.mixed && !(secret.iter().any(u8::is_ascii_digit) && secret.iter().any(u8::is_ascii_alphabetic)) {
+                    if rule.mixed
+                        && !(secret.iter().any(u8::is_ascii_digit) && secret.iter().any(u8::is_ascii_alphabetic))
+                    {
                         continue;
                     }
                     if let Some(whole) = caps.get(0)

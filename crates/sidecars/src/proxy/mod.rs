@@ -15,6 +15,7 @@ mod ca;
 mod guard;
 mod policy;
 mod upstream;
+mod websocket;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,7 +47,9 @@ use audit::{Audit, Record};
 use body::{Counted, Verdict, scan_body};
 use guard::{normalize_host, split_authority};
 use policy::{Denial, Scheme, deny};
-use upstream::{ProxyBody, Sender, UpstreamError, connect_plain, connect_raw, connect_tls, resolve_checked};
+use upstream::{
+    ProxyBody, Sender, UpstreamError, connect_plain, connect_raw, connect_tls, connect_upgradable, resolve_checked,
+};
 
 /// The one crypto provider for every TLS config here.
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -133,6 +136,8 @@ struct Inner {
     known: Vec<(String, String)>,
     ca: Ca,
     upstream_tls: Arc<ClientConfig>,
+    /// HTTP/1.1 only, for WebSocket upgrades.
+    upstream_tls_h1: Arc<ClientConfig>,
     audit: Audit,
 }
 
@@ -153,7 +158,11 @@ impl Proxy {
     /// unset), and prepares the upstream TLS client.
     pub fn new(cfg: ProxyConfig) -> Result<Proxy, ProxyError> {
         let ca = Ca::load_or_create(&cfg.state_dir, &cfg.bottle)?;
-        let upstream_tls = Arc::new(upstream_client(cfg.upstream_ca.as_deref())?);
+        let client = upstream_client(cfg.upstream_ca.as_deref())?;
+        let mut h1 = client.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let upstream_tls = Arc::new(client);
+        let upstream_tls_h1 = Arc::new(h1);
         let audit = Audit::open(cfg.audit_log.as_deref())
             .map_err(|source| ProxyError::Io { path: cfg.audit_log.clone().unwrap_or_default(), source })?;
         let live = build_live(&cfg.egress, &*cfg.env, &cfg.known_secrets)?;
@@ -165,6 +174,7 @@ impl Proxy {
                 known: cfg.known_secrets,
                 ca,
                 upstream_tls,
+                upstream_tls_h1,
                 audit,
             }),
         })
@@ -588,13 +598,16 @@ impl Inner {
         if let Err(d) = Policy::check_request(&route, &c.method, &path_q) {
             return self.denied(&c, d);
         }
-        if req.headers().contains_key(header::UPGRADE) {
-            let why = if route.websocket {
-                "protocol upgrades are not forwarded by this build yet"
-            } else {
-                "protocol upgrades (websocket, h2c) need `websocket: true` on the route"
-            };
-            return self.denied(&c, deny("upgrade", why));
+        let upgrade = req.headers().get(header::UPGRADE).map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+        match upgrade.as_deref() {
+            None => {}
+            Some("websocket") if route.websocket => {}
+            Some("websocket") => {
+                return self.denied(&c, deny("upgrade", "websocket needs `websocket: true` on the route"));
+            }
+            Some(other) => {
+                return self.denied(&c, deny("upgrade", format!("protocol upgrade to `{other}` is never forwarded")));
+            }
         }
         let inject = route.inject.as_ref().and_then(|i| {
             let v = tokens.get(i.env.as_str())?;
@@ -625,6 +638,9 @@ impl Inner {
                 return self.denied(&c, deny("dlp", format!("request line or headers hold a secret ({})", f.rule)));
             }
             logged.push(f.rule);
+        }
+        if upgrade.is_some() {
+            return self.websocket(req, c, &path_q, &route, inject, det, block).await;
         }
         let encoding: Vec<String> = req
             .headers()
@@ -685,7 +701,76 @@ impl Inner {
         Response::from_parts(parts, Counted::new(body, done).boxed())
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one request's parts, passed once")]
+    /// Relays a WebSocket upgrade on a dedicated HTTP/1.1 upstream connection.
+    #[expect(clippy::too_many_arguments, reason = "one request's parts, passed once")]
+    async fn websocket(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        c: Ctx,
+        path_q: &str,
+        route: &Route,
+        inject: Option<(HeaderName, HeaderValue)>,
+        det: Arc<Detector>,
+        block: bool,
+    ) -> Response<ProxyBody> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _) = req.into_parts();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        // Compressed frames could not be scanned: negotiate none.
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Some((name, mut value)) = inject {
+            value.set_sensitive(true);
+            headers.remove(&name);
+            headers.insert(name, value);
+        }
+        let addr = match resolve_checked(&c.host, c.port, route).await {
+            Ok(a) => a,
+            Err(UpstreamError::Denied(d)) => return self.denied(&c, d),
+            Err(UpstreamError::Failed(why)) => return self.failed(&c, why),
+        };
+        let tls = (c.tls == "inspect").then_some(&self.upstream_tls_h1);
+        let mut sender = match connect_upgradable(tls, &c.host, addr).await {
+            Ok(s) => s,
+            Err(UpstreamError::Denied(d)) => return self.denied(&c, d),
+            Err(UpstreamError::Failed(why)) => return self.failed(&c, why),
+        };
+        let body = Empty::new().map_err(|e: Infallible| match e {}).boxed();
+        let Ok(up_req) = build(parts.method, path_q.parse().unwrap_or_default(), headers, body) else {
+            return self.failed(&c, "bad request".into());
+        };
+        let mut resp = match sender.send_request(up_req).await {
+            Ok(r) => r,
+            Err(e) => return self.failed(&c, format!("upstream: {e}")),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status().as_u16();
+            self.record(&c, "allow", None, status, 0, 0);
+            let (parts, body) = resp.into_parts();
+            return Response::from_parts(parts, body.map_err(|e| -> body::BoxError { Box::new(e) }).boxed());
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else { return };
+            let out = websocket::relay(client, upstream, det, block).await;
+            match out.denial {
+                Some(d) => inner.record(&c, "deny", Some(&d), 101, out.up, out.down),
+                None if !out.logged.is_empty() => {
+                    let d = Denial { rule: "dlp-log", reason: format!("dlp-log: {}", out.logged.join(", ")) };
+                    inner.record(&c, "allow", Some(&d), 101, out.up, out.down);
+                }
+                None => inner.record(&c, "allow", None, 101, out.up, out.down),
+            }
+        });
+        Response::from_parts(parts, Empty::new().map_err(|e: Infallible| match e {}).boxed())
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one request's parts, passed once")]
     async fn send_upstream(
         &self,
         c: &Ctx,

@@ -138,3 +138,35 @@ pub(crate) async fn connect_plain(host: &str, addr: SocketAddr) -> Result<Sender
 pub(crate) async fn connect_raw(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
     tcp(addr).await
 }
+
+/// A dedicated HTTP/1.1 connection whose driver allows protocol upgrades
+/// (WebSocket). `tls` is `None` for plain HTTP.
+pub(crate) async fn connect_upgradable(
+    tls: Option<&Arc<ClientConfig>>,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    let stream = tcp(addr).await?;
+    let failed = |e: hyper::Error| UpstreamError::Failed(format!("HTTP/1.1 with {host} failed: {e}"));
+    match tls {
+        Some(cfg) => {
+            let name = match host.parse::<IpAddr>() {
+                Ok(ip) => ServerName::IpAddress(ip.into()),
+                Err(_) => ServerName::try_from(host.to_owned())
+                    .map_err(|e| UpstreamError::Failed(format!("bad server name {host}: {e}")))?,
+            };
+            let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg.clone()).connect(name, stream))
+                .await
+                .map_err(|_| UpstreamError::Failed(format!("TLS handshake with {host} timed out")))?
+                .map_err(|e| UpstreamError::Failed(format!("TLS with {host} failed: {e}")))?;
+            let (send, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(failed)?;
+            tokio::spawn(conn.with_upgrades());
+            Ok(send)
+        }
+        None => {
+            let (send, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(failed)?;
+            tokio::spawn(conn.with_upgrades());
+            Ok(send)
+        }
+    }
+}

@@ -37,23 +37,17 @@ pub(crate) fn curl(env: &[(String, String)], args: &[&str]) -> (u16, String) {
         .output()
         .expect("curl runs")
         .into();
-    // A refused CONNECT shows up in %{http_connect}, a refused request in %{http_code}.
+    // The request's status; failing that, a refused CONNECT's; else 0
+    // (for example, TLS failed inside an accepted tunnel).
     let (body, codes) = out.stdout.rsplit_once('\n').unwrap_or(("", "0 0"));
-    let code = codes
-        .split_whitespace()
-        .filter_map(|c| c.parse::<u16>().ok())
-        .filter(|&c| c != 200 || !codes.contains("403"))
-        .max()
-        .unwrap_or(0);
-    let code = if codes.split_whitespace().next() == Some("000") {
-        codes.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    let mut it = codes.split_whitespace().map(|c| c.parse::<u16>().unwrap_or(0));
+    let (http, connect) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    let code = if http != 0 {
+        http
+    } else if connect != 0 && connect != 200 {
+        connect
     } else {
-        code
-    };
-    let code = if codes.split_whitespace().next().is_some_and(|c| c != "000") {
-        codes.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(code)
-    } else {
-        code
+        0
     };
     (code, format!("{body}{}", out.stderr))
 }

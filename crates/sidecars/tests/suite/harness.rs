@@ -92,7 +92,7 @@ impl Upstream {
                         async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &log, files.as_deref()).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
             }
@@ -106,11 +106,14 @@ impl Upstream {
 }
 
 async fn handle(
-    req: Request<hyper::body::Incoming>,
+    mut req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
-    log: &Mutex<Vec<Seen>>,
+    log: &Arc<Mutex<Vec<Seen>>>,
     files: Option<&Path>,
 ) -> Response<Full<Bytes>> {
+    if req.headers().get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        return websocket_echo(&mut req, peer, log.clone());
+    }
     let method = req.method().to_string();
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let version = format!("{:?}", req.version());
@@ -226,4 +229,118 @@ impl Harness {
             ("REQUESTS_CA_BUNDLE".into(), ca),
         ]
     }
+}
+
+/// Accepts a WebSocket upgrade and echoes each message back; every message
+/// received is recorded as a `Seen` with path `ws:`.
+fn websocket_echo(
+    req: &mut Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Response<Full<Bytes>> {
+    let key = req.headers().get("sec-websocket-key").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    let extensions =
+        req.headers().get("sec-websocket-extensions").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let mut input = key;
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sha1(&input));
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(up) = upgrade.await else { return };
+        let mut io = TokioIo::new(up);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 6 {
+                let len = (buf[1] & 0x7f) as usize; // tests send short frames
+                if buf.len() < 6 + len {
+                    break;
+                }
+                let mask = [buf[2], buf[3], buf[4], buf[5]];
+                let payload: Vec<u8> = buf[6..6 + len].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+                let opcode = buf[0] & 0x0f;
+                buf.drain(..6 + len);
+                log.lock().expect("lock").push(Seen {
+                    path: "ws:".into(),
+                    headers: BTreeMap::new(),
+                    body: payload.clone(),
+                    peer,
+                });
+                if opcode == 8 {
+                    return;
+                }
+                let mut frame = vec![0x80 | opcode, payload.len() as u8];
+                frame.extend_from_slice(&payload);
+                if io.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert("connection", "upgrade".parse().expect("h"));
+    r.headers_mut().insert("upgrade", "websocket".parse().expect("h"));
+    r.headers_mut().insert("sec-websocket-accept", accept.parse().expect("h"));
+    if let Some(e) = extensions {
+        // A real server would accept compression if offered; the proxy must not let it be offered.
+        r.headers_mut().insert("x-offered-extensions", e.parse().expect("h"));
+    }
+    r
+}
+
+/// SHA-1, for the WebSocket handshake only.
+fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut msg = data.to_vec();
+    let bits = (data.len() as u64) * 8;
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bits.to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn sha1_known_answer() {
+    let hex: String = sha1(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, "a9993e364706816aba3e25717850c26c9cd0d89d");
 }

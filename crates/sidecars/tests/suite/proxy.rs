@@ -404,3 +404,66 @@ fn stdin_helper_is_used() {
     assert_eq!(out.stdout.trim(), "200", "{}", out.stderr);
     assert_eq!(s.a.seen().last().map(|r| r.body.clone()), Some(b"hello from stdin".to_vec()));
 }
+
+#[test]
+fn websocket_messages_are_scanned_when_the_route_allows_websocket() {
+    let mut h = Harness::new();
+    let a = h.upstream("127.0.0.1", false);
+    h.start_proxy(&format!("routes:\n  - host: \"127.0.0.1:{}\"\n    websocket: true\n", a.addr.port()));
+    let env = h.client_env();
+    // A raw client: CONNECT, TLS trusting the bottle CA, the handshake (offering
+    // compression), one clean message, then one holding a secret.
+    let script = format!(
+        "import socket,ssl,os,base64\n\
+         s=socket.create_connection(('127.0.0.1',{pp}))\n\
+         s.sendall(b'CONNECT 127.0.0.1:{pa} HTTP/1.1\\r\\nHost: 127.0.0.1:{pa}\\r\\n\\r\\n'); s.recv(200)\n\
+         t=ssl.create_default_context().wrap_socket(s, server_hostname='127.0.0.1')\n\
+         key=base64.b64encode(os.urandom(16))\n\
+         t.sendall(b'GET /ws HTTP/1.1\\r\\nHost: 127.0.0.1:{pa}\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Version: 13\\r\\nSec-WebSocket-Extensions: permessage-deflate\\r\\nSec-WebSocket-Key: '+key+b'\\r\\n\\r\\n')\n\
+         head=b''\n\
+         while not head.endswith(b'\\r\\n\\r\\n'): head+=t.recv(1)\n\
+         print(head.split(b'\\r\\n')[0].decode())\n\
+         print('offered' if b'x-offered-extensions' in head.lower() else 'no extensions')\n\
+         def send(p):\n    m=os.urandom(4); t.sendall(bytes([0x81,0x80|len(p)])+m+bytes(b^m[i%4] for i,b in enumerate(p)))\n\
+         send(b'hello'); f=t.recv(100); print(f[2:].decode())\n\
+         send(b'{GHP}'); f=t.recv(100); print('close', int.from_bytes(f[2:4],'big') if f and f[0]==0x88 else f)",
+        pp = h.proxy_addr.port(),
+        pa = a.addr.port()
+    );
+    let out = python(&env, &script);
+    assert_eq!(
+        out.stdout.trim(),
+        "HTTP/1.1 101 Switching Protocols\nno extensions\nhello\nclose 1008",
+        "{}",
+        out.stderr
+    );
+    let got: Vec<String> =
+        a.seen().iter().filter(|s| s.path == "ws:").map(|s| String::from_utf8_lossy(&s.body).into_owned()).collect();
+    assert_eq!(got, vec!["hello".to_string()], "the upstream got the clean message and nothing else");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let last = h.audit().last().cloned().expect("record");
+    assert_eq!((last["decision"].as_str(), last["rule"].as_str()), (Some("deny"), Some("dlp")), "{last}");
+}
+
+#[test]
+fn passthrough_routes_tunnel_tls_without_inspection() {
+    let mut h = Harness::new();
+    let a = h.upstream("127.0.0.1", false);
+    h.start_proxy(&format!("routes:\n  - host: \"127.0.0.1:{}\"\n    tls: passthrough\n", a.addr.port()));
+    // The client sees the upstream's own certificate, so it trusts the upstream CA.
+    let mut env = h.client_env();
+    let ca = h.pki.ca_file.display().to_string();
+    for (k, v) in env.iter_mut() {
+        if k == "CURL_CA_BUNDLE" || k == "SSL_CERT_FILE" {
+            *v = ca.clone();
+        }
+    }
+    let (code, body) = curl(&env, &["-H", "x-note: nothing is inspected here", &url(&a, "/pinned")]);
+    assert_eq!(code, 200, "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let rec = h.audit().into_iter().find(|r| r["tls"] == "passthrough").expect("passthrough record");
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    // With the bottle CA only, the client refuses: the proxy did not mint a certificate.
+    let (code, _) = curl(&h.client_env(), &[&url(&a, "/pinned")]);
+    assert_eq!(code, 0, "no MITM certificate on a passthrough route");
+}
