@@ -3,4 +3,5 @@ mod cases;
 mod cli;
 mod dry_run;
 mod malformed;
+mod proxy_cmd;
 mod scan;

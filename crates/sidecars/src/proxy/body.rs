@@ -292,3 +292,86 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"ghp_Zq8VtR2mN4kL7pX1cB9dF3hJ6sW0yA5eG2uT";
+
+    fn doc() -> Vec<u8> {
+        let mut d = vec![b'x'; 300];
+        d.push(b' ');
+        d.extend_from_slice(SECRET);
+        d.push(b' ');
+        d.extend(vec![b'y'; 300]);
+        d
+    }
+
+    fn enc(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn decodes_every_supported_encoding() {
+        let d = doc();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&d).expect("gzip");
+        assert_eq!(decode(&gz.finish().expect("gzip"), &enc(&["gzip"])), Ok(d.clone()));
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&d).expect("zlib");
+        assert_eq!(decode(&z.finish().expect("zlib"), &enc(&["deflate"])), Ok(d.clone()));
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(&d).expect("deflate");
+        assert_eq!(decode(&raw.finish().expect("deflate"), &enc(&["deflate"])), Ok(d.clone()));
+        let mut zs = Vec::new();
+        ruzstd::encoding::compress(&d[..], &mut zs, ruzstd::encoding::CompressionLevel::Fastest);
+        assert_eq!(decode(&zs, &enc(&["zstd"])), Ok(d.clone()));
+        // Brotli, made by Python's `brotli` package from the same document.
+        let br: [u8; 56] = [
+            27, 129, 2, 248, 101, 96, 158, 169, 46, 68, 56, 138, 252, 93, 139, 141, 88, 0, 32, 160, 252, 59, 203, 192,
+            56, 93, 101, 114, 147, 193, 203, 129, 119, 3, 93, 53, 226, 138, 160, 150, 161, 58, 1, 153, 20, 252, 25,
+            130, 127, 26, 235, 69, 248, 237, 1, 127,
+        ];
+        assert_eq!(decode(&br, &enc(&["br"])), Ok(d.clone()));
+        // Stacked encodings are undone in reverse order.
+        let mut inner = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        inner.write_all(&d).expect("gzip");
+        let mut outer = Vec::new();
+        ruzstd::encoding::compress(
+            &inner.finish().expect("gzip")[..],
+            &mut outer,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(decode(&outer, &enc(&["gzip", "zstd"])), Ok(d));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_decode() {
+        for (data, e) in [
+            (&b"not gzip"[..], "gzip"),
+            (b"not zstd", "zstd"),
+            (b"\xff\xff\xff", "br"),
+            (b"x", "compress"),
+            (b"x", "sdch"),
+        ] {
+            let r = decode(data, &enc(&[e]));
+            assert!(r.as_ref().is_err_and(|d| d.rule == "undecodable-body"), "{e}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_decompression_bomb() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_DECODED >> 20) + 1 {
+            gz.write_all(&zeros).expect("gzip");
+        }
+        let bomb = gz.finish().expect("gzip");
+        assert!(bomb.len() < MAX_ENCODED, "the bomb itself is small: {}", bomb.len());
+        let r = decode(&bomb, &enc(&["gzip"]));
+        assert!(r.as_ref().is_err_and(|d| d.rule == "body-too-large"), "{r:?}");
+    }
+}
