@@ -100,6 +100,29 @@ impl Upstream {
         Upstream { addr, seen }
     }
 
+    /// The same echo over plain HTTP/1.1.
+    pub(crate) async fn start_plain(ip: &str) -> Upstream {
+        let listener =
+            tokio::net::TcpListener::bind((ip.parse::<IpAddr>().expect("ip"), 0)).await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else { continue };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &log, None).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
     pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
     }

@@ -467,3 +467,27 @@ fn passthrough_routes_tunnel_tls_without_inspection() {
     let (code, _) = curl(&h.client_env(), &[&url(&a, "/pinned")]);
     assert_eq!(code, 0, "no MITM certificate on a passthrough route");
 }
+
+#[test]
+fn plain_http_is_checked_the_same_and_never_carries_a_token() {
+    let mut h = Harness::new();
+    let plain = h.rt.block_on(Upstream::start_plain("127.0.0.1"));
+    let other = h.rt.block_on(Upstream::start_plain("127.0.0.2"));
+    h.start_proxy(&format!(
+        "routes:\n  - host: \"127.0.0.1:{}\"\n    methods: [GET]\n  - host: \"127.0.0.2:{}\"\n    inject: {{ header: authorization, env: TEST_TOKEN }}\n",
+        plain.addr.port(),
+        other.addr.port()
+    ));
+    let env = h.client_env();
+    let (code, body) = curl(&env, &[&format!("http://{}/hello", plain.addr)]);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = curl(&env, &["-X", "POST", &format!("http://{}/hello", plain.addr)]);
+    assert_eq!(code, 403);
+    let (code, _) = curl(&env, &[&format!("http://{}/x?t={GHP}", plain.addr)]);
+    assert_eq!((code, last_rule(&h)), (403, "dlp".into()));
+    let (code, body) = curl(&env, &[&format!("http://{}/token", other.addr)]);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(last_rule(&h), "inject-plaintext");
+    assert!(other.seen().is_empty(), "the token-bearing route sent nothing in the clear");
+    assert_eq!(h.audit().iter().filter(|r| r["tls"] == "none").count(), 4);
+}
