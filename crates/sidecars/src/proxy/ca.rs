@@ -22,6 +22,9 @@ use super::ProxyError;
 const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const LEAF_REUSE: Duration = Duration::from_secs(12 * 3600);
 const CA_LIFETIME_DAYS: i64 = 365;
+/// Bound on cached leaves: a wildcard route lets the agent name endless
+/// hosts, and each must not cost memory forever.
+const MAX_LEAVES: usize = 1024;
 
 /// A bottle's CA: created once in the bottle's state dir (key mode 0600),
 /// loaded again on restart so the sandbox's trust store stays valid.
@@ -137,6 +140,12 @@ impl Ca {
             .map_err(ProxyError::tls)?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
+        if leaves.len() >= MAX_LEAVES {
+            leaves.retain(|_, (made, _)| made.elapsed() < LEAF_REUSE / 4);
+            if leaves.len() >= MAX_LEAVES {
+                leaves.clear();
+            }
+        }
         leaves.insert(host.to_owned(), (Instant::now(), cfg.clone()));
         Ok(cfg)
     }

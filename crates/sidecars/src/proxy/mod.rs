@@ -652,17 +652,33 @@ impl Inner {
             .filter(|s| !s.is_empty() && s != "identity")
             .collect();
         let (parts, incoming) = req.into_parts();
-        let (fwd_body, mut verdict, up_count) = scan_body(incoming, encoding, det, block);
         let mut headers = parts.headers;
+        // Framing is redone upstream: a Content-Length that came with
+        // Transfer-Encoding describes nothing we forward, and must not reach
+        // a server that might believe it (request smuggling).
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut headers);
+        let (fwd_body, mut verdict, up_count) = if hyper::body::Body::is_end_stream(&incoming) {
+            // No body: nothing to scan, and nothing to frame as chunked.
+            let (_tx, rx) = tokio::sync::oneshot::channel();
+            (
+                Empty::new().map_err(|e: Infallible| match e {}).boxed(),
+                rx,
+                Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            )
+        } else {
+            let (b, v, n) = scan_body(incoming, encoding, det, block);
+            (b.boxed(), v, n)
+        };
         if let Some((name, mut value)) = inject {
             value.set_sensitive(true);
             headers.remove(&name);
             headers.insert(name, value);
         }
         let resp = {
-            let send =
-                self.send_upstream(&c, &route, tunnel.as_deref(), parts.method, &path_q, headers, fwd_body.boxed());
+            let send = self.send_upstream(&c, &route, tunnel.as_deref(), parts.method, &path_q, headers, fwd_body);
             tokio::pin!(send);
             let mut verdict_open = true;
             loop {

@@ -491,3 +491,39 @@ fn plain_http_is_checked_the_same_and_never_carries_a_token() {
     assert!(other.seen().is_empty(), "the token-bearing route sent nothing in the clear");
     assert_eq!(h.audit().iter().filter(|r| r["tls"] == "none").count(), 4);
 }
+
+#[test]
+fn framing_is_redone_upstream() {
+    let s = setup();
+    let (code, _) = curl(&s.env, &[&url(&s.b, "/plain-get")]);
+    assert_eq!(code, 200);
+    let get = s.b.seen().last().cloned().expect("seen");
+    assert!(
+        !get.headers.contains_key("transfer-encoding") && get.body.is_empty(),
+        "a GET without a body stays without one: {:?}",
+        get.headers
+    );
+    // Both Transfer-Encoding and Content-Length: the stale length never reaches the upstream.
+    let script = format!(
+        "import socket,ssl\n\
+         s=socket.create_connection(('127.0.0.1',{pp}))\n\
+         s.sendall(b'CONNECT 127.0.0.2:{pb} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(200)\n\
+         t=ssl.create_default_context().wrap_socket(s, server_hostname='127.0.0.2')\n\
+         t.sendall(b'POST /smuggle HTTP/1.1\\r\\nHost: 127.0.0.2:{pb}\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n')\n\
+         print(t.recv(100).split(b'\\r\\n')[0].decode())",
+        pp = s.h.proxy_addr.port(),
+        pb = s.b.addr.port()
+    );
+    let out = python(&s.env, &script);
+    let status = out.stdout.trim().to_owned();
+    assert!(status == "HTTP/1.1 200 OK" || status.starts_with("HTTP/1.1 400"), "{status} {}", out.stderr);
+    for r in s.b.seen().iter().filter(|r| r.path == "/smuggle") {
+        assert_ne!(
+            r.headers.get("content-length").map(String::as_str),
+            Some("4"),
+            "stale length forwarded: {:?}",
+            r.headers
+        );
+        assert_eq!(r.body, b"hello");
+    }
+}
