@@ -259,6 +259,7 @@ impl Stream<'_> {
     }
 
     fn step(&mut self, chunk: &[u8], last: bool) -> Vec<Finding> {
+        // One buffer, reused: the carried tail sits at its front.
         let mut buf = std::mem::take(&mut self.tail);
         let old = buf.len();
         buf.extend_from_slice(chunk);
@@ -285,7 +286,8 @@ impl Stream<'_> {
         let keep = self.det.overlap.min(buf.len());
         let cut = buf.len() - keep;
         self.tail_start += cut as u64;
-        self.tail = buf.split_off(cut);
+        buf.drain(..cut);
+        self.tail = buf;
         let floor = self.tail_start.saturating_sub(self.det.overlap as u64);
         self.seen.retain(|(_, start)| *start >= floor);
         out

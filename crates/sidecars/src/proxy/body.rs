@@ -111,7 +111,10 @@ async fn pump_identity(
 ) -> PumpResult {
     let mut stream = det.stream();
     let hold = det.overlap();
-    let mut pending: Vec<u8> = Vec::new();
+    // Chunks scanned but not yet forwarded, as hyper gave them (no copies).
+    // Everything but the last `hold` bytes goes out as soon as it is scanned.
+    let mut held: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    let mut held_len = 0usize;
     let mut logged = Vec::new();
     loop {
         let frame = match incoming.frame().await {
@@ -127,11 +130,18 @@ async fn pump_identity(
             }
             logged.push(f.rule);
         }
-        pending.extend_from_slice(&chunk);
-        if pending.len() > hold {
-            let rest = pending.split_off(pending.len() - hold);
-            let ready = std::mem::replace(&mut pending, rest);
-            if tx.send(Ok(Bytes::from(ready))).await.is_err() {
+        held_len += chunk.len();
+        held.push_back(chunk);
+        while held_len > hold {
+            let Some(mut front) = held.pop_front() else { break };
+            let excess = held_len - hold;
+            if front.len() > excess {
+                // Forward only the part of this chunk that is clear of the hold-back.
+                let rest = front.split_off(excess);
+                held.push_front(rest);
+            }
+            held_len -= front.len();
+            if tx.send(Ok(front)).await.is_err() {
                 return Err(None);
             }
         }
@@ -142,8 +152,10 @@ async fn pump_identity(
         }
         logged.push(f.rule);
     }
-    if !pending.is_empty() && tx.send(Ok(Bytes::from(pending))).await.is_err() {
-        return Err(None);
+    for chunk in held {
+        if tx.send(Ok(chunk)).await.is_err() {
+            return Err(None);
+        }
     }
     Ok(logged)
 }
