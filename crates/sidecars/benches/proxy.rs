@@ -256,11 +256,18 @@ async fn upload(t: &Target, bytes: usize) -> f64 {
 /// Five 100 MB uploads each way, alternating so that both see the same
 /// machine; the medians are compared (single runs swing widely on a shared
 /// 2-core machine).
-async fn uploads(direct: &Target, ours: &Target) -> (f64, f64) {
+async fn uploads(direct: &Target, ours: &Target, proxy_pid: u32) -> (f64, f64) {
     let (mut d, mut o) = (Vec::new(), Vec::new());
+    let (mut cpu_direct, mut cpu_ours_bench, mut cpu_ours_proxy) = (0.0, 0.0, 0.0);
     for _ in 0..5 {
+        let b0 = cpu_secs("self");
         d.push(upload(direct, 100_000_000).await);
+        let b1 = cpu_secs("self");
+        let p1 = cpu_secs(&proxy_pid.to_string());
         o.push(upload(ours, 100_000_000).await);
+        cpu_direct += b1 - b0;
+        cpu_ours_bench += cpu_secs("self") - b1;
+        cpu_ours_proxy += cpu_secs(&proxy_pid.to_string()) - p1;
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -271,7 +278,24 @@ async fn uploads(direct: &Target, ours: &Target) -> (f64, f64) {
         "{{\"case\": \"upload 100 MB, median of 5\", \"direct_mb_s\": {md:.1}, \"bot_bottle_mb_s\": {mo:.1}, \"ratio\": {:.2}, \"direct_runs\": {d:.0?}, \"bot_bottle_runs\": {o:.0?}}}",
         mo / md
     );
+    // CPU seconds per 100 MB: the client and upstream (this process), and the proxy.
+    println!(
+        "{{\"case\": \"upload CPU per 100 MB\", \"direct_client_and_upstream_s\": {:.3}, \"proxied_client_and_upstream_s\": {:.3}, \"proxy_s\": {:.3}}}",
+        cpu_direct / 5.0,
+        cpu_ours_bench / 5.0,
+        cpu_ours_proxy / 5.0
+    );
     (md, mo)
+}
+
+/// User + system CPU seconds of a process (`self` or a pid).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is 0, utime 11, stime 12 (clock ticks of 100 Hz).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn free_port() -> u16 {
@@ -416,7 +440,7 @@ async fn run() {
     }
 
     if arg("--case").as_deref() == Some("upload") {
-        uploads(&direct, &ours_t).await;
+        uploads(&direct, &ours_t, ours.0.id()).await;
         return;
     }
 
@@ -453,7 +477,7 @@ async fn run() {
         results.push((name, thr, lat));
     }
 
-    let (up_direct, up_ours) = uploads(&direct, &ours_t).await;
+    let (up_direct, up_ours) = uploads(&direct, &ours_t, ours.0.id()).await;
 
     // RSS with 100 tunnels open at once, each having made a request.
     let mut held = Vec::new();
