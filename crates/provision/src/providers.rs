@@ -1,0 +1,303 @@
+//! One function per provider, each adding to what `common` set up.
+
+use bot_bottle_manifest::{GitUrl, Plan};
+
+use crate::{Command, Content, Dir, File, Launch, Owner, Provision};
+
+/// What the agent holds instead of a real key. The proxy replaces the header
+/// it travels in with the real token; this value is harmless anywhere.
+pub const PLACEHOLDER_KEY: &str = "bot-bottle-placeholder-not-a-key";
+
+fn dir(p: &mut Provision, path: String, mode: u32, owner: Owner) {
+    p.dirs.push(Dir { path, mode, owner });
+}
+
+fn file(p: &mut Provision, path: String, mode: u32, owner: Owner, content: Content) {
+    p.files.push(File { path, mode, owner, content });
+}
+
+fn text(s: impl Into<String>) -> Content {
+    Content::Inline(s.into().into_bytes())
+}
+
+/// Checks, before the agent starts, that its program runs in this bottle.
+fn verify(p: &mut Provision, argv: &[&str], why: &str) {
+    p.commands.push(Command {
+        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        user: Owner::Agent,
+        why: why.to_owned(),
+    });
+}
+
+fn env(p: &mut Provision, k: &str, v: impl Into<String>) {
+    p.env.insert(k.to_owned(), v.into());
+}
+
+pub(crate) fn prompt_path(l: &Launch<'_>) -> String {
+    format!("{}/prompt.md", l.state_dir)
+}
+
+fn bundle_path(l: &Launch<'_>) -> String {
+    format!("{}/ca-bundle.pem", l.state_dir)
+}
+
+/// CA trust for every common runtime, the proxy, git, the prompt, and the
+/// bottle's own plain environment.
+pub(crate) fn common(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
+    dir(p, l.state_dir.to_owned(), 0o755, Owner::Root);
+    dir(p, l.home.to_owned(), 0o700, Owner::Agent);
+    file(p, format!("{}/ca.pem", l.state_dir), 0o644, Owner::Root, text(l.ca_pem));
+    // One bundle with the system roots and the bottle CA, so that runtimes
+    // that replace (not extend) their roots still trust both.
+    let mut bundle = String::new();
+    if let Some(roots) = l.system_roots_pem {
+        bundle.push_str(roots.trim_end());
+        bundle.push('\n');
+    }
+    bundle.push_str(l.ca_pem.trim_end());
+    bundle.push('\n');
+    file(p, bundle_path(l), 0o644, Owner::Root, text(bundle));
+    // The prompt is the operator's: readable by the agent, not changeable.
+    file(p, prompt_path(l), 0o644, Owner::Root, text(l.prompt));
+
+    env(p, "HOME", l.home);
+    env(p, "USER", l.user);
+    env(p, "LOGNAME", l.user);
+    env(p, "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for k in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"] {
+        env(p, k, l.proxy_url);
+    }
+    // Loopback inside the bottle holds only bot-bottle's own services
+    // (git gate, supervise): reach them directly.
+    env(p, "NO_PROXY", "localhost,127.0.0.1");
+    env(p, "no_proxy", "localhost,127.0.0.1");
+    let bundle = bundle_path(l);
+    for k in [
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+        "PIP_CERT",
+        "CARGO_HTTP_CAINFO",
+        "AWS_CA_BUNDLE",
+        "DENO_CERT",
+    ] {
+        env(p, k, bundle.clone());
+    }
+    env(p, "NODE_USE_ENV_PROXY", "1");
+    for (k, v) in &plan.env {
+        env(p, k.as_str(), v.clone());
+    }
+    file(p, format!("{}/.gitconfig", l.home), 0o644, Owner::Agent, text(gitconfig(plan, l)));
+}
+
+fn gitconfig(plan: &Plan, l: &Launch<'_>) -> String {
+    let mut g = String::new();
+    let user = &plan.git_gate.user;
+    if user.name.is_some() || user.email.is_some() {
+        g.push_str("[user]\n");
+        if let Some(n) = &user.name {
+            g.push_str(&format!("\tname = {}\n", quote(n)));
+        }
+        if let Some(e) = &user.email {
+            g.push_str(&format!("\temail = {}\n", quote(e)));
+        }
+    }
+    g.push_str(&format!("[http]\n\tproxy = {}\n\tsslCAInfo = {}\n", l.proxy_url, bundle_path(l)));
+    g.push_str(&format!("[safe]\n\tdirectory = {}\n", l.workspace));
+    // Pushes and fetches of the bottle's repos go to the git gate, which
+    // holds the real credentials; both spellings of an ssh URL are mapped.
+    if let Some(gate) = l.git_gate_url {
+        for (name, repo) in &plan.git_gate.repos {
+            g.push_str(&format!("[url \"{}/{name}.git\"]\n", gate.trim_end_matches('/')));
+            g.push_str(&format!("\tinsteadOf = {}\n", repo.url));
+            if let GitUrl::Ssh { user, host, port: None, path } = &repo.url {
+                let at = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+                g.push_str(&format!("\tinsteadOf = {at}{host}:{path}\n"));
+            }
+        }
+    }
+    g
+}
+
+/// A git config value, quoted when it has characters git would misread.
+fn quote(v: &str) -> String {
+    if v.chars().any(|c| matches!(c, '"' | '\\' | ';' | '#') || c.is_control())
+        || v.starts_with(' ')
+        || v.ends_with(' ')
+    {
+        let escaped: String = v
+            .chars()
+            .filter(|c| !c.is_control())
+            .flat_map(|c| match c {
+                '"' => vec!['\\', '"'],
+                '\\' => vec!['\\', '\\'],
+                c => vec![c],
+            })
+            .collect();
+        format!("\"{escaped}\"")
+    } else {
+        v.to_owned()
+    }
+}
+
+fn skills_into(plan: &Plan, p: &mut Provision, root: &str) {
+    for s in &plan.agent.skills {
+        let base = format!("{root}/{}", s.name);
+        dir(p, base.clone(), 0o755, Owner::Root);
+        let mut made = vec![base.clone()];
+        for f in &s.files {
+            // Subfolders of a skill, created once each.
+            let rel = std::path::Path::new(f);
+            let mut acc = base.clone();
+            if let Some(parent) = rel.parent() {
+                for c in parent.components() {
+                    acc = format!("{acc}/{}", c.as_os_str().to_string_lossy());
+                    if !made.contains(&acc) {
+                        dir(p, acc.clone(), 0o755, Owner::Root);
+                        made.push(acc.clone());
+                    }
+                }
+            }
+            file(p, format!("{base}/{f}"), 0o644, Owner::Root, Content::Host(s.dir.join(f)));
+        }
+    }
+}
+
+/// Claude Code: placeholder key, prompt appended to the system prompt,
+/// skills, supervise over MCP, no update checks or nonessential traffic,
+/// and no permission prompts (the bottle is the boundary).
+pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
+    let dot = format!("{}/.claude", l.home);
+    dir(p, dot.clone(), 0o700, Owner::Agent);
+    dir(p, format!("{dot}/skills"), 0o755, Owner::Agent);
+    skills_into(plan, p, &format!("{dot}/skills"));
+    // First-run screens would stall an unattended agent.
+    file(
+        p,
+        format!("{}/.claude.json", l.home),
+        0o600,
+        Owner::Agent,
+        text("{\n  \"hasCompletedOnboarding\": true,\n  \"bypassPermissionsModeAccepted\": true\n}\n"),
+    );
+    verify(
+        p,
+        &["claude", "--version"],
+        "Claude Code must be installed in the bottle (npm i -g @anthropic-ai/claude-code)",
+    );
+    env(p, "ANTHROPIC_API_KEY", PLACEHOLDER_KEY);
+    env(p, "DISABLE_AUTOUPDATER", "1");
+    env(p, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    let mut argv: Vec<String> = vec!["claude".into(), "--dangerously-skip-permissions".into()];
+    argv.extend(["--append-system-prompt-file".into(), prompt_path(l)]);
+    if let Some(m) = &plan.agent.model {
+        argv.extend(["--model".into(), m.clone()]);
+    }
+    if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
+        let mcp = format!("{}/mcp.json", l.state_dir);
+        let cfg = serde_json::json!({ "mcpServers": { "supervise": { "type": "http", "url": url } } });
+        file(p, mcp.clone(), 0o644, Owner::Root, text(format!("{cfg:#}\n")));
+        argv.extend(["--mcp-config".into(), mcp, "--strict-mcp-config".into()]);
+    }
+    if !l.interactive {
+        argv.push("--print".into());
+    }
+    argv.extend(plan.args.iter().cloned());
+    p.argv = argv;
+}
+
+/// Codex: its own home with config, placeholder auth and the prompt as
+/// global instructions; approvals off (the bottle is the boundary).
+pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
+    let home = format!("{}/.codex", l.home);
+    dir(p, home.clone(), 0o700, Owner::Agent);
+    let mut cfg = String::new();
+    if let Some(m) = &plan.agent.model {
+        cfg.push_str(&format!("model = {}\n", toml_str(m)));
+    }
+    cfg.push_str("approval_policy = \"never\"\n");
+    cfg.push_str("# The bottle is the sandbox; Codex's own would only get in the way.\n");
+    cfg.push_str("sandbox_mode = \"danger-full-access\"\n");
+    if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
+        cfg.push_str(&format!("\n[mcp_servers.supervise]\nurl = {}\n", toml_str(url)));
+    }
+    file(p, format!("{home}/config.toml"), 0o600, Owner::Agent, text(cfg));
+    file(
+        p,
+        format!("{home}/auth.json"),
+        0o600,
+        Owner::Agent,
+        text(format!("{{\"OPENAI_API_KEY\": \"{PLACEHOLDER_KEY}\"}}\n")),
+    );
+    file(p, format!("{home}/AGENTS.md"), 0o644, Owner::Root, text(l.prompt));
+    skills_into(plan, p, &format!("{home}/skills"));
+    verify(p, &["codex", "--version"], "Codex must be installed in the bottle (npm i -g @openai/codex)");
+    env(p, "CODEX_HOME", home);
+    env(p, "OPENAI_API_KEY", PLACEHOLDER_KEY);
+    let mut argv: Vec<String> = vec!["codex".into()];
+    if !l.interactive {
+        argv.push("exec".into());
+    }
+    argv.extend(plan.args.iter().cloned());
+    p.argv = argv;
+}
+
+/// Any program: its argv, and where to find the prompt.
+pub(crate) fn command(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
+    env(p, "BOT_BOTTLE_PROMPT_FILE", prompt_path(l));
+    if !plan.agent.skills.is_empty() {
+        let root = format!("{}/skills", l.state_dir);
+        dir(p, root.clone(), 0o755, Owner::Root);
+        skills_into(plan, p, &root);
+        env(p, "BOT_BOTTLE_SKILLS_DIR", root);
+    }
+    let mut argv = plan.agent.command.clone().unwrap_or_default();
+    if let Some(program) = argv.first() {
+        // `command -v` through sh: finds the program the way exec will.
+        p.commands.push(Command {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "command -v -- \"$1\" >/dev/null".into(),
+                "sh".into(),
+                program.clone(),
+            ],
+            user: Owner::Agent,
+            why: format!("the agent's program `{program}` must exist in the bottle"),
+        });
+    }
+    argv.extend(plan.args.iter().cloned());
+    p.argv = argv;
+}
+
+fn toml_str(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            '\n' => vec!['\\', 'n'],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_values_are_quoted_when_needed() {
+        assert_eq!(quote("Bot"), "Bot");
+        assert_eq!(quote("a;b"), "\"a;b\"");
+        assert_eq!(quote("x\"y"), "\"x\\\"y\"");
+        assert_eq!(quote("evil\n[core]\n\tsshCommand = x"), "\"evil[core]sshCommand = x\"");
+    }
+
+    #[test]
+    fn the_placeholder_is_not_mistaken_for_a_secret() {
+        assert!(!PLACEHOLDER_KEY.starts_with("sk-"));
+    }
+}

@@ -1,0 +1,113 @@
+//! Provisioning snapshots for each provider, from real manifests.
+
+use std::path::Path;
+
+use bot_bottle_manifest::{Manifest, Plan, Request};
+use bot_bottle_provision::{Launch, PLACEHOLDER_KEY, provision};
+
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBbottleCA\n-----END CERTIFICATE-----\n";
+
+fn manifest(files: &[(&str, &str)]) -> (tempfile::TempDir, Manifest) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join(".bot-bottle");
+    for (name, body) in files {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, body).expect("write");
+    }
+    let m = Manifest::load(&root, Some(Path::new("/home/user"))).expect("load");
+    (tmp, m)
+}
+
+fn plan(m: &Manifest, agent: &str, args: &[&str]) -> Plan {
+    let req = Request { agent: agent.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Request::default() };
+    m.resolve(&req, &|_| true).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+fn launch<'a>(prompt: &'a str, interactive: bool) -> Launch<'a> {
+    Launch {
+        user: "agent",
+        home: "/home/agent",
+        workspace: "/workspace",
+        state_dir: "/run/bot-bottle",
+        proxy_url: "http://127.0.0.1:3128",
+        ca_pem: CA,
+        system_roots_pem: Some("-----BEGIN CERTIFICATE-----\nsystem roots\n-----END CERTIFICATE-----\n"),
+        prompt,
+        git_gate_url: Some("http://127.0.0.1:9418"),
+        supervise_url: Some("http://127.0.0.1:9419/mcp"),
+        interactive,
+    }
+}
+
+const BOTTLE: &str = "egress:\n  routes:\n    - host: api.anthropic.com\n      inject: { header: x-api-key, env: ANTHROPIC_API_KEY }\n    - host: api.openai.com\n      inject: { header: authorization, env: OPENAI_TOKEN, format: \"Bearer {}\" }\nenv: { RUST_LOG: info }\ngit-gate:\n  user: { name: Bot, email: bot@example.com }\n  repos:\n    app:\n      url: git@github.com:org/app.git\n      key: { provider: static, path: ~/.ssh/k }\n      host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\nsupervise: true\n";
+
+fn snapshot(name: &str, dir: &Path, p: &bot_bottle_provision::Provision) {
+    let json = serde_json::to_string_pretty(p).expect("json").replace(&dir.display().to_string(), "[TMP]");
+    insta::assert_snapshot!(name, json);
+}
+
+#[test]
+fn claude_provisioning() {
+    let (tmp, m) = manifest(&[
+        (
+            "agents/rev.md",
+            "---\nprovider: claude\nmodel: claude-sonnet-4-5\nbottle: dev\nskills: [review]\n---\nReview the change.\n",
+        ),
+        ("bottles/dev.yaml", BOTTLE),
+        ("skills/review/SKILL.md", "Review carefully.\n"),
+        ("skills/review/checklists/rust.md", "- clippy\n"),
+    ]);
+    let p = provision(&plan(&m, "rev", &["fix the bug"]), &launch("Review the change.\n", false)).expect("provision");
+    snapshot("claude", tmp.path(), &p);
+}
+
+#[test]
+fn codex_provisioning() {
+    let (tmp, m) = manifest(&[
+        ("agents/cx.md", "---\nprovider: codex\nmodel: gpt-5-codex\nbottle: dev\n---\nFix the tests.\n"),
+        ("bottles/dev.yaml", BOTTLE),
+    ]);
+    let p = provision(&plan(&m, "cx", &[]), &launch("Fix the tests.\n", true)).expect("provision");
+    snapshot("codex", tmp.path(), &p);
+}
+
+#[test]
+fn command_provisioning() {
+    let (tmp, m) = manifest(&[
+        (
+            "agents/hello.md",
+            "---\nprovider: command\ncommand: [\"sh\", \"-c\", \"echo hi\"]\nbottle: plain\nskills: [greet]\n---\nSay hi.\n",
+        ),
+        ("bottles/plain.yaml", "env: { GREETING: hello }\n"),
+        ("skills/greet/SKILL.md", "Greet.\n"),
+    ]);
+    let p = provision(&plan(&m, "hello", &["--loud"]), &launch("Say hi.\n", true)).expect("provision");
+    snapshot("command", tmp.path(), &p);
+}
+
+#[test]
+fn injected_tokens_never_enter_the_bottle() {
+    let (_tmp, m) =
+        manifest(&[("agents/rev.md", "---\nprovider: claude\nbottle: dev\n---\nGo.\n"), ("bottles/dev.yaml", BOTTLE)]);
+    let p = provision(&plan(&m, "rev", &[]), &launch("Go.\n", true)).expect("provision");
+    // Not the values (provisioning never sees them), and not even the names:
+    // the agent's env holds the placeholder under the client's own variable.
+    assert!(!p.env.contains_key("OPENAI_TOKEN"));
+    assert_eq!(p.env.get("ANTHROPIC_API_KEY").map(String::as_str), Some(PLACEHOLDER_KEY));
+    let all = serde_json::to_string(&p).expect("json");
+    assert!(!all.contains("OPENAI_TOKEN"), "{all}");
+}
+
+#[test]
+fn bad_inputs_are_refused() {
+    let (_tmp, m) =
+        manifest(&[("agents/a.md", "---\nprovider: claude\nbottle: dev\n---\nGo.\n"), ("bottles/dev.yaml", "{}\n")]);
+    let pl = plan(&m, "a", &[]);
+    let mut l = launch("Go.\n", true);
+    l.ca_pem = "not a cert";
+    assert!(provision(&pl, &l).is_err());
+    let mut l = launch("Go.\n", true);
+    l.home = "relative/home";
+    assert!(provision(&pl, &l).is_err());
+}
