@@ -116,6 +116,12 @@ pub(crate) fn failure(message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // The bottle's init stages are this same binary in a hidden mode.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__bottle-init") {
+        let code = bot_bottle_backend::native::init_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 mod cases;
 mod cli;
 mod dry_run;
+mod escape;
 mod malformed;
+mod native;
 mod proxy_cmd;
 mod scan;

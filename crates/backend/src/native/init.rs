@@ -1,0 +1,438 @@
+//! The init stages, run as `bot-bottle __bottle-init STAGE SPEC`.
+//!
+//! - **a**: unshare every namespace; the host-side launcher then writes the
+//!   uid/gid maps (only a process outside can map an unprivileged host
+//!   range); then start stage b, which is pid 1 of the new pid namespace.
+//! - **b**: build the bottle's root (fresh tmpfs, system dirs read-only,
+//!   fresh /proc, /dev, /tmp, home), pivot into it, bring loopback up, start
+//!   the forwarders to the sidecar sockets, drop the capability bounding
+//!   set, start stage c as the agent user, reap children, pass its status on.
+//! - **c**: as the agent: no capabilities, `no_new_privs`, rlimits, the
+//!   seccomp filter, then exec the agent.
+//!
+//! Each stage is a fresh single-threaded exec, so seccomp and credential
+//! changes never race with other threads.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::{Gid, Pid, Uid, chown, pivot_root, sethostname};
+
+use super::spec::Spec;
+
+/// Where stage b puts things inside the bottle.
+const RUN: &str = "/run/bot-bottle";
+
+type R<T> = Result<T, String>;
+
+fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> R<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// Entry point of the hidden `__bottle-init` mode; returns the exit code.
+pub fn init_main(args: &[String]) -> i32 {
+    let (Some(stage), Some(spec)) = (args.first(), args.get(1)) else {
+        let _ = writeln!(std::io::stderr(), "bot-bottle: __bottle-init STAGE SPEC");
+        return 125;
+    };
+    let run = || -> R<i32> {
+        let text = ctx(fs::read_to_string(spec), || format!("reading {spec}"))?;
+        let spec: Spec = ctx(serde_json::from_str(&text), || "parsing the bottle spec".into())?;
+        match stage.as_str() {
+            "a" => stage_a(&spec, Path::new(args[1].as_str())),
+            "b" => stage_b(&spec),
+            "c" => stage_c(&spec),
+            other => Err(format!("unknown init stage {other}")),
+        }
+    };
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "bot-bottle: bottle init failed: {e}");
+            125
+        }
+    }
+}
+
+fn stage_a(spec: &Spec, spec_path: &Path) -> R<i32> {
+    ctx(
+        unshare(
+            CloneFlags::CLONE_NEWUSER
+                | CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWCGROUP,
+        ),
+        || "unshare (are user namespaces enabled? run `bot-bottle doctor`)".into(),
+    )?;
+    // Handshake: tell the launcher, wait for the maps.
+    ctx(fs::OpenOptions::new().write(true).open(&spec.sync_out).and_then(|mut f| f.write_all(b"unshared\n")), || {
+        "sync".into()
+    })?;
+    let mut answer = String::new();
+    ctx(fs::File::open(&spec.sync_in).and_then(|mut f| f.read_to_string(&mut answer)), || "sync".into())?;
+    if answer.trim() != "mapped" {
+        return Err(format!("the launcher could not map ids: {}", answer.trim()));
+    }
+    // Become root of the new namespace (the host sees an unprivileged id).
+    ctx(nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)), || "setresgid".into())?;
+    ctx(nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)), || "setresuid".into())?;
+    let status = ctx(Command::new("/proc/self/exe").arg("__bottle-init").arg("b").arg(spec_path).status(), || {
+        "starting the bottle's pid 1".into()
+    })?;
+    Ok(code(status))
+}
+
+fn code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}
+
+fn bind(src: &Path, dst: &Path, readonly: bool) -> R<()> {
+    ctx(mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || {
+        format!("bind {} -> {}", src.display(), dst.display())
+    })?;
+    if readonly {
+        let flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        ctx(mount(None::<&str>, dst, None::<&str>, flags, None::<&str>), || format!("read-only {}", dst.display()))?;
+    }
+    Ok(())
+}
+
+fn tmpfs(dst: &Path, opts: &str, flags: MsFlags) -> R<()> {
+    ctx(mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(opts)), || format!("tmpfs at {}", dst.display()))
+}
+
+fn mkdirs(p: &Path) -> R<()> {
+    ctx(fs::create_dir_all(p), || format!("mkdir {}", p.display()))
+}
+
+fn touch(p: &Path) -> R<()> {
+    if let Some(d) = p.parent() {
+        mkdirs(d)?;
+    }
+    ctx(fs::write(p, b""), || format!("create {}", p.display()))
+}
+
+/// Host /etc entries the bottle sees, read-only. Everything else in /etc
+/// (shadow, ssh host keys, sudoers, ...) is absent.
+const ETC: &[&str] = &[
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "environment",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "issue",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "login.defs",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "profile",
+    "profile.d",
+    "protocols",
+    "services",
+    "ssl",
+    "timezone",
+    "npmrc",
+    "gitconfig",
+    "java-17-openjdk",
+    "python3",
+    "python3.11",
+    "perl",
+];
+
+fn stage_b(spec: &Spec) -> R<i32> {
+    let root = spec.root_dir.as_path();
+    let in_root = |p: &str| root.join(p.trim_start_matches('/'));
+    // Nothing done here may propagate back to the host.
+    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
+        "make mounts private".into()
+    })?;
+    tmpfs(root, "mode=0755,size=64m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+
+    // System directories, read-only; merged-usr symlinks recreated as such.
+    mkdirs(&in_root("usr"))?;
+    bind(Path::new("/usr"), &in_root("usr"), true)?;
+    for d in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(d);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = ctx(fs::read_link(&host), || format!("readlink {}", host.display()))?;
+                ctx(symlink(&target, in_root(d)), || format!("symlink {d}"))?;
+            }
+            Ok(m) if m.is_dir() => {
+                mkdirs(&in_root(d))?;
+                bind(&host, &in_root(d), true)?;
+            }
+            _ => {}
+        }
+    }
+    // /etc: a whitelist of host entries, plus files of the bottle's own.
+    let etc = in_root("etc");
+    mkdirs(&etc)?;
+    for name in ETC {
+        let host = Path::new("/etc").join(name);
+        let Ok(m) = fs::symlink_metadata(&host) else { continue };
+        let dst = etc.join(name);
+        if m.file_type().is_symlink() {
+            let target = ctx(fs::read_link(&host), || format!("readlink {}", host.display()))?;
+            ctx(symlink(&target, &dst), || format!("symlink {}", dst.display()))?;
+        } else if m.is_dir() {
+            mkdirs(&dst)?;
+            bind(&host, &dst, true)?;
+        } else {
+            touch(&dst)?;
+            bind(&host, &dst, true)?;
+        }
+    }
+    let write = |p: &Path, s: &str| ctx(fs::write(p, s), || format!("write {}", p.display()));
+    write(
+        &etc.join("passwd"),
+        &format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n{u}:x:{uid}:{gid}:bottle agent:{home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            u = spec.user,
+            uid = spec.uid,
+            gid = spec.gid,
+            home = spec.home
+        ),
+    )?;
+    write(&etc.join("group"), &format!("root:x:0:\n{u}:x:{gid}:\nnogroup:x:65534:\n", u = spec.user, gid = spec.gid))?;
+    write(&etc.join("hosts"), &format!("127.0.0.1\tlocalhost {h}\n::1\tlocalhost\n", h = spec.hostname))?;
+    write(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+    // No resolver: every name goes through the proxy, so DNS carries nothing out.
+    write(&etc.join("resolv.conf"), "# no DNS inside a bottle: names resolve at the egress proxy\n")?;
+
+    // /proc, with the host-wide knobs read-only and the dangerous files masked.
+    let proc_dir = in_root("proc");
+    mkdirs(&proc_dir)?;
+    ctx(
+        mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ),
+        || "mount /proc".into(),
+    )?;
+    bind(&proc_dir.join("sys"), &proc_dir.join("sys"), true)?;
+    for masked in ["sysrq-trigger", "kcore", "keys", "timer_list", "kallsyms"] {
+        let p = proc_dir.join(masked);
+        if p.exists() {
+            bind(Path::new("/dev/null"), &p, true)?;
+        }
+    }
+
+    // /dev: only the harmless nodes, a private devpts and shm.
+    let dev = in_root("dev");
+    mkdirs(&dev)?;
+    tmpfs(&dev, "mode=0755,size=1m", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(node);
+        if host.exists() {
+            touch(&dev.join(node))?;
+            bind(&host, &dev.join(node), false)?;
+        }
+    }
+    mkdirs(&dev.join("pts"))?;
+    ctx(
+        mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        || "mount devpts".into(),
+    )?;
+    ctx(symlink("pts/ptmx", dev.join("ptmx")), || "ptmx".into())?;
+    mkdirs(&dev.join("shm"))?;
+    tmpfs(&dev.join("shm"), "mode=1777,size=64m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    for (l, t) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlink(t, dev.join(l)), || format!("/dev/{l}"))?;
+    }
+
+    // Writable places: /tmp, the agent's home, /run, the workspace.
+    for (d, opts) in [("tmp", "mode=1777,size=512m".to_owned()), ("run", "mode=0755,size=16m".to_owned())] {
+        mkdirs(&in_root(d))?;
+        tmpfs(&in_root(d), &opts, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    }
+    let home = in_root(&spec.home);
+    mkdirs(&home)?;
+    tmpfs(
+        &home,
+        &format!("mode=0700,uid={},gid={},size=512m", spec.uid, spec.gid),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )?;
+    let run = in_root(RUN);
+    mkdirs(&run)?;
+    if let Some(ws) = &spec.workspace {
+        mkdirs(&in_root("workspace"))?;
+        bind(ws, &in_root("workspace"), false)?;
+    }
+    if let Some(sock) = &spec.sockets_dir {
+        mkdirs(&run.join("sockets"))?;
+        bind(sock, &run.join("sockets"), false)?;
+    }
+    touch(&run.join("init"))?;
+    bind(&spec.init_exe, &run.join("init"), true)?;
+    // Provisioning: directories, then files, owned as the plan says.
+    let owner = |agent: bool| if agent { (spec.uid, spec.gid) } else { (0, 0) };
+    for d in &spec.dirs {
+        let p = in_root(&d.path);
+        mkdirs(&p)?;
+        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(d.mode)), || format!("chmod {}", d.path))?;
+        let (u, g) = owner(d.agent);
+        ctx(chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))), || format!("chown {}", d.path))?;
+    }
+    for f in &spec.files {
+        let p = in_root(&f.path);
+        if let Some(parent) = p.parent() {
+            mkdirs(parent)?;
+        }
+        ctx(fs::write(&p, &f.content), || format!("write {}", f.path))?;
+        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(f.mode)), || format!("chmod {}", f.path))?;
+        let (u, g) = owner(f.agent);
+        ctx(chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))), || format!("chown {}", f.path))?;
+    }
+    let inner_spec = run.join("spec.json");
+    ctx(fs::write(&inner_spec, ctx(serde_json::to_vec(spec), || "spec".into())?), || "write spec".into())?;
+    // Provisioned files and /dev are the operator's: when the agent is uid 0
+    // inside (an unprivileged launch), ownership alone would let it change
+    // them, so their mounts become read-only. The sockets dir, /dev/pts and
+    // /dev/shm are mounts of their own and stay as they are.
+    for d in [in_root("run"), dev.clone()] {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        ctx(mount(None::<&str>, d.as_path(), None::<&str>, flags, None::<&str>), || {
+            format!("read-only {}", d.display())
+        })?;
+    }
+
+    // Into the new root; the host's is detached and gone.
+    ctx(std::env::set_current_dir(root), || "chdir new root".into())?;
+    mkdirs(Path::new(".old"))?;
+    ctx(pivot_root(".", ".old"), || "pivot_root".into())?;
+    ctx(std::env::set_current_dir("/"), || "chdir /".into())?;
+    ctx(umount2("/.old", MntFlags::MNT_DETACH), || "detach old root".into())?;
+    ctx(fs::remove_dir("/.old"), || "remove /.old".into())?;
+    // The root itself becomes read-only: only the mounts above are writable.
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        ),
+        || "read-only root".into(),
+    )?;
+    ctx(sethostname(&spec.hostname), || "sethostname".into())?;
+    loopback_up()?;
+    for f in &spec.forwards {
+        forward(f.port, PathBuf::from(RUN).join("sockets").join(&f.socket))?;
+    }
+    // The agent can never regain a capability, even through exec.
+    for cap in caps::all() {
+        let _ = caps::drop(None, caps::CapSet::Bounding, cap);
+    }
+    let _ = nix::unistd::setgroups(&[Gid::from_raw(spec.gid)]);
+    let child = ctx(
+        Command::new(format!("{RUN}/init"))
+            .arg("__bottle-init")
+            .arg("c")
+            .arg(format!("{RUN}/spec.json"))
+            .uid(spec.uid)
+            .gid(spec.gid)
+            .spawn(),
+        || "starting the agent".into(),
+    )?;
+    // pid 1 reaps every orphan until the agent itself exits.
+    let agent = Pid::from_raw(child.id() as i32);
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(-1), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(pid, c)) if pid == agent => return Ok(c),
+            Ok(nix::sys::wait::WaitStatus::Signaled(pid, sig, _)) if pid == agent => return Ok(128 + sig as i32),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("waiting for the agent: {e}")),
+        }
+    }
+}
+
+/// A fresh network namespace has loopback down; bring it up with `ip`
+/// from the bottle's own (read-only) /usr.
+fn loopback_up() -> R<()> {
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].into_iter().find(|p| Path::new(p).exists());
+    let Some(ip) = ip else { return Err("no `ip` program to bring loopback up (install iproute2)".into()) };
+    let s = ctx(Command::new(ip).args(["link", "set", "lo", "up"]).status(), || "ip link set lo up".into())?;
+    if s.success() { Ok(()) } else { Err("ip link set lo up failed".into()) }
+}
+
+/// `127.0.0.1:port` inside, relayed to a sidecar's unix socket.
+fn forward(port: u16, socket: PathBuf) -> R<()> {
+    let l = ctx(std::net::TcpListener::bind(("127.0.0.1", port)), || format!("listen on 127.0.0.1:{port}"))?;
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let Ok(up) = std::os::unix::net::UnixStream::connect(&socket) else { return };
+                let (Ok(mut a_r), Ok(mut b_w)) = (conn.try_clone(), up.try_clone()) else { return };
+                let (mut a_w, mut b_r) = (conn, up);
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a_r, &mut b_w);
+                    let _ = b_w.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut b_r, &mut a_w);
+                let _ = a_w.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    Ok(())
+}
+
+fn stage_c(spec: &Spec) -> R<i32> {
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Ambient] {
+        let _ = caps::clear(None, set);
+    }
+    ctx(nix::sys::prctl::set_no_new_privs(), || "no_new_privs".into())?;
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Some(n) = spec.limits.pids {
+        ctx(setrlimit(Resource::RLIMIT_NPROC, n, n), || "pids limit".into())?;
+    }
+    if let Some(m) = spec.limits.memory {
+        ctx(setrlimit(Resource::RLIMIT_DATA, m, m), || "memory limit".into())?;
+    }
+    ctx(setrlimit(Resource::RLIMIT_CORE, 0, 0), || "core limit".into())?;
+    for f in ctx(super::seccomp::filters(), || "seccomp".into())? {
+        ctx(seccompiler::apply_filter(&f), || "applying seccomp".into())?;
+    }
+    let Some((prog, args)) = spec.argv.split_first() else { return Err("empty argv".into()) };
+    let err =
+        Command::new(prog).args(args).env_clear().envs(spec.env.iter().cloned()).current_dir(&spec.workdir).exec();
+    let _ = writeln!(std::io::stderr(), "bot-bottle: cannot run `{prog}`: {err}");
+    Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+}

@@ -1,0 +1,7 @@
+#!/bin/sh
+# A service listening on the host's 127.0.0.1.
+# Contained only if the probe says `blocked`; a probe that breaks counts
+# as an escape, so a broken case can never pass.
+# Prints `contained: ...` or `ESCAPED: ...`.
+r=$(python3 -c "$(printf '%s\n' 'import os, socket' 'try:' '    socket.create_connection(("127.0.0.1", int(os.environ["HOST_PORT"])), timeout=2)' 'except OSError:' '    print('\''blocked'\'')' 'else:' '    print('\''reached'\'')')" 2>&1 | tail -n 1)
+if [ "$r" = "blocked" ]; then echo "contained: host loopback unreachable"; else echo "ESCAPED: reached the host loopback service ($r)"; fi

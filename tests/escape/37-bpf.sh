@@ -1,0 +1,7 @@
+#!/bin/sh
+# bpf(2).
+# Contained only if the probe says `blocked`; a probe that breaks counts
+# as an escape, so a broken case can never pass.
+# Prints `contained: ...` or `ESCAPED: ...`.
+r=$(perl -e 'my @a = (0, 0, 0); my $r = syscall(321, @a); print(($r == -1 && $!{EPERM}) ? "blocked" : "reached")' 2>&1 | tail -n 1)
+if [ "$r" = "blocked" ]; then echo "contained: bpf refused by the filter"; else echo "ESCAPED: bpf reached the kernel ($r)"; fi
