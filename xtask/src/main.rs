@@ -7,7 +7,7 @@ const TASKS: &str = "tasks:
   ci     fmt check, clippy, tests, and the README's main command (what .ci/run runs)
   test   cargo test --workspace
   lint   cargo fmt --check and clippy with warnings as errors
-  demo   the README's main command: start the hello example (dry run)";
+  demo   the README's main command: start the hello example in a native bottle";
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();

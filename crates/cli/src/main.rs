@@ -2,6 +2,7 @@
 //! their results and maps failures to exit codes: 0 ok, 2 usage or manifest
 //! error, 1 anything else. Nothing here decides policy.
 
+mod launch;
 mod proxy;
 mod render;
 mod scan;
@@ -58,6 +59,9 @@ struct StartArgs {
     /// Output format of the plan.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Less progress output on stderr.
+    #[arg(long, short)]
+    quiet: bool,
     /// Arguments passed to the agent.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -234,11 +238,18 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
             unset.join(", ")
         )));
     }
-    Err(failure(format!(
-        "error: cannot start `{}`: this build has no backend that can launch bottles yet\n\
-         the plan resolved cleanly; see it with `bot-bottle start {} --dry-run`",
-        plan.agent.name, plan.agent.name
-    )))
+    match plan.backend.requested {
+        BackendKind::Auto | BackendKind::Native => {}
+        other => {
+            let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            return Err(failure(format!(
+                "error: cannot start `{}`: the {name} backend is not in this build yet; use --backend native",
+                plan.agent.name
+            )));
+        }
+    }
+    let code = launch::run(&plan, &launch::Options { quiet: args.quiet })?;
+    if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
 }
 
 fn check(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {

@@ -45,7 +45,7 @@ pub fn init_main(args: &[String]) -> i32 {
         let text = ctx(fs::read_to_string(spec), || format!("reading {spec}"))?;
         let spec: Spec = ctx(serde_json::from_str(&text), || "parsing the bottle spec".into())?;
         match stage.as_str() {
-            "a" => stage_a(&spec, Path::new(args[1].as_str())),
+            "a" => stage_a(&spec),
             "b" => stage_b(&spec),
             "c" => stage_c(&spec),
             other => Err(format!("unknown init stage {other}")),
@@ -60,7 +60,18 @@ pub fn init_main(args: &[String]) -> i32 {
     }
 }
 
-fn stage_a(spec: &Spec, spec_path: &Path) -> R<i32> {
+/// Dies with its parent, so a killed launcher never leaves a bottle behind.
+fn die_with_parent() -> R<()> {
+    ctx(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL), || "parent-death signal".into())?;
+    // The parent may already be gone.
+    if nix::unistd::getppid() == Pid::from_raw(1) {
+        return Err("the launcher is gone".into());
+    }
+    Ok(())
+}
+
+fn stage_a(spec: &Spec) -> R<i32> {
+    die_with_parent()?;
     ctx(
         unshare(
             CloneFlags::CLONE_NEWUSER
@@ -82,13 +93,69 @@ fn stage_a(spec: &Spec, spec_path: &Path) -> R<i32> {
     if answer.trim() != "mapped" {
         return Err(format!("the launcher could not map ids: {}", answer.trim()));
     }
-    // Become root of the new namespace (the host sees an unprivileged id).
+    // While this process still has the launcher's file access (the state
+    // dir may sit under a home no other id can traverse), mount the bottle's
+    // root, step into it and open every host path the bottle needs. Then
+    // take the mapped ids (files can only be created under those) and bind
+    // the opened paths in through /proc/self/fd, which needs no traversal.
+    let held = stage_root_open(spec)?;
     ctx(nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)), || "setresgid".into())?;
     ctx(nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)), || "setresuid".into())?;
-    let status = ctx(Command::new("/proc/self/exe").arg("__bottle-init").arg("b").arg(spec_path).status(), || {
-        "starting the bottle's pid 1".into()
-    })?;
+    // Changing credentials clears the parent-death signal: set it again.
+    die_with_parent()?;
+    stage_root_fill(spec, &held)?;
+    drop(held);
+    let status = ctx(
+        Command::new("/proc/self/exe").arg("__bottle-init").arg("b").arg(format!(".{RUN}/spec.json")).status(),
+        || "starting the bottle's pid 1".into(),
+    )?;
     Ok(code(status))
+}
+
+/// Host paths held open across the id switch.
+struct Held {
+    workspace: Option<fs::File>,
+    sockets: Option<fs::File>,
+    init: fs::File,
+}
+
+fn fd_path(f: &fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+fn stage_root_open(spec: &Spec) -> R<Held> {
+    let root = spec.root_dir.as_path();
+    // Nothing done here may propagate back to the host.
+    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
+        "make mounts private".into()
+    })?;
+    tmpfs(root, "mode=0755,uid=0,gid=0,size=64m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    ctx(std::env::set_current_dir(root), || "chdir to the bottle root".into())?;
+    let open = |p: &Path| ctx(fs::File::open(p), || format!("open {}", p.display()));
+    Ok(Held {
+        workspace: spec.workspace.as_deref().map(open).transpose()?,
+        sockets: spec.sockets_dir.as_deref().map(open).transpose()?,
+        init: open(&spec.init_exe)?,
+    })
+}
+
+/// With the mapped ids, inside the bottle's root (the working directory).
+fn stage_root_fill(spec: &Spec, held: &Held) -> R<()> {
+    let run = Path::new(".").join(RUN.trim_start_matches('/'));
+    mkdirs(&run)?;
+    if let Some(ws) = &held.workspace {
+        mkdirs(Path::new("workspace"))?;
+        bind(&fd_path(ws), Path::new("workspace"), false)?;
+    }
+    if let Some(sock) = &held.sockets {
+        mkdirs(&run.join("sockets"))?;
+        bind(&fd_path(sock), &run.join("sockets"), false)?;
+    }
+    touch(&run.join("init"))?;
+    bind(&fd_path(&held.init), &run.join("init"), true)?;
+    let json = ctx(serde_json::to_vec(spec), || "spec".into())?;
+    ctx(fs::write(run.join("spec.json"), json), || "write spec".into())
 }
 
 fn code(s: std::process::ExitStatus) -> i32 {
@@ -160,13 +227,12 @@ const ETC: &[&str] = &[
 ];
 
 fn stage_b(spec: &Spec) -> R<i32> {
-    let root = spec.root_dir.as_path();
+    // pid 1 of the bottle: its parent (stage a) is in the outer pid
+    // namespace; the death signal still applies.
+    ctx(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL), || "parent-death signal".into())?;
+    // Stage a left us in the bottle's root (see `stage_root`).
+    let root = Path::new(".");
     let in_root = |p: &str| root.join(p.trim_start_matches('/'));
-    // Nothing done here may propagate back to the host.
-    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
-        "make mounts private".into()
-    })?;
-    tmpfs(root, "mode=0755,size=64m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
 
     // System directories, read-only; merged-usr symlinks recreated as such.
     mkdirs(&in_root("usr"))?;
@@ -276,10 +342,10 @@ fn stage_b(spec: &Spec) -> R<i32> {
     }
 
     // Writable places: /tmp, the agent's home, /run, the workspace.
-    for (d, opts) in [("tmp", "mode=1777,size=512m".to_owned()), ("run", "mode=0755,size=16m".to_owned())] {
-        mkdirs(&in_root(d))?;
-        tmpfs(&in_root(d), &opts, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
-    }
+    // /run is part of the root tmpfs (stage a put /run/bot-bottle there);
+    // it turns read-only with the root below.
+    mkdirs(&in_root("tmp"))?;
+    tmpfs(&in_root("tmp"), "mode=1777,size=512m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
     let home = in_root(&spec.home);
     mkdirs(&home)?;
     tmpfs(
@@ -287,18 +353,6 @@ fn stage_b(spec: &Spec) -> R<i32> {
         &format!("mode=0700,uid={},gid={},size=512m", spec.uid, spec.gid),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
-    let run = in_root(RUN);
-    mkdirs(&run)?;
-    if let Some(ws) = &spec.workspace {
-        mkdirs(&in_root("workspace"))?;
-        bind(ws, &in_root("workspace"), false)?;
-    }
-    if let Some(sock) = &spec.sockets_dir {
-        mkdirs(&run.join("sockets"))?;
-        bind(sock, &run.join("sockets"), false)?;
-    }
-    touch(&run.join("init"))?;
-    bind(&spec.init_exe, &run.join("init"), true)?;
     // Provisioning: directories, then files, owned as the plan says.
     let owner = |agent: bool| if agent { (spec.uid, spec.gid) } else { (0, 0) };
     for d in &spec.dirs {
@@ -318,21 +372,15 @@ fn stage_b(spec: &Spec) -> R<i32> {
         let (u, g) = owner(f.agent);
         ctx(chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))), || format!("chown {}", f.path))?;
     }
-    let inner_spec = run.join("spec.json");
-    ctx(fs::write(&inner_spec, ctx(serde_json::to_vec(spec), || "spec".into())?), || "write spec".into())?;
-    // Provisioned files and /dev are the operator's: when the agent is uid 0
-    // inside (an unprivileged launch), ownership alone would let it change
-    // them, so their mounts become read-only. The sockets dir, /dev/pts and
-    // /dev/shm are mounts of their own and stay as they are.
-    for d in [in_root("run"), dev.clone()] {
-        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        ctx(mount(None::<&str>, d.as_path(), None::<&str>, flags, None::<&str>), || {
-            format!("read-only {}", d.display())
-        })?;
-    }
+    // /dev is the operator's: when the agent is uid 0 inside (an
+    // unprivileged launch), ownership alone would let it change it, so its
+    // mount becomes read-only (/dev/pts and /dev/shm are mounts of their
+    // own). Provisioned files under /run turn read-only with the root.
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    ctx(mount(None::<&str>, dev.as_path(), None::<&str>, ro, None::<&str>), || "read-only /dev".into())?;
 
-    // Into the new root; the host's is detached and gone.
-    ctx(std::env::set_current_dir(root), || "chdir new root".into())?;
+    // Into the new root (already the working directory); the host's is
+    // detached and gone.
     mkdirs(Path::new(".old"))?;
     ctx(pivot_root(".", ".old"), || "pivot_root".into())?;
     ctx(std::env::set_current_dir("/"), || "chdir /".into())?;

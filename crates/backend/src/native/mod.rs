@@ -50,8 +50,9 @@ pub fn agent_ids() -> (u32, u32) {
 
 /// Runs a bottle to completion: builds it from `spec` (whose sync paths and
 /// root dir must be in `state`), waits, and returns the agent's exit code.
-/// The user's terminal is passed straight through.
-pub fn run(spec: &Spec, state: &Path) -> Result<i32, NativeError> {
+/// The user's terminal is passed straight through. Setting `stop` ends the
+/// bottle: its init is killed, and every process inside dies with it.
+pub fn run(spec: &Spec, state: &Path, stop: &std::sync::atomic::AtomicBool) -> Result<i32, NativeError> {
     for p in [&spec.sync_out, &spec.sync_in] {
         let _ = fs::remove_file(p);
         mkfifo(p.as_path(), Mode::S_IRUSR | Mode::S_IWUSR)
@@ -78,7 +79,17 @@ pub fn run(spec: &Spec, state: &Path) -> Result<i32, NativeError> {
         cleanup(spec, &spec_path);
         return Err(e);
     }
-    let status = child.wait().map_err(io("waiting for the bottle"))?;
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(io("waiting for the bottle"))? {
+            break s;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            // The init stages die with their parent (PR_SET_PDEATHSIG), so
+            // killing the first takes down the bottle's pid 1 and all inside.
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     cleanup(spec, &spec_path);
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))

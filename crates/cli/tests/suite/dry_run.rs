@@ -13,7 +13,7 @@ fn dry_run_json_plan_of_the_hello_example() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan is JSON");
     assert_eq!(plan["schema"], 1);
-    assert_eq!(plan["bottle"]["lineage_text"], "base -> dev");
+    assert_eq!(plan["bottle"]["lineage_text"], "base -> sandbox");
     assert_eq!(plan["agent"]["command"][0], "sh");
     assert!(env.written().is_empty(), "dry run wrote {:?}", env.written());
     let stdout = redact(&r.stdout).replace(&env.path().display().to_string(), "[TMP]");
@@ -42,23 +42,22 @@ fn secret_values_never_reach_the_plan_or_errors() {
     let env = Env::new();
     let token = "ghp_realTokenValue0123456789abcdefghijkl";
     for args in [
-        &["start", "hello", "--dry-run", "--format", "json"][..],
-        &["start", "hello", "--dry-run", "--format", "yaml"],
-        &["start", "hello", "--dry-run"],
-        &["start", "hello"],
+        &["start", "reviewer", "--bottle", "dev", "--dry-run", "--format", "json"][..],
+        &["start", "reviewer", "--bottle", "dev", "--dry-run", "--format", "yaml"],
+        &["start", "reviewer", "--bottle", "dev", "--dry-run"],
         &["start", "reviewer", "--bottle", "claude"],
     ] {
-        let r = env.run(
-            &examples(),
-            args,
-            &[("GITHUB_TOKEN", token), ("ANTHROPIC_API_KEY", "sk-ant-secret-value-1234567890")],
-        );
+        let r = env.run(&examples(), args, &[("GITHUB_TOKEN", token)]);
         for out in [&r.stdout, &r.stderr] {
-            assert!(!out.contains(token) && !out.contains("sk-ant-secret"), "{args:?} leaked a secret:\n{out}");
+            assert!(!out.contains(token), "{args:?} leaked a secret:\n{out}");
         }
     }
     // With the token set the plan says so, by name only.
-    let r = env.run(&examples(), &["start", "hello", "--dry-run", "--format", "json"], &[("GITHUB_TOKEN", token)]);
+    let r = env.run(
+        &examples(),
+        &["start", "reviewer", "--bottle", "dev", "--dry-run", "--format", "json"],
+        &[("GITHUB_TOKEN", token)],
+    );
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
     assert_eq!(plan["secrets"][0]["env"], "GITHUB_TOKEN");
     assert_eq!(plan["secrets"][0]["set"], true);
@@ -66,14 +65,11 @@ fn secret_values_never_reach_the_plan_or_errors() {
 }
 
 #[test]
-fn start_without_dry_run_refuses_clearly_and_creates_nothing() {
+fn start_refuses_before_creating_anything_when_a_secret_is_unset() {
     let env = Env::new();
-    let unset = env.run(&examples(), &["start", "hello"], &[]);
+    let unset = env.run(&examples(), &["start", "reviewer", "--bottle", "claude"], &[]);
     assert_eq!(unset.code, 1);
-    assert!(unset.stderr.contains("GITHUB_TOKEN"), "{}", unset.stderr);
-    let set = env.run(&examples(), &["start", "hello"], &[("GITHUB_TOKEN", "x")]);
-    assert_eq!(set.code, 1);
-    assert!(set.stderr.contains("no backend"), "{}", set.stderr);
+    assert!(unset.stderr.contains("GITHUB_TOKEN") && unset.stderr.contains("ANTHROPIC_API_KEY"), "{}", unset.stderr);
     assert!(env.written().is_empty(), "{:?}", env.written());
 }
 
@@ -124,7 +120,7 @@ fn manifest_check_and_list() {
     insta::assert_snapshot!("examples-list", list.stdout);
     let json = env.run(&examples(), &["manifest", "list", "--format", "json"], &[]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
-    assert_eq!(v["agents"][0]["lineage"], serde_json::json!(["base", "dev"]));
+    assert_eq!(v["agents"][0]["lineage"], serde_json::json!(["base", "sandbox"]));
 }
 
 #[test]

@@ -7,3 +7,4 @@ mod malformed;
 mod native;
 mod proxy_cmd;
 mod scan;
+mod start_native;

@@ -50,7 +50,7 @@ impl Bottle {
     pub(crate) fn run(&self, spec: &Spec) -> i32 {
         // The agent's workspace must be writable by its host id.
         chown_tree(&self.dir.path().join("workspace"));
-        native::run(spec, self.dir.path()).expect("bottle runs")
+        native::run(spec, self.dir.path(), &std::sync::atomic::AtomicBool::new(false)).expect("bottle runs")
     }
 
     /// Runs `script` with sh inside; returns (exit code, stdout).

@@ -208,24 +208,40 @@ impl Proxy {
     /// Serves clients from `listener` until the task is dropped.
     pub async fn serve(&self, listener: TcpListener) {
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(x) => x,
-                Err(_) => {
-                    // Out of descriptors or similar: back off, keep serving.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.spawn_conn(stream);
                 }
-            };
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let svc = service_fn(move |req| {
-                    let inner = inner.clone();
-                    async move { Ok::<_, Infallible>(inner.outer(req).await) }
-                });
-                let _ = server_http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
-            });
+                // Out of descriptors or similar: back off, keep serving.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
         }
+    }
+
+    /// Serves clients from a unix socket: how a bottle's forwarder reaches
+    /// its proxy without any host port.
+    pub async fn serve_unix(&self, listener: tokio::net::UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => self.spawn_conn(stream),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn spawn_conn<S>(&self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let inner = inner.clone();
+                async move { Ok::<_, Infallible>(inner.outer(req).await) }
+            });
+            let _ = server_http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+        });
     }
 }
 

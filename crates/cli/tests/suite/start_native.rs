@@ -1,0 +1,148 @@
+//! `bot-bottle start` on the native backend, through the real binary: the
+//! agent's traffic goes through the bottle's forwarder and egress proxy.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::native::{available, panic_or_skip};
+
+const GHP: &str = "ghp_Zq8VtR2mN4kL7pX1cB9dF3hJ6sW0yA5eG2uT";
+
+/// A plain-HTTP upstream on the host's loopback, recording request lines.
+fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
+            s.lock().expect("lock").push(head);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nupstream-ok");
+        }
+    });
+    (port, seen)
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+fn project(port: u16, command: &str) -> Project {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = dir.path().join(".bot-bottle");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::fs::write(
+        m.join("bottles/b.yaml"),
+        format!("backend: native\nresources: {{ pids: 512 }}\negress:\n  routes:\n    - host: \"127.0.0.1:{port}\"\n      methods: [GET]\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        m.join("agents/a.md"),
+        format!("---\nprovider: command\ncommand: [\"sh\", \"-c\", {command:?}]\nbottle: b\n---\n"),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "the user's file\n").expect("write");
+    Project { dir, state: tempfile::tempdir().expect("tempdir") }
+}
+
+fn start(p: &Project) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
+    c.args(["start", "a", "--quiet"])
+        .current_dir(p.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", p.state.path())
+        .env("XDG_STATE_HOME", p.state.path())
+        .stdin(Stdio::null());
+    c
+}
+
+/// bottle init processes still alive for this state dir.
+fn leftovers(p: &Project) -> usize {
+    let needle = p.state.path().display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains("__bottle-init") && c.contains(&needle))
+        })
+        .count()
+}
+
+#[test]
+fn the_agent_reaches_only_what_its_routes_allow() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let (port, seen) = upstream();
+    let script = format!(
+        "for u in http://127.0.0.1:{port}/ok http://denied.example/ 'http://127.0.0.1:{port}/leak?t={GHP}'; do \
+           curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" \"$u\"; done; \
+         curl -s --max-time 3 -o /dev/null --noproxy '*' http://127.0.0.1:{port}/direct || echo direct-refused; \
+         echo changed >> /workspace/notes.txt; exit 3"
+    );
+    let p = project(port, &script);
+    let out = start(&p).output().expect("start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code passes through: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "200\n403\n403\ndirect-refused\n");
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()], "only the allowed request arrived");
+    // The user's checkout is untouched; the agent's copy kept its change.
+    assert_eq!(std::fs::read_to_string(p.dir.path().join("notes.txt")).expect("read"), "the user's file\n");
+    let bottles = p.state.path().join("bot-bottle/bottles");
+    let slug = std::fs::read_dir(&bottles).expect("bottles").flatten().next().expect("one bottle").path();
+    assert_eq!(std::fs::read_to_string(slug.join("workspace/notes.txt")).expect("read"), "the user's file\nchanged\n");
+    let audit = std::fs::read_to_string(slug.join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.contains("\"decision\":\"allow\"")
+            && audit.contains("\"rule\":\"host\"")
+            && audit.contains("\"rule\":\"dlp\""),
+        "{audit}"
+    );
+    assert!(!audit.contains(GHP), "the audit log holds no secret");
+    assert!(!slug.join("root").exists() && !slug.join("sockets").exists(), "runtime dirs removed");
+    assert_eq!(leftovers(&p), 0);
+}
+
+#[test]
+fn sigterm_and_sigkill_leave_nothing_running() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    for signal in ["-TERM", "-KILL"] {
+        let (port, _) = upstream();
+        let p = project(port, "echo up; sleep 60");
+        let mut child = start(&p).stdout(Stdio::piped()).spawn().expect("start");
+        let mut first = [0u8; 3];
+        child.stdout.take().expect("stdout").read_exact(&mut first).expect("agent started");
+        assert_eq!(&first, b"up\n");
+        assert!(leftovers(&p) > 0, "the bottle is running");
+        Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
+        let started = Instant::now();
+        let _ = child.wait();
+        while leftovers(&p) > 0 && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(leftovers(&p), 0, "{signal}: bottle processes left behind");
+        assert!(started.elapsed() < Duration::from_secs(5), "{signal}: teardown took {:?}", started.elapsed());
+    }
+}
