@@ -1,5 +1,6 @@
 #[path = "../../../manifest/tests/suite/cases.rs"]
 mod cases;
+mod claude;
 mod cli;
 mod dry_run;
 mod escape;

@@ -460,15 +460,9 @@ impl Inner {
         // Anything but a TLS ClientHello closes the connection: never a raw tunnel.
         let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await {
             Ok(s) => s,
-            Err(_) => {
-                self.record(
-                    &c("inspect"),
-                    "deny",
-                    Some(&deny("not-tls", "bytes after CONNECT were not a TLS ClientHello")),
-                    0,
-                    0,
-                    0,
-                );
+            Err(e) => {
+                let d = deny("not-tls", format!("bytes after CONNECT were not an acceptable TLS ClientHello: {e}"));
+                self.record(&c("inspect"), "deny", Some(&d), 0, 0, 0);
                 return;
             }
         };
