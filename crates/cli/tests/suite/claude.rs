@@ -129,6 +129,7 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
     let _ = run.kill();
     let out = run.wait_with_output().expect("output");
     let _ = up.kill();
+    let _ = up.wait();
     let log = std::fs::read_to_string(&requests).unwrap_or_default();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
