@@ -50,7 +50,25 @@ pub struct SpecFile {
     pub mode: u32,
     /// Owned by the agent (else root).
     pub agent: bool,
+    /// As base64 in the JSON: a CA bundle as an array of numbers would
+    /// cost every init stage milliseconds to parse.
+    #[serde(with = "b64")]
     pub content: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

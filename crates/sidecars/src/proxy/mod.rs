@@ -126,7 +126,27 @@ struct Live {
     policy: Arc<Policy>,
     /// Env name -> header value, formatted.
     tokens: Arc<HashMap<String, String>>,
-    detector: Arc<Detector>,
+    detector: Arc<LazyDetector>,
+}
+
+/// The detector, compiled on a thread of its own: compiling the rules takes
+/// tens of milliseconds, which need not delay a bottle's start. A request
+/// that arrives first waits for it; none is ever scanned by less.
+struct LazyDetector(std::sync::OnceLock<Arc<Detector>>);
+
+impl LazyDetector {
+    fn spawn(known: Vec<(String, String)>) -> Arc<LazyDetector> {
+        let lazy = Arc::new(LazyDetector(std::sync::OnceLock::new()));
+        let l = lazy.clone();
+        std::thread::spawn(move || {
+            let _ = l.0.set(Arc::new(Detector::builtin().with_known(known)));
+        });
+        lazy
+    }
+
+    fn get(&self) -> Arc<Detector> {
+        self.0.wait().clone()
+    }
 }
 
 struct Inner {
@@ -268,7 +288,7 @@ fn build_live(
     Ok(Live {
         policy: Arc::new(Policy::new(egress.routes.clone(), egress.dlp)),
         tokens: Arc::new(tokens),
-        detector: Arc::new(Detector::builtin().with_known(secrets)),
+        detector: LazyDetector::spawn(secrets),
     })
 }
 
@@ -360,7 +380,7 @@ impl Inner {
 
     fn snapshot(&self) -> (Arc<Policy>, Arc<HashMap<String, String>>, Arc<Detector>) {
         let l = self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (l.policy.clone(), l.tokens.clone(), l.detector.clone())
+        (l.policy.clone(), l.tokens.clone(), l.detector.get())
     }
 
     fn record(&self, c: &Ctx, decision: &str, d: Option<&Denial>, status: u16, up: u64, down: u64) {
