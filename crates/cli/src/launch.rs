@@ -17,6 +17,53 @@ const PROXY_PORT: u16 = 3128;
 
 pub(crate) struct Options {
     pub(crate) quiet: bool,
+    /// What was asked, kept in the bottle's state so `resume` can ask again.
+    pub(crate) request: Stored,
+    /// Resume this bottle (its state dir and workspace copy) instead of a new one.
+    pub(crate) resume: Option<String>,
+}
+
+/// A bottle's launch metadata (`launch.json` in its state dir).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Stored {
+    pub(crate) agent: String,
+    pub(crate) bottles: Vec<String>,
+    pub(crate) backend: Option<String>,
+    pub(crate) args: Vec<String>,
+    pub(crate) manifest: PathBuf,
+    pub(crate) project: PathBuf,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Meta {
+    pub(crate) slug: String,
+    pub(crate) backend: String,
+    pub(crate) request: Stored,
+    /// The launcher's pid while it runs.
+    pub(crate) pid: u32,
+    pub(crate) started: u64,
+    pub(crate) exit: Option<i32>,
+}
+
+pub(crate) fn bottles_dir() -> Option<PathBuf> {
+    state_home().map(|h| h.join("bot-bottle/bottles"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn write_meta(state: &Path, meta: &Meta) {
+    if let Ok(j) = serde_json::to_vec_pretty(meta) {
+        let tmp = state.join("launch.json.tmp");
+        if std::fs::write(&tmp, j).is_ok() {
+            let _ = std::fs::rename(tmp, state.join("launch.json"));
+        }
+    }
+}
+
+pub(crate) fn read_meta(state: &Path) -> Option<Meta> {
+    serde_json::from_slice(&std::fs::read(state.join("launch.json")).ok()?).ok()
 }
 
 fn say(opts: &Options, msg: &str) {
@@ -40,19 +87,33 @@ fn slug(agent: &str) -> String {
 }
 
 pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
-    let home = state_home().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
-    let slug = slug(&plan.agent.name);
-    let state = home.join("bot-bottle/bottles").join(&slug);
+    let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
+    let slug = opts.resume.clone().unwrap_or_else(|| slug(&plan.agent.name));
+    let state = dir.join(&slug);
     let mk =
         |p: &Path| std::fs::create_dir_all(p).map_err(|e| failure(format!("error: creating {}: {e}", p.display())));
     mk(&state)?;
     let _ = std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711));
+    let mut meta = Meta {
+        slug: slug.clone(),
+        backend: "native".into(),
+        request: opts.request.clone(),
+        pid: std::process::id(),
+        started: now(),
+        exit: None,
+    };
+    write_meta(&state, &meta);
     let result = launch(plan, opts, &slug, &state);
     // Teardown runs whatever happened above; the workspace copy and the
     // audit log stay, so nothing the agent did is lost.
     for d in ["root", "sockets"] {
         let _ = std::fs::remove_dir_all(state.join(d));
     }
+    meta.exit = Some(match &result {
+        Ok(c) => *c,
+        Err(f) => i32::from(f.code),
+    });
+    write_meta(&state, &meta);
     result
 }
 
@@ -63,14 +124,18 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
     let host_agent = if nix::unistd::geteuid().is_root() { Some(native::HOST_ID_BASE + uid) } else { None };
 
     // The workspace: a copy of the project by default.
-    let cwd = std::env::current_dir().map_err(|e| failure(format!("error: current directory: {e}")))?;
+    let cwd = opts.request.project.clone();
     let workspace = match plan.workspace {
         WorkspaceMode::None => None,
         WorkspaceMode::Mount => Some(cwd.clone()),
         WorkspaceMode::Copy => {
             let dst = state.join("workspace");
-            say(opts, &format!("copying {} into the bottle's workspace", cwd.display()));
-            copy_tree(&cwd, &dst, host_agent).map_err(|e| failure(format!("error: copying the workspace: {e}")))?;
+            if opts.resume.is_some() && dst.is_dir() {
+                say(opts, &format!("resuming with the workspace at {}", dst.display()));
+            } else {
+                say(opts, &format!("copying {} into the bottle's workspace", cwd.display()));
+                copy_tree(&cwd, &dst, host_agent).map_err(|e| failure(format!("error: copying the workspace: {e}")))?;
+            }
             Some(dst)
         }
     };

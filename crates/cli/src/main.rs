@@ -2,6 +2,7 @@
 //! their results and maps failures to exit codes: 0 ok, 2 usage or manifest
 //! error, 1 anything else. Nothing here decides policy.
 
+mod bottles;
 mod launch;
 mod proxy;
 mod render;
@@ -36,6 +37,35 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Look for secrets in files, directories (respecting .gitignore) or stdin (`-`).
     Scan(scan::ScanArgs),
+    /// Check that this host can run bottles, and which hardening layers are active.
+    Doctor,
+    /// List bottles: running, exited, or left behind by a crash.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+    /// Stop a running bottle (or all of them); its teardown runs.
+    Stop {
+        /// The bottle's slug, as `list` shows it.
+        #[arg(required_unless_present = "all")]
+        slug: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Start an exited bottle again: same request, same workspace copy.
+    Resume {
+        slug: String,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Remove what exited or crashed bottles left: processes, runtime dirs,
+    /// sockets. Workspace copies are kept unless --purge.
+    Cleanup {
+        /// Also delete the bottles' state, workspace copies included.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -147,6 +177,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Start(args) => start(cli.manifest, args),
         Command::Scan(args) => scan::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Doctor => doctor(),
+        Command::List { format } => bottles::list(format),
+        Command::Stop { slug, all } => bottles::stop(slug, all),
+        Command::Resume { slug, quiet } => bottles::resume(&slug, quiet),
+        Command::Cleanup { purge } => bottles::cleanup(purge),
         Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
         Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
     }
@@ -248,7 +283,15 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
             )));
         }
     }
-    let code = launch::run(&plan, &launch::Options { quiet: args.quiet })?;
+    let request = launch::Stored {
+        agent: plan.agent.name.clone(),
+        bottles: req.bottles.clone(),
+        backend: args.backend.map(|b| format!("{b:?}").to_ascii_lowercase()),
+        args: req.args.clone(),
+        manifest: manifest.root().to_path_buf(),
+        project: env.cwd.clone(),
+    };
+    let code = launch::run(&plan, &launch::Options { quiet: args.quiet, request, resume: None })?;
     if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
 }
 
@@ -300,6 +343,29 @@ fn list(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {
         ListFormat::Text => render::listing_text(&listing),
     };
     print(&out)
+}
+
+fn doctor() -> Result<(), Failure> {
+    use bot_bottle_backend::native::{Status, doctor, doctor_ready};
+    let checks = doctor();
+    let mut out = String::from("native backend\n");
+    for c in &checks {
+        let mark = match c.status {
+            Status::Ok => "ok  ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        out.push_str(&format!("  {mark} {:<16} {}\n", c.name, c.detail));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("       {:<16} fix: {fix}\n", ""));
+        }
+    }
+    if doctor_ready(&checks) {
+        out.push_str("native bottles can run here\n");
+        print(&out)
+    } else {
+        Err(failure(format!("{out}native bottles cannot run here until the FAIL lines are fixed")))
+    }
 }
 
 fn count(n: usize, what: &str) -> String {

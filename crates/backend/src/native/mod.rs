@@ -1,5 +1,6 @@
 //! The native backend: Linux namespaces, no daemon.
 
+mod doctor;
 mod init;
 mod seccomp;
 mod spec;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
 
+pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
 pub use spec::{Forward, Limits, Spec, SpecDir, SpecFile};

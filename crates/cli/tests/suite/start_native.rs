@@ -54,15 +54,7 @@ fn project(port: u16, command: &str) -> Project {
 }
 
 fn start(p: &Project) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
-    c.args(["start", "a", "--quiet"])
-        .current_dir(p.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", p.state.path())
-        .env("XDG_STATE_HOME", p.state.path())
-        .stdin(Stdio::null());
-    c
+    command(p, &["start", "a", "--quiet"])
 }
 
 /// bottle init processes still alive for this state dir.
@@ -145,4 +137,71 @@ fn sigterm_and_sigkill_leave_nothing_running() {
         assert_eq!(leftovers(&p), 0, "{signal}: bottle processes left behind");
         assert!(started.elapsed() < Duration::from_secs(5), "{signal}: teardown took {:?}", started.elapsed());
     }
+}
+
+/// `bot-bottle ARGS` in the project, with its state under the test's dir.
+fn command(p: &Project, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
+    c.args(args)
+        .current_dir(p.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", p.state.path())
+        .env("XDG_STATE_HOME", p.state.path())
+        .stdin(Stdio::null());
+    c
+}
+
+fn cli(p: &Project, args: &[&str]) -> (i32, String) {
+    let o = command(p, args).output().expect("bot-bottle");
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn list_stop_resume_and_cleanup() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let (port, _) = upstream();
+    // Each run appends to a file in the workspace copy and prints the count.
+    let p = project(port, "echo run >> /workspace/runs; wc -l < /workspace/runs; sleep ${SLEEP_FOR:-0}");
+    let (code, out) = cli(&p, &["start", "a", "--quiet"]);
+    assert_eq!((code, out.trim()), (0, "1"));
+    let rows: serde_json::Value = serde_json::from_str(&cli(&p, &["list", "--format", "json"]).1).expect("json");
+    let slug = rows[0]["slug"].as_str().expect("slug").to_owned();
+    assert_eq!(rows[0]["state"], "exited (0)");
+    // resume: same request, same workspace copy.
+    let (code, out) = cli(&p, &["resume", &slug, "--quiet"]);
+    assert_eq!((code, out.trim()), (0, "2"), "resume reuses the workspace copy");
+    // A crashed launcher (SIGKILL) shows as crashed; cleanup removes what it left.
+    let m = p.dir.path().join(".bot-bottle/agents/slow.md");
+    std::fs::write(&m, "---\nprovider: command\ncommand: [\"sleep\", \"30\"]\nbottle: b\n---\n").expect("write");
+    let mut slow = command(&p, &["start", "slow", "--quiet"]).spawn().expect("start slow");
+    let started = Instant::now();
+    while !cli(&p, &["list"]).1.contains("running") && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill").args(["-KILL", &slow.id().to_string()]).status().expect("kill");
+    let _ = slow.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cli(&p, &["list"]).1.contains("crashed"), "{}", cli(&p, &["list"]).1);
+    let (code, out) = cli(&p, &["cleanup"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("removed root") && out.contains("kept"), "{out}");
+    assert_eq!(leftovers(&p), 0);
+    assert_eq!(cli(&p, &["cleanup"]).1.trim(), "nothing to clean up");
+    // stop: a running bottle is torn down and recorded as exited.
+    let mut running = command(&p, &["start", "slow", "--quiet"]).spawn().expect("start slow");
+    let started = Instant::now();
+    while !cli(&p, &["list"]).1.contains("running") && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out) = cli(&p, &["stop", "--all"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stopped"), "{out}");
+    let _ = running.wait();
+    assert!(!cli(&p, &["list"]).1.contains("running"));
+    assert_eq!(leftovers(&p), 0);
+    assert_eq!(cli(&p, &["stop", "nope"]).0, 2);
 }
