@@ -103,6 +103,7 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
         exit: None,
     };
     write_meta(&state, &meta);
+    native::pause_point("state");
     let result = launch(plan, opts, &slug, &state);
     // Teardown runs whatever happened above; the workspace copy and the
     // audit log stay, so nothing the agent did is lost.
@@ -140,6 +141,7 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
         }
     };
 
+    native::pause_point("workspace");
     // The sidecar bundle: the egress proxy on a unix socket.
     let sockets = state.join("sockets");
     mk(&sockets)?;
@@ -181,6 +183,7 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
         }
     });
 
+    native::pause_point("sidecars");
     // Provisioning, as data, then into the bottle's spec.
     let ca_pem = std::fs::read_to_string(proxy.ca_cert_path())
         .map_err(|e| failure(format!("error: reading the bottle CA: {e}")))?;

@@ -45,6 +45,16 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NativeError {
     move |source| NativeError::Io { what, source }
 }
 
+/// Test hook: when `BOT_BOTTLE_PAUSE_AT` names this launch phase, say so on
+/// stderr and wait, so that a test can kill the launcher exactly there and
+/// check that `cleanup` leaves nothing behind.
+pub fn pause_point(phase: &str) {
+    if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
+        let _ = writeln!(std::io::stderr(), "bot-bottle: paused at {phase}");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
 /// The uid and gid the agent runs as inside, given who launches the bottle.
 pub fn agent_ids() -> (u32, u32) {
     if nix::unistd::geteuid().is_root() { (AGENT_ID, AGENT_ID) } else { (0, 0) }
@@ -74,7 +84,9 @@ pub fn run(spec: &Spec, state: &Path, stop: &std::sync::atomic::AtomicBool) -> R
         .arg(&spec_path)
         .spawn()
         .map_err(io(format!("starting {}", spec.init_exe.display())))?;
+    pause_point("init-spawned");
     let result = handshake(spec, &mut child);
+    pause_point("bottle-mapped");
     if let Err(e) = result {
         let _ = child.kill();
         let _ = child.wait();

@@ -75,6 +75,24 @@ fn nothing_escapes_a_native_bottle() {
             }
         });
     }
+    // A neighbour bottle listening on its own loopback for the whole suite.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let neighbour = Bottle::new();
+    let ready = neighbour.dir.path().join("workspace/ready");
+    let neighbour_stop = stop.clone();
+    let neighbour_thread = std::thread::spawn(move || {
+        let spec = neighbour.spec(&[
+            "/usr/bin/python3",
+            "-c",
+            "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 8765))\ns.listen()\nopen('/workspace/ready', 'w').close()\ntime.sleep(300)",
+        ]);
+        neighbour.run_until(&spec, &neighbour_stop)
+    });
+    let waited = std::time::Instant::now();
+    while !ready.exists() && waited.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(ready.exists(), "the neighbour bottle is listening");
     let hostname_before = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     let env = [
         ("HOST_ADDR", host_addr()),
@@ -82,6 +100,7 @@ fn nothing_escapes_a_native_bottle() {
         ("HOST_UDP_PORT", udp.local_addr().expect("addr").port().to_string()),
         ("HOST_ABSTRACT", name),
         ("HOST_PID", std::process::id().to_string()),
+        ("NEIGHBOR_PORT", "8765".to_owned()),
     ];
     let mut failures = Vec::new();
     let mut report = Vec::new();
@@ -98,6 +117,8 @@ fn nothing_escapes_a_native_bottle() {
             failures.push(format!("{name} (exit {code}): {}", out.trim()));
         }
     }
+    stop.store(true, Ordering::SeqCst);
+    let _ = neighbour_thread.join();
     assert!(failures.is_empty(), "escapes or broken cases:\n{}\n\nall:\n{}", failures.join("\n"), report.join("\n"));
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(hits.load(Ordering::SeqCst), 0, "something reached a host listener");

@@ -48,9 +48,14 @@ impl Bottle {
     }
 
     pub(crate) fn run(&self, spec: &Spec) -> i32 {
+        self.run_until(spec, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// Runs until the agent exits or `stop` is set.
+    pub(crate) fn run_until(&self, spec: &Spec, stop: &std::sync::atomic::AtomicBool) -> i32 {
         // The agent's workspace must be writable by its host id.
         chown_tree(&self.dir.path().join("workspace"));
-        native::run(spec, self.dir.path(), &std::sync::atomic::AtomicBool::new(false)).expect("bottle runs")
+        native::run(spec, self.dir.path(), stop).expect("bottle runs")
     }
 
     /// Runs `script` with sh inside; returns (exit code, stdout).

@@ -205,3 +205,88 @@ fn list_stop_resume_and_cleanup() {
     assert_eq!(leftovers(&p), 0);
     assert_eq!(cli(&p, &["stop", "nope"]).0, 2);
 }
+
+#[test]
+fn cleanup_after_sigkill_at_each_launch_phase_leaves_nothing() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let (port, _) = upstream();
+    for phase in ["state", "workspace", "sidecars", "init-spawned", "bottle-mapped", "running"] {
+        let p = project(port, "echo up; sleep 60");
+        let mut c = command(&p, &["start", "a"]);
+        if phase != "running" {
+            c.env("BOT_BOTTLE_PAUSE_AT", phase);
+        }
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+        // Wait until the launcher is exactly at the phase (or the agent runs).
+        let wanted = if phase == "running" { "up".to_owned() } else { format!("paused at {phase}") };
+        let reader: Box<dyn Read + Send> = if phase == "running" {
+            Box::new(child.stdout.take().expect("stdout"))
+        } else {
+            Box::new(child.stderr.take().expect("stderr"))
+        };
+        let mut lines = std::io::BufReader::new(reader);
+        let mut seen = String::new();
+        loop {
+            let mut l = String::new();
+            if std::io::BufRead::read_line(&mut lines, &mut l).expect("read") == 0 {
+                panic!("{phase}: the launcher ended before the phase: {seen}");
+            }
+            seen.push_str(&l);
+            if l.contains(&wanted) {
+                break;
+            }
+        }
+        Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
+        let _ = child.wait();
+        let (code, out) = cli(&p, &["cleanup"]);
+        assert_eq!(code, 0, "{phase}: {out}");
+        let started = Instant::now();
+        while leftovers(&p) > 0 && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(leftovers(&p), 0, "{phase}: processes left");
+        let bottles = p.state.path().join("bot-bottle/bottles");
+        for b in std::fs::read_dir(&bottles).expect("bottles").flatten() {
+            for runtime in ["root", "sockets", "sync-in", "sync-out", "spec.json"] {
+                assert!(!b.path().join(runtime).exists(), "{phase}: {runtime} left in {}", b.path().display());
+            }
+        }
+        assert!(!cli(&p, &["list"]).1.contains("running"), "{phase}");
+        // Nothing of the bottle is mounted on the host either.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(!mounts.contains(&p.state.path().display().to_string()), "{phase}: a mount leaked to the host");
+    }
+}
+
+#[test]
+fn the_injected_token_is_nowhere_inside() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let (port, _) = upstream();
+    let p = project(
+        port,
+        "env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n'; \
+         for d in /run /home /tmp /workspace /etc /dev/shm; do find \"$d\" -type f -size -4M 2>/dev/null | while read -r f; do cat \"$f\" 2>/dev/null; done; done; echo dump-done",
+    );
+    // Give the bottle a route that injects a token from the launcher's env.
+    let b = p.dir.path().join(".bot-bottle/bottles/b.yaml");
+    std::fs::write(&b, format!("backend: native\negress:\n  routes:\n    - host: \"127.0.0.1:{port}\"\n      inject: {{ header: authorization, env: BB_TEST_TOKEN, format: \"Bearer {{}}\" }}\n")).expect("write");
+    let token = "tok-0123456789-the-real-injected-token";
+    let out = command(&p, &["start", "a", "--quiet"]).env("BB_TEST_TOKEN", token).output().expect("start");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dump.contains("dump-done") && dump.len() > 10_000,
+        "the dump ran: {} bytes\n{}",
+        dump.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dump.contains(token), "the injected token is visible inside the bottle");
+    // Its name appears only in the project's own manifest (part of the
+    // workspace copy); no process inside has it in its environment.
+    assert!(!dump.lines().any(|l| l.starts_with("BB_TEST_TOKEN=")), "the token's variable is in an environment inside");
+}
