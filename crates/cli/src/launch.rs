@@ -79,6 +79,30 @@ fn state_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
 }
 
+/// `start --detach`: the same command again, minus `--detach`, in a process
+/// group of its own with its output in the bottle's `agent.log`; prints the
+/// slug and returns.
+pub(crate) fn detach(agent: &str) -> Result<(), Failure> {
+    use std::os::unix::process::CommandExt;
+    let slug = slug(agent);
+    let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?.join(&slug);
+    std::fs::create_dir_all(&dir).map_err(|e| failure(format!("error: creating {}: {e}", dir.display())))?;
+    let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| failure(format!("error: agent.log: {e}")))?;
+    let err = log.try_clone().map_err(|e| failure(format!("error: agent.log: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| failure(format!("error: locating bot-bottle: {e}")))?;
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
+    std::process::Command::new(exe)
+        .args(args)
+        .env("BOT_BOTTLE_SLUG", &slug)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| failure(format!("error: starting the bottle: {e}")))?;
+    crate::print(&format!("{slug}\n"))
+}
+
 /// A short name for this bottle: the agent and a random suffix.
 fn slug(agent: &str) -> String {
     let mut b = [0u8; 3];

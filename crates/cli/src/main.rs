@@ -92,6 +92,10 @@ struct StartArgs {
     /// Less progress output on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Run in the background; print the bottle's slug and return. Output goes
+    /// to `agent.log` in the bottle's state dir; `stop SLUG` ends it.
+    #[arg(long, conflicts_with = "dry_run")]
+    detach: bool,
     /// Arguments passed to the agent.
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -291,7 +295,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         manifest: manifest.root().to_path_buf(),
         project: env.cwd.clone(),
     };
-    let code = launch::run(&plan, &launch::Options { quiet: args.quiet, request, resume: None })?;
+    if args.detach {
+        return launch::detach(&plan.agent.name);
+    }
+    let resume = std::env::var("BOT_BOTTLE_SLUG").ok();
+    let code = launch::run(&plan, &launch::Options { quiet: args.quiet, request, resume })?;
     if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
 }
 

@@ -290,3 +290,30 @@ fn the_injected_token_is_nowhere_inside() {
     // workspace copy); no process inside has it in its environment.
     assert!(!dump.lines().any(|l| l.starts_with("BB_TEST_TOKEN=")), "the token's variable is in an environment inside");
 }
+
+#[test]
+fn detach_runs_in_the_background_until_stopped() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let (port, _) = upstream();
+    let p = project(port, "echo detached-and-running; sleep 60");
+    let started = Instant::now();
+    let (code, out) = cli(&p, &["start", "a", "--detach"]);
+    assert_eq!(code, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "--detach returns at once");
+    let slug = out.trim().to_owned();
+    let log = p.state.path().join("bot-bottle/bottles").join(&slug).join("agent.log");
+    let waited = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("detached-and-running")
+        && waited.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_to_string(&log).expect("log").contains("detached-and-running"));
+    assert!(cli(&p, &["list"]).1.contains("running"));
+    let (code, out) = cli(&p, &["stop", &slug]);
+    assert_eq!((code, out.trim()), (0, format!("{slug}: stopped").as_str()));
+    assert_eq!(leftovers(&p), 0);
+}
