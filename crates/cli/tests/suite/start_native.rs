@@ -176,12 +176,12 @@ fn list_stop_resume_and_cleanup() {
     assert_eq!((code, out.trim()), (0, "2"), "resume reuses the workspace copy");
     // A crashed launcher (SIGKILL) shows as crashed; cleanup removes what it left.
     let m = p.dir.path().join(".bot-bottle/agents/slow.md");
-    std::fs::write(&m, "---\nprovider: command\ncommand: [\"sleep\", \"30\"]\nbottle: b\n---\n").expect("write");
-    let mut slow = command(&p, &["start", "slow", "--quiet"]).spawn().expect("start slow");
-    let started = Instant::now();
-    while !cli(&p, &["list"]).1.contains("running") && started.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    std::fs::write(&m, "---\nprovider: command\ncommand: [\"sh\", \"-c\", \"echo up; sleep 30\"]\nbottle: b\n---\n")
+        .expect("write");
+    let mut slow = command(&p, &["start", "slow", "--quiet"]).stdout(Stdio::piped()).spawn().expect("start slow");
+    // Kill it once the agent is really running inside.
+    let mut up = [0u8; 3];
+    slow.stdout.take().expect("stdout").read_exact(&mut up).expect("agent up");
     Command::new("kill").args(["-KILL", &slow.id().to_string()]).status().expect("kill");
     let _ = slow.wait();
     std::thread::sleep(Duration::from_millis(300));
