@@ -28,8 +28,8 @@ pub use listing::{AgentSummary, BottleSummary, Listing};
 pub use load::{LoadError, Manifest};
 pub use merge::{merge, merge_all};
 pub use model::{
-    BackendKind, BottleSpec, ByteSize, Cpus, DlpMode, EnvName, GitUrl, GitUser, HostKey, HostKind, HostPattern,
-    ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode, WorkspaceMode,
+    BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, EnvName, GitUrl, GitUser, HostKey, HostKind,
+    HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode, WorkspaceMode,
 };
 pub use plan::{
     PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanSkill, PromptRef, Request,

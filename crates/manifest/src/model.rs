@@ -87,15 +87,15 @@ impl fmt::Display for EnvName {
 /// Variables bot-bottle sets inside every bottle to route traffic through the
 /// proxy and trust its CA. A bottle may not override them: doing so would at
 /// best break the agent and at worst point it at another proxy.
-pub(crate) const RESERVED_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
+pub(crate) const RESERVED_ENV: &[&str] =
+    &["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_DIR", "NODE_USE_ENV_PROXY"];
+
+/// The variables that point a runtime at a CA bundle. Provisioning sets
+/// every one of them to the bottle's bundle; a bottle may set none of them
+/// (see [`is_reserved_env`]). One list, so the two can never disagree.
+pub const CA_BUNDLE_VARS: &[&str] = &[
     "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
     "NODE_EXTRA_CA_CERTS",
-    "NODE_USE_ENV_PROXY",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
     "GIT_SSL_CAINFO",
@@ -104,6 +104,11 @@ pub(crate) const RESERVED_ENV: &[&str] = &[
     "AWS_CA_BUNDLE",
     "DENO_CERT",
 ];
+
+/// Whether bot-bottle sets this variable itself (in any case).
+pub(crate) fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV.iter().chain(CA_BUNDLE_VARS).any(|r| r.eq_ignore_ascii_case(name))
+}
 
 /// Whether a plain `env:` value looks like a credential. Bottle env is
 /// written into the sandbox and shown in plans, so a secret there would leak;

@@ -414,7 +414,7 @@ fn env(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec) 
                 continue;
             }
         };
-        if RESERVED_ENV.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+        if is_reserved_env(k) {
             ck.push(
                 Severity::Error,
                 &p,

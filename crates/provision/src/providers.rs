@@ -72,17 +72,7 @@ pub(crate) fn common(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     env(p, "NO_PROXY", "localhost,127.0.0.1");
     env(p, "no_proxy", "localhost,127.0.0.1");
     let bundle = bundle_path(l);
-    for k in [
-        "SSL_CERT_FILE",
-        "NODE_EXTRA_CA_CERTS",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "GIT_SSL_CAINFO",
-        "PIP_CERT",
-        "CARGO_HTTP_CAINFO",
-        "AWS_CA_BUNDLE",
-        "DENO_CERT",
-    ] {
+    for k in bot_bottle_manifest::CA_BUNDLE_VARS {
         env(p, k, bundle.clone());
     }
     env(p, "NODE_USE_ENV_PROXY", "1");

@@ -95,21 +95,29 @@ impl Sender {
     }
 }
 
-pub(crate) async fn connect_tls(
-    tls: &Arc<ClientConfig>,
+/// TLS to `host` over an open connection, verified by `cfg`, with a timeout.
+async fn handshake_tls(
+    cfg: &Arc<ClientConfig>,
     host: &str,
-    addr: SocketAddr,
-) -> Result<Sender, UpstreamError> {
-    let stream = tcp(addr).await?;
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
         Err(_) => ServerName::try_from(host.to_owned())
             .map_err(|e| UpstreamError::Failed(format!("bad server name {host}: {e}")))?,
     };
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls.clone()).connect(name, stream))
+    tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg.clone()).connect(name, stream))
         .await
         .map_err(|_| UpstreamError::Failed(format!("TLS handshake with {host} timed out")))?
-        .map_err(|e| UpstreamError::Failed(format!("TLS with {host} failed: {e}")))?;
+        .map_err(|e| UpstreamError::Failed(format!("TLS with {host} failed: {e}")))
+}
+
+pub(crate) async fn connect_tls(
+    tls: &Arc<ClientConfig>,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<Sender, UpstreamError> {
+    let tls = handshake_tls(tls, host, tcp(addr).await?).await?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
@@ -150,15 +158,7 @@ pub(crate) async fn connect_upgradable(
     let failed = |e: hyper::Error| UpstreamError::Failed(format!("HTTP/1.1 with {host} failed: {e}"));
     match tls {
         Some(cfg) => {
-            let name = match host.parse::<IpAddr>() {
-                Ok(ip) => ServerName::IpAddress(ip.into()),
-                Err(_) => ServerName::try_from(host.to_owned())
-                    .map_err(|e| UpstreamError::Failed(format!("bad server name {host}: {e}")))?,
-            };
-            let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg.clone()).connect(name, stream))
-                .await
-                .map_err(|_| UpstreamError::Failed(format!("TLS handshake with {host} timed out")))?
-                .map_err(|e| UpstreamError::Failed(format!("TLS with {host} failed: {e}")))?;
+            let tls = handshake_tls(cfg, host, stream).await?;
             let (send, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(failed)?;
             tokio::spawn(conn.with_upgrades());
             Ok(send)
