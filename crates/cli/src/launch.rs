@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bot_bottle_backend::native::{self, Forward, Limits, Spec, SpecDir, SpecFile};
+use bot_bottle_backend::native::{self, Forward, Limits, Spec, SpecCheck, SpecDir, SpecFile};
 use bot_bottle_manifest::{Egress, Plan, WorkspaceMode};
 use bot_bottle_provision::{Content, Launch, Owner, provision};
 use bot_bottle_sidecars::{Proxy, ProxyConfig};
@@ -264,6 +264,7 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
             pids: plan.resources.pids.map(u64::from).or(Some(4096)),
             memory: plan.resources.memory.map(|m| m.0),
         },
+        checks: prov.commands.iter().map(|c| SpecCheck { argv: c.argv.clone(), why: c.why.clone() }).collect(),
         sync_out: state.join("sync-out"),
         sync_in: state.join("sync-in"),
         init_exe: std::env::current_exe().map_err(|e| failure(format!("error: locating bot-bottle: {e}")))?,

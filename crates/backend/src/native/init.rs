@@ -478,6 +478,24 @@ fn stage_c(spec: &Spec) -> R<i32> {
     for f in ctx(super::seccomp::filters(), || "seccomp".into())? {
         ctx(seccompiler::apply_filter(&f), || "applying seccomp".into())?;
     }
+    // Preflight inside the bottle, under the same confinement as the agent.
+    for check in &spec.checks {
+        let Some((p, a)) = check.argv.split_first() else { continue };
+        let ok = Command::new(p)
+            .args(a)
+            .env_clear()
+            .envs(spec.env.iter().cloned())
+            .current_dir(&spec.workdir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = writeln!(std::io::stderr(), "bot-bottle: {}", check.why);
+            return Ok(127);
+        }
+    }
     let Some((prog, args)) = spec.argv.split_first() else { return Err("empty argv".into()) };
     let err =
         Command::new(prog).args(args).env_clear().envs(spec.env.iter().cloned()).current_dir(&spec.workdir).exec();

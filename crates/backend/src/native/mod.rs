@@ -18,7 +18,7 @@ use nix::unistd::mkfifo;
 pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
-pub use spec::{Forward, Limits, Spec, SpecDir, SpecFile};
+pub use spec::{Forward, Limits, Spec, SpecCheck, SpecDir, SpecFile};
 
 /// First host uid/gid of a bottle's range when bot-bottle runs as root:
 /// inside root maps here, so nothing in a bottle is ever host root.

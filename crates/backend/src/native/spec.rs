@@ -30,6 +30,10 @@ pub struct Spec {
     pub files: Vec<SpecFile>,
     pub dirs: Vec<SpecDir>,
     pub limits: Limits,
+    /// Run inside, as the agent, before it starts; the first that fails
+    /// stops the launch with its `why`.
+    #[serde(default)]
+    pub checks: Vec<SpecCheck>,
     /// FIFOs for the uid-map handshake with the host-side launcher.
     pub sync_out: PathBuf,
     pub sync_in: PathBuf,
@@ -76,6 +80,12 @@ pub struct SpecDir {
     pub path: String,
     pub mode: u32,
     pub agent: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpecCheck {
+    pub argv: Vec<String>,
+    pub why: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -41,6 +41,7 @@ impl Bottle {
             files: vec![],
             dirs: vec![],
             limits: Limits { pids: Some(256), memory: Some(1 << 30) },
+            checks: vec![],
             sync_out: d.join("sync-out"),
             sync_in: d.join("sync-in"),
             init_exe: PathBuf::from(env!("CARGO_BIN_EXE_bot-bottle")),

@@ -317,3 +317,21 @@ fn detach_runs_in_the_background_until_stopped() {
     assert_eq!((code, out.trim()), (0, format!("{slug}: stopped").as_str()));
     assert_eq!(leftovers(&p), 0);
 }
+
+#[test]
+fn a_missing_agent_program_is_reported_before_the_agent_starts() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let (port, _) = upstream();
+    let p = project(port, "unused");
+    let a = p.dir.path().join(".bot-bottle/agents/a.md");
+    std::fs::write(&a, "---\nprovider: command\ncommand: [\"no-such-program\", \"--flag\"]\nbottle: b\n---\n")
+        .expect("write");
+    let out = command(&p, &["start", "a", "--quiet"]).output().expect("start");
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the agent's program `no-such-program` must exist in the bottle"), "{err}");
+    assert_eq!(leftovers(&p), 0);
+}
