@@ -6,7 +6,7 @@ use std::time::Duration;
 use bot_bottle_manifest::{BackendKind, Manifest, Request};
 use serde::Serialize;
 
-use crate::launch::{self, Meta, bottles_dir, read_meta};
+use crate::launch::{self, Meta, bottles_dir, now, read_meta};
 use crate::{Failure, ListFormat, failure, print, usage};
 
 #[derive(Debug, Serialize)]
@@ -43,10 +43,6 @@ fn all() -> Vec<(PathBuf, Meta)> {
         .collect();
     v.sort_by_key(|(_, m)| std::cmp::Reverse(m.started));
     v
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub(crate) fn list(format: ListFormat) -> Result<(), Failure> {

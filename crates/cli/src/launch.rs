@@ -49,7 +49,7 @@ pub(crate) fn bottles_dir() -> Option<PathBuf> {
     state_home().map(|h| h.join("bot-bottle/bottles"))
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -72,7 +72,7 @@ fn say(opts: &Options, msg: &str) {
     }
 }
 
-fn state_home() -> Option<PathBuf> {
+pub(crate) fn state_home() -> Option<PathBuf> {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -103,6 +103,14 @@ pub(crate) fn detach(agent: &str) -> Result<(), Failure> {
     crate::print(&format!("{slug}\n"))
 }
 
+/// A slug names a directory: letters, digits, `.`, `_`, `-`, and not a dot name.
+fn valid_slug(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.len() <= 100
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// A short name for this bottle: the agent and a random suffix.
 fn slug(agent: &str) -> String {
     let mut b = [0u8; 3];
@@ -112,12 +120,19 @@ fn slug(agent: &str) -> String {
 
 pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
-    let slug = opts.resume.clone().unwrap_or_else(|| slug(&plan.agent.name));
+    let slug = match &opts.resume {
+        Some(s) if valid_slug(s) => s.clone(),
+        Some(s) => return Err(failure(format!("error: invalid bottle name `{s}`"))),
+        None => slug(&plan.agent.name),
+    };
     let state = dir.join(&slug);
     let mk =
         |p: &Path| std::fs::create_dir_all(p).map_err(|e| failure(format!("error: creating {}: {e}", p.display())));
     mk(&state)?;
-    let _ = std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o711));
+    // Private to the launcher: the bottle reaches what it needs through
+    // mounts and open files, never by traversing this path.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| failure(format!("error: securing {}: {e}", state.display())))?;
     let mut meta = Meta {
         slug: slug.clone(),
         backend: "native".into(),
@@ -169,7 +184,20 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
     // The sidecar bundle: the egress proxy on a unix socket.
     let sockets = state.join("sockets");
     mk(&sockets)?;
-    let _ = std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o755));
+    // Only the bottle's own root (its forwarder) may connect: a socket
+    // anyone could reach would lend them the bottle's injected tokens.
+    let bottle_root = nix::unistd::geteuid().is_root().then_some(native::HOST_ID_BASE);
+    let own = |p: &Path, mode: u32| -> Result<(), Failure> {
+        let secure = || -> std::io::Result<()> {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+            if let Some(id) = bottle_root {
+                std::os::unix::fs::lchown(p, Some(id), Some(id))?;
+            }
+            Ok(())
+        };
+        secure().map_err(|e| failure(format!("error: securing {}: {e}", p.display())))
+    };
+    own(&sockets, 0o700)?;
     let proxy = Proxy::new(ProxyConfig {
         bottle: slug.to_owned(),
         state_dir: state.join("proxy"),
@@ -189,7 +217,7 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
     let listener = rt
         .block_on(async { tokio::net::UnixListener::bind(&sock) })
         .map_err(|e| failure(format!("error: listening on {}: {e}", sock.display())))?;
-    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666));
+    own(&sock, 0o600)?;
     let p = proxy.clone();
     rt.spawn(async move { p.serve_unix(listener).await });
     // Ctrl-C reaches the agent through the terminal; the launcher stays to

@@ -38,7 +38,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
     let egress = parse_egress(&args.routes, &text).map_err(|d| usage(format!("{}\nerror: {d}", d.render())))?;
     let state_dir = match args.state_dir {
         Some(d) => d,
-        None => state_home()
+        None => crate::launch::state_home()
             .ok_or_else(|| usage("error: no state dir: set --state-dir, XDG_STATE_HOME or HOME"))?
             .join("bot-bottle/proxy"),
     };
@@ -63,22 +63,9 @@ pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
         let url = format!("http://{addr}");
         let mut out =
             format!("listening on {addr}\nCA certificate: {ca}\n# export these in the shell that runs the client:\n");
-        for (k, v) in [
-            ("HTTPS_PROXY", url.as_str()),
-            ("HTTP_PROXY", url.as_str()),
-            ("https_proxy", url.as_str()),
-            ("http_proxy", url.as_str()),
-            ("SSL_CERT_FILE", ca.as_str()),
-            ("NODE_EXTRA_CA_CERTS", ca.as_str()),
-            ("REQUESTS_CA_BUNDLE", ca.as_str()),
-            ("CURL_CA_BUNDLE", ca.as_str()),
-            ("GIT_SSL_CAINFO", ca.as_str()),
-            ("PIP_CERT", ca.as_str()),
-            ("CARGO_HTTP_CAINFO", ca.as_str()),
-            ("AWS_CA_BUNDLE", ca.as_str()),
-            ("DENO_CERT", ca.as_str()),
-            ("NODE_USE_ENV_PROXY", "1"),
-        ] {
+        let ca_vars = bot_bottle_manifest::CA_BUNDLE_VARS.iter().map(|k| (*k, ca.as_str()));
+        let proxy_vars = ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"].map(|k| (k, url.as_str()));
+        for (k, v) in proxy_vars.into_iter().chain(ca_vars).chain([("NODE_USE_ENV_PROXY", "1")]) {
             out.push_str(&format!("export {k}={v}\n"));
         }
         let mut stdout = std::io::stdout().lock();
@@ -100,11 +87,4 @@ async fn terminate() {
         }
         Err(_) => std::future::pending().await,
     }
-}
-
-fn state_home() -> Option<PathBuf> {
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
 }

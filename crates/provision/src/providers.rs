@@ -288,6 +288,15 @@ mod tests {
 
     #[test]
     fn the_placeholder_is_not_mistaken_for_a_secret() {
-        assert!(!PLACEHOLDER_KEY.starts_with("sk-"));
+        // Agents send it in bodies and headers; the egress DLP must let it pass.
+        let det = bot_bottle_detect::Detector::builtin();
+        for text in [
+            PLACEHOLDER_KEY.to_owned(),
+            format!("ANTHROPIC_API_KEY={PLACEHOLDER_KEY}"),
+            format!("{{\"api_key\": \"{PLACEHOLDER_KEY}\"}}"),
+            format!("authorization: Bearer {PLACEHOLDER_KEY}"),
+        ] {
+            assert_eq!(det.scan(text.as_bytes()), vec![], "{text}");
+        }
     }
 }

@@ -111,6 +111,9 @@ fn the_agent_reaches_only_what_its_routes_allow() {
     );
     assert!(!audit.contains(GHP), "the audit log holds no secret");
     assert!(!slug.join("root").exists() && !slug.join("sockets").exists(), "runtime dirs removed");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&slug).expect("state").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "a bottle's state (and its proxy socket) is private to the launcher");
     assert_eq!(leftovers(&p), 0);
 }
 
@@ -128,6 +131,11 @@ fn sigterm_and_sigkill_leave_nothing_running() {
         child.stdout.take().expect("stdout").read_exact(&mut first).expect("agent started");
         assert_eq!(&first, b"up\n");
         assert!(leftovers(&p) > 0, "the bottle is running");
+        let bottles = p.state.path().join("bot-bottle/bottles");
+        let b = std::fs::read_dir(&bottles).expect("bottles").flatten().next().expect("bottle").path();
+        use std::os::unix::fs::PermissionsExt;
+        let sock = std::fs::metadata(b.join("sockets/proxy.sock")).expect("socket").permissions().mode() & 0o777;
+        assert_eq!(sock, 0o600, "only the bottle's own root may use its proxy");
         Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
         let started = Instant::now();
         let _ = child.wait();

@@ -393,8 +393,7 @@ fn a_restarted_proxy_keeps_its_ca() {
 }
 
 #[test]
-fn stdin_helper_is_used() {
-    // Keeps python_stdin exercised: a body sent from stdin through the proxy.
+fn a_posted_body_reaches_the_upstream_intact() {
     let s = setup();
     let script = format!(
         "import sys,urllib.request\nd=sys.stdin.buffer.read()\nr=urllib.request.urlopen(urllib.request.Request('{}',data=d,method='POST'),timeout=20)\nprint(r.status)",
