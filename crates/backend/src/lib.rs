@@ -1,9 +1,149 @@
-//! Backends that build bottles.
+//! Backends that build bottles, behind one [`Backend`] trait.
 //!
-//! Today: the native backend (Linux namespaces, no daemon) as a launcher
-//! ([`native::run`]) and the init stages it runs inside the bottle
-//! ([`native::init_main`], reached through the binary's hidden
-//! `__bottle-init` mode). The `Backend` and `Bottle` traits that every
-//! backend implements arrive with the rest of the lifecycle.
+//! A launch goes through the same steps on every backend:
+//!
+//! 1. [`Backend::prepare`]: pure resolution of the plan into what this
+//!    backend would build. No side effects; `--dry-run` prints it.
+//! 2. [`Backend::reserve`]: the bottle's place on the host (a directory of
+//!    sockets, a loopback address). The caller starts the sidecar bundle on
+//!    the returned [`Endpoint`].
+//! 3. [`Backend::launch`]: creates the bottle and registers the teardown of
+//!    everything it made in a [`Teardown`].
+//! 4. [`provision`]: the provider's provisioning (data, from
+//!    `bot-bottle-provision`) applied through the [`Bottle`] handle, once for
+//!    all backends.
+//! 5. [`Bottle::run_agent`]: the agent, attached to this process's terminal.
+//!
+//! Teardown runs whatever happens: dropping a [`Teardown`] or a bottle
+//! handle undoes what it holds, so an error half way, a panic or a stop
+//! request all leave nothing behind. What survives the launcher (a SIGKILL)
+//! is found again by [`Backend::cleanup`].
 
+mod bottle;
+mod detect;
 pub mod native;
+mod teardown;
+mod workspace;
+
+pub use bottle::{Bottle, Exec, Output, Owner, provision};
+pub use detect::{Detected, detect};
+pub use teardown::Teardown;
+pub use workspace::prepare_workspace;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use bot_bottle_manifest::Plan;
+
+/// The port of the egress proxy inside every bottle.
+pub const PROXY_PORT: u16 = 3128;
+
+/// What a backend is asked to build.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The bottle's name; unique among this user's bottles.
+    pub slug: &'a str,
+    pub plan: &'a Plan,
+    /// The bottle's private state directory on the host (0700).
+    pub state: &'a Path,
+    /// The user's project directory (the source of a workspace copy).
+    pub project: &'a Path,
+    /// Resuming: an existing workspace copy in `state` is kept.
+    pub resume: bool,
+}
+
+/// Where a bottle's sidecar bundle listens.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Endpoint {
+    /// Unix sockets in `dir`, which only `owner` (a host uid, when set) may
+    /// use; the bottle reaches them through forwarders on its loopback.
+    Unix { dir: PathBuf, owner: Option<u32> },
+    /// TCP on a loopback address of the bottle's own.
+    Tcp { addr: Ipv4Addr },
+}
+
+impl Endpoint {
+    /// The proxy's URL as the agent reaches it.
+    pub fn proxy_url(&self) -> String {
+        match self {
+            Endpoint::Unix { .. } => format!("http://127.0.0.1:{PROXY_PORT}"),
+            Endpoint::Tcp { addr } => format!("http://{addr}:{PROXY_PORT}"),
+        }
+    }
+}
+
+/// One backend. `prepare` is pure; `reserve` and `launch` create things and
+/// register their teardown; `cleanup` removes what a killed launcher left.
+pub trait Backend {
+    /// What `prepare` resolves to: shown by `--dry-run`, consumed by `launch`.
+    type Prepared: serde::Serialize + std::fmt::Debug;
+    type Bottle: Bottle;
+
+    /// The name used in manifests, `--backend` and `list`.
+    fn name(&self) -> &'static str;
+
+    /// Pure resolution of `target` into what would be built.
+    fn prepare(&self, target: &Target<'_>) -> Result<Self::Prepared, BackendError>;
+
+    /// Takes the bottle's place on the host, where its sidecars will listen.
+    fn reserve(&self, prepared: &Self::Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
+
+    /// Creates the bottle, ready for provisioning. The handle tears the
+    /// bottle down when dropped.
+    fn launch(&self, prepared: &Self::Prepared, teardown: &mut Teardown) -> Result<Self::Bottle, BackendError>;
+
+    /// Removes what a launcher killed without tearing down left behind for
+    /// the bottle `slug` with state dir `state`; says what it removed.
+    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
+    /// A provisioning command failed inside the bottle.
+    #[error("{why} (`{command}` exited {code}{})", tail(.stderr))]
+    Provision { command: String, why: String, code: i32, stderr: String },
+    /// A request to a running bottle failed inside it.
+    #[error("{what} inside the bottle: {message}")]
+    Inside { what: String, message: String },
+    /// The bottle answered something it should not have.
+    #[error("the bottle's control channel: {0}")]
+    Control(String),
+    /// No backend can run here; each line says what is missing.
+    #[error("no backend can run bottles here:\n{}", .0.join("\n"))]
+    NoBackend(Vec<String>),
+    #[error("the {0} backend is not in this build yet")]
+    NotBuilt(&'static str),
+}
+
+fn tail(stderr: &str) -> String {
+    let s = stderr.trim();
+    if s.is_empty() {
+        return String::new();
+    }
+    let start = s.char_indices().rev().nth(400).map_or(0, |(i, _)| i);
+    format!(": {}", &s[start..])
+}
+
+/// Test hook: when `BOT_BOTTLE_PAUSE_AT` names this launch phase, say so on
+/// stderr and wait, so that a test can kill the launcher exactly there and
+/// check that `cleanup` leaves nothing behind.
+pub fn pause_point(phase: &str) {
+    if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("bot-bottle: paused at {phase}\n"));
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    let what = what.into();
+    move |source| BackendError::Io { what, source }
+}

@@ -1,6 +1,6 @@
 //! `list`, `stop`, `resume` and `cleanup`: bottles by their state dirs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bot_bottle_manifest::{BackendKind, Manifest, Request};
@@ -145,44 +145,13 @@ pub(crate) fn resume(slug: &str, quiet: bool) -> Result<(), Failure> {
     if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
 }
 
-/// Processes of a bottle's init still alive (the init stages name the
-/// bottle's state dir in their argv).
-fn leftover_processes(dir: &Path) -> Vec<i32> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .is_ok_and(|c| c.contains("__bottle-init") && c.contains(&needle))
-        })
-        .collect()
-}
-
 pub(crate) fn cleanup(purge: bool) -> Result<(), Failure> {
     let mut out = String::new();
     for (dir, m) in all() {
         if state_of(&m) == "running" {
             continue;
         }
-        let mut did = Vec::new();
-        let pids = leftover_processes(&dir);
-        for pid in &pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
-        }
-        if !pids.is_empty() {
-            did.push(format!("killed {} process(es)", pids.len()));
-        }
-        for d in ["root", "sockets", "sync-in", "sync-out", "spec.json"] {
-            let p = dir.join(d);
-            if p.exists() {
-                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-                did.push(format!("removed {d}"));
-            }
-        }
+        let mut did = launch::cleanup(&m, &dir);
         if m.exit.is_none() {
             let mut m = m.clone();
             m.exit = Some(-1);

@@ -5,15 +5,15 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bot_bottle_backend::native::{self, Forward, Limits, Spec, SpecCheck, SpecDir, SpecFile};
-use bot_bottle_manifest::{Egress, Plan, WorkspaceMode};
-use bot_bottle_provision::{Content, Launch, Owner, provision};
+use bot_bottle_backend::native::{self, Native};
+use bot_bottle_backend::{
+    Backend, BackendError, Bottle, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
+};
+use bot_bottle_manifest::{BackendKind, Egress, Plan, WorkspaceMode};
+use bot_bottle_provision::{Launch, provision};
 use bot_bottle_sidecars::{Proxy, ProxyConfig};
 
 use crate::{Failure, chain, failure};
-
-/// The proxy's port inside every bottle.
-const PROXY_PORT: u16 = 3128;
 
 pub(crate) struct Options {
     pub(crate) quiet: bool,
@@ -118,7 +118,43 @@ fn slug(agent: &str) -> String {
     format!("{agent}-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
 }
 
+/// Runs the plan's agent in a bottle on the backend the plan asks for (or
+/// the one `auto` finds) and returns the agent's exit code.
 pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
+    let name = &plan.agent.name;
+    let detected =
+        detect(plan.backend.requested).map_err(|e| failure(format!("error: cannot start `{name}`: {}", chain(&e))))?;
+    match detected.kind {
+        BackendKind::Auto | BackendKind::Native => {
+            let native = Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))?;
+            run_on(&native, plan, opts)
+        }
+        other => {
+            let e = BackendError::NotBuilt(backend_name(other));
+            Err(failure(format!("error: cannot start `{name}`: {e}; use --backend native")))
+        }
+    }
+}
+
+/// Removes what a killed launcher left of bottle `m` (state dir `state`).
+pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
+    match BackendKind::parse(&m.backend) {
+        Some(BackendKind::Native) => Native::new().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn backend_name(k: BackendKind) -> &'static str {
+    match k {
+        BackendKind::Auto => "auto",
+        BackendKind::Native => "native",
+        BackendKind::Docker => "docker",
+        BackendKind::Smolmachines => "smolmachines",
+    }
+}
+
+/// The bottle's state dir and launch record around one session.
+fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
     let slug = match &opts.resume {
         Some(s) if valid_slug(s) => s.clone(),
@@ -126,29 +162,24 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
         None => slug(&plan.agent.name),
     };
     let state = dir.join(&slug);
-    let mk =
-        |p: &Path| std::fs::create_dir_all(p).map_err(|e| failure(format!("error: creating {}: {e}", p.display())));
-    mk(&state)?;
+    std::fs::create_dir_all(&state).map_err(|e| failure(format!("error: creating {}: {e}", state.display())))?;
     // Private to the launcher: the bottle reaches what it needs through
     // mounts and open files, never by traversing this path.
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| failure(format!("error: securing {}: {e}", state.display())))?;
     let mut meta = Meta {
         slug: slug.clone(),
-        backend: "native".into(),
+        backend: backend.name().into(),
         request: opts.request.clone(),
         pid: std::process::id(),
         started: now(),
         exit: None,
     };
     write_meta(&state, &meta);
-    native::pause_point("state");
-    let result = launch(plan, opts, &slug, &state);
-    // Teardown runs whatever happened above; the workspace copy and the
+    pause_point("state");
+    // Teardown runs inside, whatever happens; the workspace copy and the
     // audit log stay, so nothing the agent did is lost.
-    for d in ["root", "sockets"] {
-        let _ = std::fs::remove_dir_all(state.join(d));
-    }
+    let result = session(backend, plan, opts, &slug, &state);
     meta.exit = Some(match &result {
         Ok(c) => *c,
         Err(f) => i32::from(f.code),
@@ -157,47 +188,16 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     result
 }
 
-fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
-    let mk =
-        |p: &Path| std::fs::create_dir_all(p).map_err(|e| failure(format!("error: creating {}: {e}", p.display())));
-    let (uid, gid) = native::agent_ids();
-    let host_agent = if nix::unistd::geteuid().is_root() { Some(native::HOST_ID_BASE + uid) } else { None };
+/// One bottle from prepare to teardown: the sidecar bundle on the host, the
+/// bottle, its provisioning, the agent.
+fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
+    let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
+    let target = Target { slug, plan, state, project: &opts.request.project, resume: opts.resume.is_some() };
+    let prepared = backend.prepare(&target).map_err(err("preparing the bottle"))?;
+    let mut teardown = Teardown::new();
+    let endpoint = backend.reserve(&prepared, &mut teardown).map_err(err("reserving the bottle"))?;
 
-    // The workspace: a copy of the project by default.
-    let cwd = opts.request.project.clone();
-    let workspace = match plan.workspace {
-        WorkspaceMode::None => None,
-        WorkspaceMode::Mount => Some(cwd.clone()),
-        WorkspaceMode::Copy => {
-            let dst = state.join("workspace");
-            if opts.resume.is_some() && dst.is_dir() {
-                say(opts, &format!("resuming with the workspace at {}", dst.display()));
-            } else {
-                say(opts, &format!("copying {} into the bottle's workspace", cwd.display()));
-                copy_tree(&cwd, &dst, host_agent).map_err(|e| failure(format!("error: copying the workspace: {e}")))?;
-            }
-            Some(dst)
-        }
-    };
-
-    native::pause_point("workspace");
-    // The sidecar bundle: the egress proxy on a unix socket.
-    let sockets = state.join("sockets");
-    mk(&sockets)?;
-    // Only the bottle's own root (its forwarder) may connect: a socket
-    // anyone could reach would lend them the bottle's injected tokens.
-    let bottle_root = nix::unistd::geteuid().is_root().then_some(native::HOST_ID_BASE);
-    let own = |p: &Path, mode: u32| -> Result<(), Failure> {
-        let secure = || -> std::io::Result<()> {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
-            if let Some(id) = bottle_root {
-                std::os::unix::fs::lchown(p, Some(id), Some(id))?;
-            }
-            Ok(())
-        };
-        secure().map_err(|e| failure(format!("error: securing {}: {e}", p.display())))
-    };
-    own(&sockets, 0o700)?;
+    // The sidecar bundle: the egress proxy.
     let proxy = Proxy::new(ProxyConfig {
         bottle: slug.to_owned(),
         state_dir: state.join("proxy"),
@@ -213,13 +213,25 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
         .enable_all()
         .build()
         .map_err(|e| failure(format!("error: runtime: {e}")))?;
-    let sock = sockets.join("proxy.sock");
-    let listener = rt
-        .block_on(async { tokio::net::UnixListener::bind(&sock) })
-        .map_err(|e| failure(format!("error: listening on {}: {e}", sock.display())))?;
-    own(&sock, 0o600)?;
-    let p = proxy.clone();
-    rt.spawn(async move { p.serve_unix(listener).await });
+    match &endpoint {
+        Endpoint::Unix { dir, .. } => {
+            let sock = dir.join("proxy.sock");
+            let listener = rt
+                .block_on(async { tokio::net::UnixListener::bind(&sock) })
+                .map_err(|e| failure(format!("error: listening on {}: {e}", sock.display())))?;
+            native::give_to_bottle(&sock, 0o600)
+                .map_err(|e| failure(format!("error: securing {}: {e}", sock.display())))?;
+            let p = proxy.clone();
+            rt.spawn(async move { p.serve_unix(listener).await });
+        }
+        Endpoint::Tcp { addr } => {
+            let listener = rt
+                .block_on(async { tokio::net::TcpListener::bind((*addr, PROXY_PORT)).await })
+                .map_err(|e| failure(format!("error: listening on {addr}:{PROXY_PORT}: {e}")))?;
+            let p = proxy.clone();
+            rt.spawn(async move { p.serve(listener).await });
+        }
+    }
     // Ctrl-C reaches the agent through the terminal; the launcher stays to
     // tear down. SIGTERM is for the launcher: it ends the bottle.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -234,9 +246,18 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
             }
         }
     });
+    pause_point("sidecars");
 
-    native::pause_point("sidecars");
-    // Provisioning, as data, then into the bottle's spec.
+    if plan.workspace == WorkspaceMode::Copy {
+        if opts.resume.is_some() && state.join("workspace").is_dir() {
+            say(opts, &format!("resuming with the workspace at {}", state.join("workspace").display()));
+        } else {
+            say(opts, &format!("copying {} into the bottle's workspace", opts.request.project.display()));
+        }
+    }
+    let mut bottle = backend.launch(&prepared, &mut teardown).map_err(err("the bottle failed"))?;
+
+    // Provisioning, as data, applied through the bottle.
     let ca_pem = std::fs::read_to_string(proxy.ca_cert_path())
         .map_err(|e| failure(format!("error: reading the bottle CA: {e}")))?;
     let roots = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").ok();
@@ -249,7 +270,7 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
             home: "/home/agent",
             workspace: "/workspace",
             state_dir: "/run/bot-bottle",
-            proxy_url: &format!("http://127.0.0.1:{PROXY_PORT}"),
+            proxy_url: &endpoint.proxy_url(),
             ca_pem: &ca_pem,
             system_roots_pem: roots.as_deref(),
             prompt: &prompt,
@@ -259,59 +280,27 @@ fn launch(plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, 
         },
     )
     .map_err(|e| failure(format!("error: provisioning: {e}")))?;
-    let mut files = Vec::new();
-    for f in &prov.files {
-        let content = match &f.content {
-            Content::Inline(b) => b.clone(),
-            Content::Host(p) => {
-                std::fs::read(p).map_err(|e| failure(format!("error: reading {}: {e}", p.display())))?
-            }
-        };
-        files.push(SpecFile { path: f.path.clone(), mode: f.mode, agent: f.owner == Owner::Agent, content });
+    let mut prov = prov;
+    if plan.workspace == WorkspaceMode::None {
+        prov.workdir = "/home/agent".into();
     }
-    let spec = Spec {
+    bot_bottle_backend::provision(&mut bottle, &prov).map_err(err("provisioning"))?;
+
+    say(opts, &format!("starting {} in bottle {slug} ({})", plan.agent.name, backend.name()));
+    let agent = Exec {
         argv: prov.argv.clone(),
         env: prov.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        workdir: if workspace.is_some() { prov.workdir.clone() } else { "/home/agent".into() },
-        hostname: format!("bottle-{slug}").chars().take(63).collect(),
-        uid,
-        gid,
-        user: "agent".into(),
-        home: "/home/agent".into(),
-        workspace: workspace.clone(),
-        root_dir: state.join("root"),
-        sockets_dir: Some(sockets),
-        forwards: vec![Forward { port: PROXY_PORT, socket: "proxy.sock".into() }],
-        files,
-        dirs: prov
-            .dirs
-            .iter()
-            .map(|d| SpecDir { path: d.path.clone(), mode: d.mode, agent: d.owner == Owner::Agent })
-            .collect(),
-        limits: Limits {
-            pids: plan.resources.pids.map(u64::from).or(Some(4096)),
-            memory: plan.resources.memory.map(|m| m.0),
-        },
-        checks: prov.commands.iter().map(|c| SpecCheck { argv: c.argv.clone(), why: c.why.clone() }).collect(),
-        sync_out: state.join("sync-out"),
-        sync_in: state.join("sync-in"),
-        init_exe: std::env::current_exe().map_err(|e| failure(format!("error: locating bot-bottle: {e}")))?,
+        workdir: Some(prov.workdir.clone()),
+        user: Owner::Agent,
     };
-    say(opts, &format!("starting {} in bottle {slug} (native)", plan.agent.name));
-    let code = std::thread::scope(|scope| {
-        let h = scope.spawn(|| native::run(&spec, state, &stop));
-        h.join()
-    });
-    let code = match code {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(failure(format!("error: the bottle failed: {}", chain(&e)))),
-        Err(_) => return Err(failure("error: the bottle launcher panicked")),
-    };
+    let code = bottle.run_agent(&agent, &stop).map_err(err("the bottle failed"))?;
     if stop.load(std::sync::atomic::Ordering::SeqCst) {
         say(opts, "stopped by SIGTERM");
     }
-    if let Some(ws) = workspace.filter(|_| plan.workspace == WorkspaceMode::Copy) {
-        say(opts, &format!("the agent's workspace is kept at {}", ws.display()));
+    drop(bottle);
+    drop(teardown);
+    if plan.workspace == WorkspaceMode::Copy {
+        say(opts, &format!("the agent's workspace is kept at {}", state.join("workspace").display()));
     }
     drop(rt);
     Ok(code)
@@ -322,34 +311,4 @@ fn read_prompt(plan: &Plan) -> Result<String, Failure> {
     let text = std::fs::read_to_string(&plan.agent.prompt.file)
         .map_err(|e| failure(format!("error: reading {}: {e}", plan.agent.prompt.file.display())))?;
     Ok(text.lines().skip(plan.agent.prompt.line.saturating_sub(1)).collect::<Vec<_>>().join("\n"))
-}
-
-/// Copies a project tree, symlinks as symlinks, modes kept, owned by the
-/// agent's host id when given.
-fn copy_tree(src: &Path, dst: &Path, owner: Option<u32>) -> std::io::Result<()> {
-    std::fs::create_dir_all(dst)?;
-    let chown = |p: &Path| -> std::io::Result<()> {
-        if let Some(id) = owner {
-            std::os::unix::fs::lchown(p, Some(id), Some(id))?;
-        }
-        Ok(())
-    };
-    chown(dst)?;
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        let to = dst.join(e.file_name());
-        if ft.is_dir() {
-            copy_tree(&e.path(), &to, owner)?;
-            std::fs::set_permissions(&to, e.metadata()?.permissions())?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &to)?;
-            chown(&to)?;
-        } else if ft.is_file() {
-            std::fs::copy(e.path(), &to)?;
-            chown(&to)?;
-        }
-        // Sockets, fifos and devices are not part of a project.
-    }
-    Ok(())
 }

@@ -69,7 +69,7 @@ pub struct Dir {
 }
 
 /// Who owns a file or directory inside the bottle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Owner {
     /// The agent's user: it may change it.

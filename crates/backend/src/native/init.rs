@@ -15,23 +15,30 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
-use nix::unistd::{Gid, Pid, Uid, chown, pivot_root, sethostname};
+use nix::unistd::{Gid, Pid, Uid, pivot_root, sethostname};
 
+use std::os::unix::net::UnixStream;
+
+use super::control::{self, Reply};
+use super::pid1::serve;
 use super::spec::Spec;
+use crate::{Exec, Owner};
 
 /// Where stage b puts things inside the bottle.
-const RUN: &str = "/run/bot-bottle";
+pub(super) const RUN: &str = "/run/bot-bottle";
+/// The control socket's transient name under [`RUN`].
+const CONTROL: &str = ".control";
 
-type R<T> = Result<T, String>;
+pub(super) type R<T> = Result<T, String>;
 
-fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> R<T> {
+pub(super) fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> R<T> {
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
@@ -114,6 +121,7 @@ fn stage_a(spec: &Spec) -> R<i32> {
 
 /// Host paths held open across the id switch.
 struct Held {
+    control: fs::File,
     workspace: Option<fs::File>,
     sockets: Option<fs::File>,
     init: fs::File,
@@ -133,7 +141,13 @@ fn stage_root_open(spec: &Spec) -> R<Held> {
     tmpfs(root, "mode=0755,uid=0,gid=0,size=64m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
     ctx(std::env::set_current_dir(root), || "chdir to the bottle root".into())?;
     let open = |p: &Path| ctx(fs::File::open(p), || format!("open {}", p.display()));
+    // The control socket is opened as a path (O_PATH): it is bound into the
+    // bottle just long enough for pid 1 to connect.
+    let control = ctx(fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(&spec.control), || {
+        format!("open {}", spec.control.display())
+    })?;
     Ok(Held {
+        control,
         workspace: spec.workspace.as_deref().map(open).transpose()?,
         sockets: spec.sockets_dir.as_deref().map(open).transpose()?,
         init: open(&spec.init_exe)?,
@@ -144,6 +158,11 @@ fn stage_root_open(spec: &Spec) -> R<Held> {
 fn stage_root_fill(spec: &Spec, held: &Held) -> R<()> {
     let run = Path::new(".").join(RUN.trim_start_matches('/'));
     mkdirs(&run)?;
+    // The bottle's own files: writable by pid 1 while it provisions, sealed
+    // read-only before the agent starts.
+    tmpfs(&run, "mode=0755,uid=0,gid=0,size=16m", MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+    touch(&run.join(CONTROL))?;
+    bind(&fd_path(&held.control), &run.join(CONTROL), false)?;
     if let Some(ws) = &held.workspace {
         mkdirs(Path::new("workspace"))?;
         bind(&fd_path(ws), Path::new("workspace"), false)?;
@@ -232,6 +251,24 @@ fn stage_b(spec: &Spec) -> R<i32> {
     ctx(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL), || "parent-death signal".into())?;
     // Stage a left us in the bottle's root (see `stage_root`).
     let root = Path::new(".");
+    let in_root = |p: &str| root.join(p.trim_start_matches('/'));
+    // The launcher's control socket, then its path gone from the bottle.
+    let control = in_root(RUN).join(CONTROL);
+    let ctl = ctx(UnixStream::connect(&control), || "connecting to the launcher".into())?;
+    ctx(umount2(&control, MntFlags::MNT_DETACH), || "unmount the control socket".into())?;
+    ctx(fs::remove_file(&control), || "remove the control socket".into())?;
+    match build_root(spec, root) {
+        Ok(()) => serve(spec, ctl),
+        Err(e) => {
+            let mut w = &ctl;
+            let _ = control::send(&mut w, &Reply::Error { message: e.clone() });
+            Err(e)
+        }
+    }
+}
+
+/// Builds the bottle's root in the working directory and pivots into it.
+fn build_root(spec: &Spec, root: &Path) -> R<()> {
     let in_root = |p: &str| root.join(p.trim_start_matches('/'));
 
     // System directories, read-only; merged-usr symlinks recreated as such.
@@ -353,29 +390,10 @@ fn stage_b(spec: &Spec) -> R<i32> {
         &format!("mode=0700,uid={},gid={},size=512m", spec.uid, spec.gid),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
-    // Provisioning: directories, then files, owned as the plan says.
-    let owner = |agent: bool| if agent { (spec.uid, spec.gid) } else { (0, 0) };
-    for d in &spec.dirs {
-        let p = in_root(&d.path);
-        mkdirs(&p)?;
-        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(d.mode)), || format!("chmod {}", d.path))?;
-        let (u, g) = owner(d.agent);
-        ctx(chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))), || format!("chown {}", d.path))?;
-    }
-    for f in &spec.files {
-        let p = in_root(&f.path);
-        if let Some(parent) = p.parent() {
-            mkdirs(parent)?;
-        }
-        ctx(fs::write(&p, &f.content), || format!("write {}", f.path))?;
-        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(f.mode)), || format!("chmod {}", f.path))?;
-        let (u, g) = owner(f.agent);
-        ctx(chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))), || format!("chown {}", f.path))?;
-    }
     // /dev is the operator's: when the agent is uid 0 inside (an
     // unprivileged launch), ownership alone would let it change it, so its
     // mount becomes read-only (/dev/pts and /dev/shm are mounts of their
-    // own). Provisioned files under /run turn read-only with the root.
+    // own).
     let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     ctx(mount(None::<&str>, dev.as_path(), None::<&str>, ro, None::<&str>), || "read-only /dev".into())?;
 
@@ -407,27 +425,7 @@ fn stage_b(spec: &Spec) -> R<i32> {
         let _ = caps::drop(None, caps::CapSet::Bounding, cap);
     }
     let _ = nix::unistd::setgroups(&[Gid::from_raw(spec.gid)]);
-    let child = ctx(
-        Command::new(format!("{RUN}/init"))
-            .arg("__bottle-init")
-            .arg("c")
-            .arg(format!("{RUN}/spec.json"))
-            .uid(spec.uid)
-            .gid(spec.gid)
-            .spawn(),
-        || "starting the agent".into(),
-    )?;
-    // pid 1 reaps every orphan until the agent itself exits.
-    let agent = Pid::from_raw(child.id() as i32);
-    loop {
-        match nix::sys::wait::waitpid(Pid::from_raw(-1), None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(pid, c)) if pid == agent => return Ok(c),
-            Ok(nix::sys::wait::WaitStatus::Signaled(pid, sig, _)) if pid == agent => return Ok(128 + sig as i32),
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("waiting for the agent: {e}")),
-        }
-    }
+    Ok(())
 }
 
 /// A fresh network namespace has loopback down; bring it up with `ip`
@@ -462,7 +460,12 @@ fn forward(port: u16, socket: PathBuf) -> R<()> {
     Ok(())
 }
 
+/// The environment variable that carries stage c's command from pid 1.
+pub(super) const EXEC_VAR: &str = "BOT_BOTTLE_EXEC";
+
 fn stage_c(spec: &Spec) -> R<i32> {
+    let cmd = ctx(std::env::var(EXEC_VAR), || format!("reading {EXEC_VAR}"))?;
+    let cmd: Exec = ctx(serde_json::from_str(&cmd), || format!("parsing {EXEC_VAR}"))?;
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Ambient] {
         let _ = caps::clear(None, set);
     }
@@ -478,27 +481,14 @@ fn stage_c(spec: &Spec) -> R<i32> {
     for f in ctx(super::seccomp::filters(), || "seccomp".into())? {
         ctx(seccompiler::apply_filter(&f), || "applying seccomp".into())?;
     }
-    // Preflight inside the bottle, under the same confinement as the agent.
-    for check in &spec.checks {
-        let Some((p, a)) = check.argv.split_first() else { continue };
-        let ok = Command::new(p)
-            .args(a)
-            .env_clear()
-            .envs(spec.env.iter().cloned())
-            .current_dir(&spec.workdir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = writeln!(std::io::stderr(), "bot-bottle: {}", check.why);
-            return Ok(127);
-        }
-    }
-    let Some((prog, args)) = spec.argv.split_first() else { return Err("empty argv".into()) };
-    let err =
-        Command::new(prog).args(args).env_clear().envs(spec.env.iter().cloned()).current_dir(&spec.workdir).exec();
+    let Some((prog, args)) = cmd.argv.split_first() else { return Err("empty argv".into()) };
+    let home = if cmd.user == Owner::Agent { spec.home.as_str() } else { "/" };
+    let err = Command::new(prog)
+        .args(args)
+        .env_clear()
+        .envs(cmd.env.iter().cloned())
+        .current_dir(cmd.workdir.as_deref().unwrap_or(home))
+        .exec();
     let _ = writeln!(std::io::stderr(), "bot-bottle: cannot run `{prog}`: {err}");
     Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
 }

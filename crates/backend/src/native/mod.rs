@@ -1,24 +1,38 @@
 //! The native backend: Linux namespaces, no daemon.
+//!
+//! [`Native`] is the [`Backend`]. The launcher ([`NativeBottle::launch`])
+//! starts the init stages ([`init_main`], reached through the binary's
+//! hidden `__bottle-init` mode), writes their id maps from outside, and then
+//! drives the bottle's pid 1 over a private control socket: provisioning,
+//! commands, and finally the agent.
 
+mod control;
 mod doctor;
 mod init;
+mod pid1;
 mod seccomp;
 mod spec;
 
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use bot_bottle_manifest::WorkspaceMode;
 use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
+
+use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, PROXY_PORT, Target, Teardown};
+use control::{Reply, Request};
 
 pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
-pub use spec::{Forward, Limits, Spec, SpecCheck, SpecDir, SpecFile};
+pub use spec::{Forward, Limits, Spec};
 
 /// First host uid/gid of a bottle's range when bot-bottle runs as root:
 /// inside root maps here, so nothing in a bottle is ever host root.
@@ -34,8 +48,10 @@ pub enum NativeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the bottle's init exited before setting up its namespaces (exit {0})")]
+    #[error("the bottle's init exited (exit {0})")]
     InitDied(i32),
+    #[error("building the bottle: {0}")]
+    Init(String),
     #[error("writing the bottle's id maps: {0}")]
     Map(String),
 }
@@ -45,75 +61,334 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NativeError {
     move |source| NativeError::Io { what, source }
 }
 
-/// Test hook: when `BOT_BOTTLE_PAUSE_AT` names this launch phase, say so on
-/// stderr and wait, so that a test can kill the launcher exactly there and
-/// check that `cleanup` leaves nothing behind.
-pub fn pause_point(phase: &str) {
-    if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
-        let _ = writeln!(std::io::stderr(), "bot-bottle: paused at {phase}");
-        std::thread::sleep(Duration::from_secs(60));
-    }
-}
-
 /// The uid and gid the agent runs as inside, given who launches the bottle.
 pub fn agent_ids() -> (u32, u32) {
     if nix::unistd::geteuid().is_root() { (AGENT_ID, AGENT_ID) } else { (0, 0) }
 }
 
-/// Runs a bottle to completion: builds it from `spec` (whose sync paths and
-/// root dir must be in `state`), waits, and returns the agent's exit code.
-/// The user's terminal is passed straight through. Setting `stop` ends the
-/// bottle: its init is killed, and every process inside dies with it.
-pub fn run(spec: &Spec, state: &Path, stop: &std::sync::atomic::AtomicBool) -> Result<i32, NativeError> {
-    for p in [&spec.sync_out, &spec.sync_in] {
-        let _ = fs::remove_file(p);
-        mkfifo(p.as_path(), Mode::S_IRUSR | Mode::S_IWUSR)
-            .map_err(|e| NativeError::Io { what: format!("mkfifo {}", p.display()), source: e.into() })?;
-    }
-    fs::create_dir_all(&spec.root_dir).map_err(io(format!("creating {}", spec.root_dir.display())))?;
-    let spec_path = state.join("spec.json");
-    let json = serde_json::to_vec(spec).map_err(|e| NativeError::Io { what: "spec".into(), source: e.into() })?;
-    fs::write(&spec_path, json).map_err(io("writing the bottle spec"))?;
-    // Nothing of the launcher's environment (tokens included) goes in, not
-    // even to the init stages, whose /proc/*/environ an agent might read.
-    let mut child = Command::new(&spec.init_exe)
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg("__bottle-init")
-        .arg("a")
-        .arg(&spec_path)
-        .spawn()
-        .map_err(io(format!("starting {}", spec.init_exe.display())))?;
-    pause_point("init-spawned");
-    let result = handshake(spec, &mut child);
-    pause_point("bottle-mapped");
-    if let Err(e) = result {
-        let _ = child.kill();
-        let _ = child.wait();
-        cleanup(spec, &spec_path);
-        return Err(e);
-    }
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(io("waiting for the bottle"))? {
-            break s;
-        }
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            // The init stages die with their parent (PR_SET_PDEATHSIG), so
-            // killing the first takes down the bottle's pid 1 and all inside.
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    cleanup(spec, &spec_path);
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+/// The native backend. The binary at `init` must run
+/// [`init_main`] when called as `init __bottle-init ...` (the bundled CLI
+/// does); it is re-executed for the bottle's init stages.
+#[derive(Clone, Debug)]
+pub struct Native {
+    pub init: PathBuf,
 }
 
-fn cleanup(spec: &Spec, spec_path: &PathBuf) {
+impl Native {
+    /// The native backend with this program as the bottle's init.
+    pub fn new() -> Result<Native, BackendError> {
+        Ok(Native { init: std::env::current_exe().map_err(crate::io("locating this program"))? })
+    }
+}
+
+/// What a native launch builds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Prepared {
+    pub spec: Spec,
+    pub workspace_mode: WorkspaceMode,
+    pub project: PathBuf,
+    pub state: PathBuf,
+    pub resume: bool,
+}
+
+/// The host uid that owns what the bottle's root may use (its sockets):
+/// the bottle's root id when launched by root; the launcher's own otherwise.
+fn bottle_root() -> Option<u32> {
+    nix::unistd::geteuid().is_root().then_some(HOST_ID_BASE)
+}
+
+/// Sets `mode` on `p` and gives it to the bottle's root.
+pub fn give_to_bottle(p: &Path, mode: u32) -> std::io::Result<()> {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
+    if let Some(id) = bottle_root() {
+        std::os::unix::fs::lchown(p, Some(id), Some(id))?;
+    }
+    Ok(())
+}
+
+impl Backend for Native {
+    type Prepared = Prepared;
+    type Bottle = NativeBottle;
+
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn prepare(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
+        let (uid, gid) = agent_ids();
+        let workspace = match t.plan.workspace {
+            WorkspaceMode::None => None,
+            WorkspaceMode::Mount => Some(t.project.to_path_buf()),
+            WorkspaceMode::Copy => Some(t.state.join("workspace")),
+        };
+        let spec = Spec {
+            hostname: format!("bottle-{}", t.slug).chars().take(63).collect(),
+            uid,
+            gid,
+            user: "agent".into(),
+            home: "/home/agent".into(),
+            workspace,
+            root_dir: t.state.join("root"),
+            sockets_dir: Some(t.state.join("sockets")),
+            forwards: vec![Forward { port: PROXY_PORT, socket: "proxy.sock".into() }],
+            limits: Limits {
+                pids: t.plan.resources.pids.map(u64::from).or(Some(4096)),
+                memory: t.plan.resources.memory.map(|m| m.0),
+            },
+            sync_out: t.state.join("sync-out"),
+            sync_in: t.state.join("sync-in"),
+            control: t.state.join("control.sock"),
+            init_exe: self.init.clone(),
+        };
+        Ok(Prepared {
+            spec,
+            workspace_mode: t.plan.workspace,
+            project: t.project.to_path_buf(),
+            state: t.state.to_path_buf(),
+            resume: t.resume,
+        })
+    }
+
+    fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+        let Some(dir) = p.spec.sockets_dir.clone() else {
+            return Err(BackendError::Control("a native bottle needs a sockets directory".into()));
+        };
+        fs::create_dir_all(&dir).map_err(crate::io(format!("creating {}", dir.display())))?;
+        // Only the bottle's own root (its forwarders) may connect: a socket
+        // anyone could reach would lend them the bottle's injected tokens.
+        give_to_bottle(&dir, 0o700).map_err(crate::io(format!("securing {}", dir.display())))?;
+        let d = dir.clone();
+        teardown.push("the sidecar sockets", move || {
+            let _ = fs::remove_dir_all(d);
+        });
+        Ok(Endpoint::Unix { dir, owner: bottle_root() })
+    }
+
+    fn launch(&self, p: &Prepared, teardown: &mut Teardown) -> Result<NativeBottle, BackendError> {
+        let owner = bottle_root().map(|_| HOST_ID_BASE + agent_ids().0);
+        crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, owner)?;
+        crate::pause_point("workspace");
+        let root = p.spec.root_dir.clone();
+        teardown.push("the bottle's root", move || {
+            let _ = fs::remove_dir(root);
+        });
+        Ok(NativeBottle::launch(&p.spec, &p.state)?)
+    }
+
+    fn cleanup(&self, _slug: &str, state: &Path) -> Vec<String> {
+        let mut did = Vec::new();
+        let pids = leftover_processes(state);
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        if !pids.is_empty() {
+            did.push(format!("killed {} process(es)", pids.len()));
+        }
+        for d in ["root", "sockets", "sync-in", "sync-out", "spec.json", "control.sock"] {
+            let p = state.join(d);
+            if fs::symlink_metadata(&p).is_ok() {
+                let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+                did.push(format!("removed {d}"));
+            }
+        }
+        did
+    }
+}
+
+/// Processes of a bottle's init still alive (the init stages name the
+/// bottle's state dir in their argv).
+fn leftover_processes(state: &Path) -> Vec<i32> {
+    let needle = state.display().to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .is_ok_and(|c| c.contains("__bottle-init") && c.contains(&needle))
+        })
+        .collect()
+}
+
+/// A running native bottle: its init's first stage, and the control
+/// socket to its pid 1. Dropping it kills every process inside.
+#[derive(Debug)]
+pub struct NativeBottle {
+    child: Child,
+    ctl: BufReader<UnixStream>,
+    spec: Spec,
+    spec_path: PathBuf,
+}
+
+impl NativeBottle {
+    /// Builds the bottle described by `spec` (whose sync, control and root
+    /// paths are in `state`) and waits until its pid 1 is ready for
+    /// commands. The bottle shares this process's stdin, stdout and stderr.
+    pub fn launch(spec: &Spec, state: &Path) -> Result<NativeBottle, NativeError> {
+        for p in [&spec.sync_out, &spec.sync_in] {
+            let _ = fs::remove_file(p);
+            mkfifo(p.as_path(), Mode::S_IRUSR | Mode::S_IWUSR)
+                .map_err(|e| NativeError::Io { what: format!("mkfifo {}", p.display()), source: e.into() })?;
+        }
+        fs::create_dir_all(&spec.root_dir).map_err(io(format!("creating {}", spec.root_dir.display())))?;
+        let spec_path = state.join("spec.json");
+        let json = serde_json::to_vec(spec).map_err(|e| NativeError::Io { what: "spec".into(), source: e.into() })?;
+        fs::write(&spec_path, json).map_err(io("writing the bottle spec"))?;
+        let _ = fs::remove_file(&spec.control);
+        let listener =
+            UnixListener::bind(&spec.control).map_err(io(format!("listening on {}", spec.control.display())))?;
+        give_to_bottle(&spec.control, 0o600).map_err(io("securing the control socket"))?;
+        // Nothing of the launcher's environment (tokens included) goes in, not
+        // even to the init stages, whose /proc/*/environ an agent might read.
+        let child = Command::new(&spec.init_exe)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("__bottle-init")
+            .arg("a")
+            .arg(&spec_path)
+            .spawn()
+            .map_err(io(format!("starting {}", spec.init_exe.display())));
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(spec, &spec_path);
+                return Err(e);
+            }
+        };
+        crate::pause_point("init-spawned");
+        let result = handshake(spec, &mut child).and_then(|()| accept(&listener, &mut child));
+        drop(listener);
+        let _ = fs::remove_file(&spec.control);
+        crate::pause_point("bottle-mapped");
+        let ctl = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                cleanup(spec, &spec_path);
+                return Err(e);
+            }
+        };
+        let mut b = NativeBottle { child, ctl: BufReader::new(ctl), spec: spec.clone(), spec_path };
+        match control::recv::<Reply>(&mut b.ctl) {
+            Ok(Some(Reply::Ready)) => Ok(b),
+            Ok(Some(Reply::Error { message })) => Err(NativeError::Init(message)),
+            _ => Err(NativeError::InitDied(b.wait_exit())),
+        }
+    }
+
+    fn call(&mut self, req: &Request) -> Result<Reply, BackendError> {
+        let sent = control::send(self.ctl.get_mut(), req);
+        let reply = sent.and_then(|()| control::recv::<Reply>(&mut self.ctl));
+        match reply {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) | Err(_) => Err(NativeError::InitDied(self.wait_exit()).into()),
+        }
+    }
+
+    fn done(&mut self, what: String, req: &Request) -> Result<(), BackendError> {
+        match self.call(req)? {
+            Reply::Done => Ok(()),
+            Reply::Error { message } => Err(BackendError::Inside { what, message }),
+            other => Err(BackendError::Control(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The exit code of the bottle once it has ended (waits briefly).
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return exit_code(s),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => return -1,
+            }
+        }
+    }
+}
+
+impl Bottle for NativeBottle {
+    fn exec(&mut self, cmd: &Exec) -> Result<Output, BackendError> {
+        match self.call(&Request::Exec { cmd: cmd.clone() })? {
+            Reply::Output { code, stdout, stderr } => Ok(Output { code, stdout, stderr }),
+            Reply::Error { message } => {
+                Err(BackendError::Inside { what: format!("running `{}`", cmd.argv.join(" ")), message })
+            }
+            other => Err(BackendError::Control(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn mkdir(&mut self, path: &str, mode: u32, owner: Owner) -> Result<(), BackendError> {
+        self.done(format!("creating {path}"), &Request::Mkdir { path: path.to_owned(), mode, owner })
+    }
+
+    fn copy_in(&mut self, path: &str, content: &[u8], mode: u32, owner: Owner) -> Result<(), BackendError> {
+        let req = Request::Write { path: path.to_owned(), mode, owner, content: content.to_vec() };
+        self.done(format!("writing {path}"), &req)
+    }
+
+    fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
+        self.done(format!("starting `{}`", cmd.argv.join(" ")), &Request::Agent { cmd: cmd.clone() })?;
+        loop {
+            if let Some(s) = self.child.try_wait().map_err(io("waiting for the bottle"))? {
+                return Ok(exit_code(s));
+            }
+            if stop.load(Ordering::SeqCst) {
+                // The init stages die with their parent (PR_SET_PDEATHSIG), so
+                // killing the first takes down the bottle's pid 1 and all inside.
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for NativeBottle {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        cleanup(&self.spec, &self.spec_path);
+    }
+}
+
+fn exit_code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}
+
+fn cleanup(spec: &Spec, spec_path: &Path) {
     let _ = fs::remove_file(&spec.sync_out);
     let _ = fs::remove_file(&spec.sync_in);
+    let _ = fs::remove_file(&spec.control);
     let _ = fs::remove_file(spec_path);
     let _ = fs::remove_dir(&spec.root_dir);
+}
+
+/// Waits for the bottle's pid 1 to connect, without hanging if it dies.
+fn accept(listener: &UnixListener, child: &mut Child) -> Result<UnixStream, NativeError> {
+    listener.set_nonblocking(true).map_err(io("control socket"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(io("control socket"))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io("accepting the bottle's control connection")(e)),
+        }
+        if let Some(s) = child.try_wait().map_err(io("waiting for the bottle"))? {
+            return Err(NativeError::InitDied(exit_code(s)));
+        }
+        if Instant::now() > deadline {
+            return Err(NativeError::Init("the bottle's pid 1 did not connect within 60 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Waits for the init to unshare (without blocking forever if it dies),

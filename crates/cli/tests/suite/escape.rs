@@ -108,7 +108,7 @@ fn nothing_escapes_a_native_bottle() {
         let b = Bottle::new();
         std::fs::copy(case, b.dir.path().join("workspace/case.sh")).expect("copy");
         let mut spec = b.spec(&["/bin/sh", "-c", "exec > /workspace/.out 2>&1; /bin/sh /workspace/case.sh"]);
-        spec.env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        spec.cmd.env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let code = b.run(&spec);
         let out = std::fs::read_to_string(b.dir.path().join("workspace/.out")).unwrap_or_default();
         let name = case.file_stem().expect("stem").to_string_lossy().into_owned();

@@ -2,10 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
-use bot_bottle_backend::native::{self, Limits, Spec};
+use bot_bottle_backend::native::{self, Limits, NativeBottle, Spec};
+use bot_bottle_backend::{Bottle as _, Exec, Owner};
 
 pub(crate) struct Bottle {
     pub(crate) dir: tempfile::TempDir,
+}
+
+/// A bottle's spec and the command to run as its agent.
+pub(crate) struct Run {
+    pub(crate) spec: Spec,
+    pub(crate) cmd: Exec,
 }
 
 /// Whether this machine can build native bottles; the reason if not.
@@ -22,13 +29,10 @@ impl Bottle {
         Bottle { dir }
     }
 
-    pub(crate) fn spec(&self, argv: &[&str]) -> Spec {
+    pub(crate) fn spec(&self, argv: &[&str]) -> Run {
         let d = self.dir.path();
         let (uid, gid) = native::agent_ids();
-        Spec {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()), ("HOME".into(), "/home/agent".into())],
-            workdir: "/workspace".into(),
+        let spec = Spec {
             hostname: "bottle-test".into(),
             uid,
             gid,
@@ -38,25 +42,31 @@ impl Bottle {
             root_dir: d.join("root"),
             sockets_dir: None,
             forwards: vec![],
-            files: vec![],
-            dirs: vec![],
             limits: Limits { pids: Some(256), memory: Some(1 << 30) },
-            checks: vec![],
             sync_out: d.join("sync-out"),
             sync_in: d.join("sync-in"),
+            control: d.join("control.sock"),
             init_exe: PathBuf::from(env!("CARGO_BIN_EXE_bot-bottle")),
-        }
+        };
+        let cmd = Exec {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()), ("HOME".into(), "/home/agent".into())],
+            workdir: Some("/workspace".into()),
+            user: Owner::Agent,
+        };
+        Run { spec, cmd }
     }
 
-    pub(crate) fn run(&self, spec: &Spec) -> i32 {
-        self.run_until(spec, &std::sync::atomic::AtomicBool::new(false))
+    pub(crate) fn run(&self, r: &Run) -> i32 {
+        self.run_until(r, &std::sync::atomic::AtomicBool::new(false))
     }
 
     /// Runs until the agent exits or `stop` is set.
-    pub(crate) fn run_until(&self, spec: &Spec, stop: &std::sync::atomic::AtomicBool) -> i32 {
+    pub(crate) fn run_until(&self, r: &Run, stop: &std::sync::atomic::AtomicBool) -> i32 {
         // The agent's workspace must be writable by its host id.
         chown_tree(&self.dir.path().join("workspace"));
-        native::run(spec, self.dir.path(), stop).expect("bottle runs")
+        let mut b = NativeBottle::launch(&r.spec, self.dir.path()).expect("bottle builds");
+        b.run_agent(&r.cmd, stop).expect("bottle runs")
     }
 
     /// Runs `script` with sh inside; returns (exit code, stdout).

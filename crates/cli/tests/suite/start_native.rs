@@ -338,7 +338,7 @@ fn a_missing_agent_program_is_reported_before_the_agent_starts() {
     std::fs::write(&a, "---\nprovider: command\ncommand: [\"no-such-program\", \"--flag\"]\nbottle: b\n---\n")
         .expect("write");
     let out = command(&p, &["start", "a", "--quiet"]).output().expect("start");
-    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(out.status.code(), Some(1), "bot-bottle fails before the agent runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the agent's program `no-such-program` must exist in the bottle"), "{err}");
     assert_eq!(leftovers(&p), 0);

@@ -1,0 +1,241 @@
+//! The bottle's pid 1 at work: it serves the launcher's requests over the
+//! control socket (provisioning, commands, the agent) and reaps every
+//! orphan. When the agent exits, so does pid 1, and with it every process
+//! in the bottle's pid namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::mount::{MsFlags, mount};
+use nix::unistd::{Gid, Pid, Uid, chown};
+
+use super::control::{self, Reply, Request};
+use super::init::{EXEC_VAR, R, RUN, ctx};
+use super::spec::Spec;
+use crate::{Exec, Owner};
+
+/// Output kept per stream of a command; the rest is drained and dropped.
+const OUTPUT_CAP: usize = 16 << 20;
+
+pub(super) fn serve(spec: &Spec, ctl: UnixStream) -> R<i32> {
+    let reaper = Arc::new(Reaper::default());
+    {
+        let r = reaper.clone();
+        std::thread::spawn(move || r.run());
+    }
+    let mut w = ctx(ctl.try_clone(), || "control socket".into())?;
+    let mut r = BufReader::new(ctl);
+    ctx(control::send(&mut w, &Reply::Ready), || "control socket".into())?;
+    let mut agent = false;
+    loop {
+        let req = match control::recv::<Request>(&mut r) {
+            Ok(Some(req)) => req,
+            // The launcher is gone or spoke nonsense: the bottle ends.
+            Ok(None) => return Ok(125),
+            Err(e) => return Err(format!("control socket: {e}")),
+        };
+        let reply = match req {
+            Request::Mkdir { path, mode, owner } => mkdir(spec, &path, mode, owner).map(|()| Reply::Done),
+            Request::Write { path, mode, owner, content } => {
+                write(spec, &path, mode, owner, &content).map(|()| Reply::Done)
+            }
+            Request::Exec { cmd } => exec(spec, &reaper, &cmd),
+            Request::Agent { cmd } if !agent => {
+                agent = true;
+                start_agent(spec, &reaper, &cmd).map(|()| Reply::Done)
+            }
+            Request::Agent { .. } => Err("the agent is already running".into()),
+        };
+        let reply = reply.unwrap_or_else(|message| Reply::Error { message });
+        ctx(control::send(&mut w, &reply), || "control socket".into())?;
+    }
+}
+
+fn ids(spec: &Spec, owner: Owner) -> (u32, u32) {
+    match owner {
+        Owner::Agent => (spec.uid, spec.gid),
+        Owner::Root => (0, 0),
+    }
+}
+
+fn absolute(path: &str) -> R<&Path> {
+    let p = Path::new(path);
+    if p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir) {
+        Ok(p)
+    } else {
+        Err(format!("`{path}` is not an absolute path"))
+    }
+}
+
+fn own(spec: &Spec, p: &Path, mode: u32, owner: Owner) -> R<()> {
+    let (u, g) = ids(spec, owner);
+    ctx(chown(p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))), || format!("chown {}", p.display()))?;
+    ctx(fs::set_permissions(p, fs::Permissions::from_mode(mode)), || format!("chmod {}", p.display()))
+}
+
+fn mkdir(spec: &Spec, path: &str, mode: u32, owner: Owner) -> R<()> {
+    let p = absolute(path)?;
+    ctx(fs::create_dir_all(p), || format!("mkdir {path}"))?;
+    own(spec, p, mode, owner)
+}
+
+fn write(spec: &Spec, path: &str, mode: u32, owner: Owner, content: &[u8]) -> R<()> {
+    let p = absolute(path)?;
+    if let Some(parent) = p.parent() {
+        ctx(fs::create_dir_all(parent), || format!("mkdir {}", parent.display()))?;
+    }
+    // Never through a link the agent may have planted.
+    let mut f = ctx(
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p),
+        || format!("open {path}"),
+    )?;
+    ctx(f.write_all(content), || format!("write {path}"))?;
+    own(spec, p, mode, owner)
+}
+
+/// Stage c, which confines itself and then runs `cmd`.
+fn stage_c(spec: &Spec, cmd: &Exec) -> R<Command> {
+    let json = ctx(serde_json::to_string(cmd), || "command".into())?;
+    let (uid, gid) = ids(spec, cmd.user);
+    let mut c = Command::new(format!("{RUN}/init"));
+    c.arg("__bottle-init").arg("c").arg(format!("{RUN}/spec.json")).env_clear().env(EXEC_VAR, json).uid(uid).gid(gid);
+    Ok(c)
+}
+
+fn exec(spec: &Spec, reaper: &Reaper, cmd: &Exec) -> R<Reply> {
+    let mut c = stage_c(spec, cmd)?;
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = ctx(reaper.spawn(&mut c), || format!("starting `{}`", cmd.argv.join(" ")))?;
+    let out = Collect::start(child.stdout.take());
+    let err = Collect::start(child.stderr.take());
+    let code = reaper.wait(child.id());
+    Ok(Reply::Output { code, stdout: out.finish(), stderr: err.finish() })
+}
+
+/// Seals the bottle's own files (read-only from now on) and starts the
+/// agent on pid 1's stdio, the user's terminal. Its exit ends pid 1.
+fn start_agent(spec: &Spec, reaper: &Arc<Reaper>, cmd: &Exec) -> R<()> {
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    ctx(mount(None::<&str>, RUN, None::<&str>, ro, None::<&str>), || format!("read-only {RUN}"))?;
+    let mut c = stage_c(spec, cmd)?;
+    let child = ctx(reaper.spawn(&mut c), || format!("starting `{}`", cmd.argv.join(" ")))?;
+    let r = Arc::clone(reaper);
+    std::thread::spawn(move || {
+        let code = r.wait(child.id());
+        let _ = std::io::stdout().flush();
+        std::process::exit(code)
+    });
+    Ok(())
+}
+
+/// Reads a child's output stream on a thread of its own.
+struct Collect {
+    buf: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Collect {
+    fn start(stream: Option<impl Read + Send + 'static>) -> Collect {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = mpsc::channel();
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            if let Some(mut s) = stream {
+                let mut chunk = [0u8; 64 << 10];
+                while let Ok(n) = s.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut b = lock(&b);
+                    let room = OUTPUT_CAP.saturating_sub(b.len()).min(n);
+                    b.extend_from_slice(&chunk[..room]);
+                }
+            }
+            let _ = tx.send(());
+        });
+        Collect { buf, done }
+    }
+
+    /// What was read. A command's exit is the end of its output, give or
+    /// take what is still in the pipe: a background process that keeps the
+    /// pipe open does not hold the reply.
+    fn finish(self) -> Vec<u8> {
+        let _ = self.done.recv_timeout(Duration::from_millis(500));
+        std::mem::take(&mut *lock(&self.buf))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Reaps every child of pid 1 and keeps the exit codes of those it was
+/// asked to track. Spawning and registering happen under one lock, so an
+/// exit reaped before registration still finds its waiter.
+#[derive(Default)]
+struct Reaper {
+    state: Mutex<Reaped>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct Reaped {
+    wanted: HashSet<i32>,
+    done: HashMap<i32, i32>,
+}
+
+impl Reaper {
+    fn run(&self) {
+        use nix::sys::wait::{WaitStatus, waitpid};
+        loop {
+            match waitpid(Pid::from_raw(-1), None) {
+                Ok(WaitStatus::Exited(pid, c)) => self.record(pid.as_raw(), c),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.record(pid.as_raw(), 128 + sig as i32),
+                Ok(_) => {}
+                Err(nix::errno::Errno::ECHILD) => std::thread::sleep(Duration::from_millis(2)),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn record(&self, pid: i32, code: i32) {
+        let mut s = lock(&self.state);
+        if s.wanted.remove(&pid) {
+            s.done.insert(pid, code);
+            self.cv.notify_all();
+        }
+    }
+
+    fn spawn(&self, c: &mut Command) -> std::io::Result<Child> {
+        let mut s = lock(&self.state);
+        let child = c.spawn()?;
+        s.wanted.insert(child.id() as i32);
+        Ok(child)
+    }
+
+    fn wait(&self, pid: u32) -> i32 {
+        let pid = pid as i32;
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(c) = s.done.remove(&pid) {
+                return c;
+            }
+            s = self.cv.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
