@@ -41,11 +41,22 @@ pub(crate) fn missing_aliases(pool: &Pool, ifconfig_lo0: &str) -> Vec<Ipv4Addr> 
 /// `sudo` (which may prompt) only when something is missing.
 #[cfg(target_os = "macos")]
 pub fn ensure_pool(pool: &Pool) -> Result<(), crate::LoopbackError> {
+    let listing = macos::run(&["/sbin/ifconfig".to_owned(), "lo0".to_owned()])?;
+    let root = macos::run(&["/usr/bin/id".to_owned(), "-u".to_owned()])?.trim() == "0";
+    for addr in missing_aliases(pool, &listing) {
+        macos::run(&alias_argv(addr, root))?;
+    }
+    Ok(())
+}
+
+#[cfg(target_os = "macos")]
+mod macos {
     use std::process::Command;
 
     use crate::LoopbackError;
 
-    let run = |argv: &[String]| -> Result<std::process::Output, LoopbackError> {
+    /// Runs `argv` and returns its stdout, or why it failed.
+    pub(super) fn run(argv: &[String]) -> Result<String, LoopbackError> {
         let out = Command::new(&argv[0]).args(&argv[1..]).output().map_err(|source| LoopbackError::Io {
             what: "running",
             path: argv[0].clone().into(),
@@ -58,15 +69,8 @@ pub fn ensure_pool(pool: &Pool) -> Result<(), crate::LoopbackError> {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
-        Ok(out)
-    };
-    let listing = run(&["/sbin/ifconfig".to_owned(), "lo0".to_owned()])?;
-    let root =
-        Command::new("/usr/bin/id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    for addr in missing_aliases(pool, &String::from_utf8_lossy(&listing.stdout)) {
-        run(&alias_argv(addr, root))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-    Ok(())
 }
 
 /// Nothing to do: the whole of `127.0.0.0/8` is already on `lo`.
