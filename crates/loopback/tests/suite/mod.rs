@@ -1,0 +1,2 @@
+mod allowlist;
+mod pool;
