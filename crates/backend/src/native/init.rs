@@ -77,8 +77,20 @@ fn die_with_parent() -> R<()> {
     Ok(())
 }
 
+/// Ctrl-C and Ctrl-\ on the user's terminal reach every process of the
+/// bottle; the agent decides what they mean, so the init stages must not
+/// die of them (their handlers are reset by the next exec).
+fn outlive_terminal_keys() -> R<()> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT] {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        ctx(signal_hook::flag::register(sig, flag), || "signal handler".into())?;
+    }
+    Ok(())
+}
+
 fn stage_a(spec: &Spec) -> R<i32> {
     die_with_parent()?;
+    outlive_terminal_keys()?;
     ctx(
         unshare(
             CloneFlags::CLONE_NEWUSER
@@ -249,6 +261,7 @@ fn stage_b(spec: &Spec) -> R<i32> {
     // pid 1 of the bottle: its parent (stage a) is in the outer pid
     // namespace; the death signal still applies.
     ctx(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL), || "parent-death signal".into())?;
+    outlive_terminal_keys()?;
     // Stage a left us in the bottle's root (see `stage_root`).
     let root = Path::new(".");
     let in_root = |p: &str| root.join(p.trim_start_matches('/'));

@@ -131,3 +131,108 @@ fn the_agent_sees_the_bottle_it_was_promised() {
     assert_eq!(out, expected);
     assert!(b.dir.path().join("workspace/w").exists(), "workspace writes land on the host side");
 }
+
+fn exec(argv: &[&str], user: Owner, workdir: Option<&str>) -> Exec {
+    Exec {
+        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("GREETING".into(), "hi there".into())],
+        workdir: workdir.map(str::to_owned),
+        user,
+    }
+}
+
+#[test]
+fn the_bottle_handle_runs_commands_copies_files_in_and_provisions() {
+    use bot_bottle_provision::{Command as Cmd, Content, Dir, File, Provision};
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let b = Bottle::new();
+    let r = b.spec(&[
+        "/bin/sh",
+        "-c",
+        "exec > /workspace/.out 2>&1; cat /run/bot-bottle/note; \
+         (echo x > /run/bot-bottle/new) 2>/dev/null && echo writable || echo sealed; exit 4",
+    ]);
+    chown_tree(&b.dir.path().join("workspace"));
+    let mut h = NativeBottle::launch(&r.spec, b.dir.path()).expect("launch");
+    let uid = native::agent_ids().0;
+
+    // exec: as the agent or as root, with its env and workdir; output and
+    // exit code come back; nothing of this process's environment goes in.
+    let out =
+        h.exec(&exec(&["sh", "-c", "echo $GREETING; pwd; id -u; echo oops >&2; exit 3"], Owner::Agent, Some("/tmp")));
+    let out = out.expect("exec");
+    assert_eq!((out.code, String::from_utf8_lossy(&out.stdout).into_owned()), (3, format!("hi there\n/tmp\n{uid}\n")));
+    assert_eq!(out.stderr, b"oops\n");
+    let out = h.exec(&exec(&["sh", "-c", "id -u; pwd; env | sort"], Owner::Root, None)).expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n/\nGREETING=hi there\nPATH=/usr/bin:/bin\nPWD=/\n");
+    let out = h.exec(&exec(&["no-such-program"], Owner::Agent, None)).expect("exec");
+    assert_eq!(out.code, 127, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = h.exec(&exec(&["sh", "-c", "kill -9 $$"], Owner::Agent, None)).expect("exec");
+    assert_eq!(out.code, 137);
+
+    // mkdir and copy-in, with modes and owners as asked.
+    h.mkdir("/home/agent/.config/tool", 0o700, Owner::Agent).expect("mkdir");
+    h.copy_in("/home/agent/.config/tool/conf", b"k = v\n", 0o640, Owner::Agent).expect("copy in");
+    h.copy_in("/run/bot-bottle/note", b"from the launcher\n", 0o644, Owner::Root).expect("copy in");
+    let out = h
+        .exec(&exec(
+            &[
+                "stat",
+                "-c",
+                "%n %a %u",
+                "/home/agent/.config/tool",
+                "/home/agent/.config/tool/conf",
+                "/run/bot-bottle/note",
+            ],
+            Owner::Agent,
+            None,
+        ))
+        .expect("stat");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "/home/agent/.config/tool 700 {uid}\n/home/agent/.config/tool/conf 640 {uid}\n/run/bot-bottle/note 644 0\n"
+        )
+    );
+    for bad in ["relative/path", "/home/agent/../../etc/passwd"] {
+        let e = h.copy_in(bad, b"x", 0o644, Owner::Root).expect_err(bad);
+        assert!(e.to_string().contains("not an absolute path"), "{e}");
+    }
+    // Never through a link the agent planted.
+    h.exec(&exec(&["ln", "-s", "/tmp/target", "/home/agent/link"], Owner::Agent, None)).expect("ln");
+    assert!(h.copy_in("/home/agent/link", b"x", 0o644, Owner::Root).is_err());
+
+    // Provisioning as data: dirs, files, then commands; a failing command
+    // stops it with its reason.
+    let mut p = Provision { workdir: "/workspace".into(), ..Provision::default() };
+    p.dirs.push(Dir { path: "/home/agent/skills".into(), mode: 0o755, owner: Owner::Agent });
+    p.files.push(File {
+        path: "/home/agent/skills/s.md".into(),
+        mode: 0o644,
+        owner: Owner::Agent,
+        content: Content::Inline(b"skill\n".to_vec()),
+    });
+    p.env.insert("PATH".into(), "/usr/bin:/bin".into());
+    p.commands.push(Cmd {
+        argv: vec!["sh".into(), "-c".into(), "test -f skills/s.md -o -f /home/agent/skills/s.md".into()],
+        user: Owner::Agent,
+        why: "the skill must be there".into(),
+    });
+    bot_bottle_backend::provision(&mut h, &p).expect("provision");
+    p.commands.push(Cmd { argv: vec!["false".into()], user: Owner::Agent, why: "this must fail".into() });
+    let e = bot_bottle_backend::provision(&mut h, &p).expect_err("fails");
+    assert_eq!(e.to_string(), "this must fail (`false` exited 1)");
+
+    // The agent: its exit code; the bottle's own files sealed read-only.
+    let code = h.run_agent(&r.cmd, &std::sync::atomic::AtomicBool::new(false)).expect("agent");
+    assert_eq!(code, 4);
+    let out = std::fs::read_to_string(b.dir.path().join("workspace/.out")).expect("out");
+    assert_eq!(out, "from the launcher\nsealed\n");
+    drop(h);
+    for left in ["spec.json", "control.sock", "sync-in", "sync-out", "root"] {
+        assert!(!b.dir.path().join(left).exists(), "{left} left behind");
+    }
+}

@@ -343,3 +343,55 @@ fn a_missing_agent_program_is_reported_before_the_agent_starts() {
     assert!(err.contains("the agent's program `no-such-program` must exist in the bottle"), "{err}");
     assert_eq!(leftovers(&p), 0);
 }
+
+/// Runs `bot-bottle start a` on a fresh pseudo-terminal, driven by `steps`
+/// (see tests/support/pty_run.py); returns the exit code and what the
+/// terminal showed.
+fn on_a_terminal(p: &Project, steps: &serde_json::Value) -> (i32, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_run.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(steps.to_string())
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_bot-bottle"))
+        .args(["start", "a", "--quiet"])
+        .current_dir(p.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", p.state.path())
+        .env("XDG_STATE_HOME", p.state.path())
+        .output()
+        .expect("python3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (v["code"].as_i64().unwrap_or(-1) as i32, v["output"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn on_a_terminal_the_agent_sees_resizes_and_handles_ctrl_c_itself() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    // The agent reports its window size when it changes and decides for
+    // itself what Ctrl-C means: here, finish and exit 5.
+    let p = project(
+        1,
+        "trap 'echo size=$(stty size)' WINCH; trap 'echo got-int; exit 5' INT; \
+         [ -t 0 ] && [ -t 1 ] && echo tty-ok; echo size=$(stty size); echo ready; \
+         while :; do sleep 0.05; done",
+    );
+    let steps = serde_json::json!([
+        ["wait", "ready"],
+        ["resize", 40, 132],
+        ["wait", "size=40 132"],
+        ["type", "\u{3}"],
+        ["wait", "got-int"]
+    ]);
+    let (code, out) = on_a_terminal(&p, &steps);
+    assert!(out.contains("tty-ok") && out.contains("size=24 80"), "{out}");
+    assert!(out.contains("size=40 132"), "the resize reached the agent: {out}");
+    assert!(out.contains("got-int"), "{out}");
+    assert_eq!(code, 5, "the agent's own exit code after Ctrl-C: {out}");
+    assert_eq!(leftovers(&p), 0);
+}
