@@ -209,6 +209,8 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     cfg.push_str("approval_policy = \"never\"\n");
     cfg.push_str("# The bottle is the sandbox; Codex's own would only get in the way.\n");
     cfg.push_str("sandbox_mode = \"danger-full-access\"\n");
+    // The workspace is the bottle's own copy: trusted, git repository or not.
+    cfg.push_str(&format!("\n[projects.{}]\ntrust_level = \"trusted\"\n", toml_str(l.workspace)));
     if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
         cfg.push_str(&format!("\n[mcp_servers.supervise]\nurl = {}\n", toml_str(url)));
     }
@@ -227,7 +229,8 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     env(p, "OPENAI_API_KEY", PLACEHOLDER_KEY);
     let mut argv: Vec<String> = vec!["codex".into()];
     if !l.interactive {
-        argv.push("exec".into());
+        // Unattended; the workspace copy need not be a git repository.
+        argv.extend(["exec".into(), "--skip-git-repo-check".into()]);
     }
     argv.extend(plan.args.iter().cloned());
     p.argv = argv;

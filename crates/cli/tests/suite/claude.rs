@@ -1,4 +1,5 @@
-//! The real Claude Code (npm `@anthropic-ai/claude-code`) in a native bottle.
+//! The real Claude Code (npm `@anthropic-ai/claude-code`) and Codex (npm
+//! `@openai/codex`) in native bottles.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -39,7 +40,8 @@ class H(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         self.rfile.read(n)
         with open(sys.argv[1], "a") as f:
-            f.write(json.dumps({"method": self.command, "path": self.path, "key": self.headers.get("x-api-key")}) + "\n")
+            f.write(json.dumps({"method": self.command, "path": self.path, "key": self.headers.get("x-api-key"),
+                "authorization": self.headers.get("authorization")}) + "\n")
         body = json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
             "content": [{"type": "text", "text": "hello from the upstream"}], "stop_reason": "end_turn",
             "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 5}}).encode()
@@ -58,16 +60,8 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
-#[test]
-fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
-    for probe in [available(), claude_installed()] {
-        if let Err(why) = probe {
-            panic_or_skip(&why);
-            return;
-        }
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
+/// The TLS upstream on 127.0.0.2, logging requests to `requests.jsonl`.
+fn upstream(d: &Path) -> (std::process::Child, u16) {
     pki(d);
     std::fs::write(d.join("upstream.py"), UPSTREAM).expect("write");
     let mut up = Command::new("python3")
@@ -79,7 +73,20 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
         .expect("upstream");
     let mut line = String::new();
     BufReader::new(up.stdout.take().expect("stdout")).read_line(&mut line).expect("port");
-    let port: u16 = line.trim().parse().expect("port");
+    (up, line.trim().parse().expect("port"))
+}
+
+#[test]
+fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
+    for probe in [available(), claude_installed()] {
+        if let Err(why) = probe {
+            panic_or_skip(&why);
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (mut up, port) = upstream(d);
 
     let project = d.join("project");
     let m = project.join(".bot-bottle");
@@ -143,4 +150,85 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
         assert!(!l.contains(PLACEHOLDER_KEY));
     }
     assert!(!stdout.contains(real_key), "the real key never reaches the agent");
+}
+
+fn codex_installed() -> Result<(), String> {
+    let ok = Command::new("codex").arg("--version").output().is_ok_and(|o| o.status.success());
+    if ok { Ok(()) } else { Err("codex is not installed (npm i -g @openai/codex)".into()) }
+}
+
+/// Codex talks to its real default endpoint, api.openai.com, which this
+/// machine cannot reach: the proxy records the request it decrypted (so
+/// Codex trusted the bottle CA through the MITM) and answers 502.
+#[test]
+fn codex_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
+    for probe in [available(), codex_installed()] {
+        if let Err(why) = probe {
+            panic_or_skip(&why);
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("project");
+    let m = project.join(".bot-bottle");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::fs::write(
+        m.join("bottles/api.yaml"),
+        "backend: native\negress:\n  routes:\n    - host: api.openai.com\n      inject: { header: authorization, env: BB_TEST_OPENAI_KEY, format: \"Bearer {}\" }\n",
+    )
+    .expect("write");
+    std::fs::write(m.join("agents/x.md"), "---\nprovider: codex\nbottle: api\n---\nAnswer briefly.\n").expect("write");
+    std::fs::write(
+        m.join("agents/version.md"),
+        "---\nprovider: command\ncommand: [\"codex\", \"--version\"]\nbottle: api\n---\n",
+    )
+    .expect("write");
+    let state = tempfile::tempdir().expect("state");
+    let real_key = "sk-real-openai-key-for-the-test-0123456789";
+    let start = |agent: &str, args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
+        c.args(["start", agent, "--quiet", "--"])
+            .args(args)
+            .current_dir(&project)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", state.path())
+            .env("XDG_STATE_HOME", state.path())
+            .env("BB_TEST_OPENAI_KEY", real_key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let v = start("version", &[]).output().expect("codex --version");
+    assert!(String::from_utf8_lossy(&v.stdout).contains("codex-cli"), "{}", String::from_utf8_lossy(&v.stderr));
+
+    let mut run = start("x", &["say hello"]).spawn().expect("start codex");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let decrypted =
+        |a: &str| a.lines().any(|l| l.contains("\"host\":\"api.openai.com\"") && l.contains("/v1/responses"));
+    while Instant::now() < deadline && run.try_wait().expect("wait").is_none() && !decrypted(&audit(state.path())) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = run.kill();
+    let out = run.wait_with_output().expect("output");
+    let audit = audit(state.path());
+    assert!(
+        decrypted(&audit),
+        "Codex's request was decrypted by the proxy:\n{audit}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!audit.contains(real_key) && !String::from_utf8_lossy(&out.stdout).contains(real_key));
+}
+
+/// Every bottle's audit log under a state home, for failure messages.
+fn audit(state: &Path) -> String {
+    let dir = state.join("bot-bottle/bottles");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path().join("audit.jsonl")).unwrap_or_default())
+        .collect()
 }
