@@ -2,6 +2,7 @@
 
 mod doctor;
 mod init;
+mod landlock;
 mod seccomp;
 mod spec;
 
@@ -15,6 +16,10 @@ use std::time::Duration;
 use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
 
+pub use self::landlock::{
+    FsRules, LandlockError, LandlockStatus, NotEnforced as LandlockNotEnforced, probe as landlock_probe,
+    restrict as landlock_restrict,
+};
 pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
