@@ -1,5 +1,6 @@
 //! The native backend: Linux namespaces, no daemon.
 
+mod cgroup;
 mod doctor;
 mod init;
 mod landlock;
@@ -16,6 +17,10 @@ use std::time::Duration;
 use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
 
+pub use self::cgroup::{
+    Cgroup, CgroupError, CgroupMode, Detection as CgroupDetection, Rejection as CgroupRejection,
+    cleanup_stale as cgroup_cleanup_stale, detect as cgroup_detect, list as cgroup_list,
+};
 pub use self::landlock::{
     FsRules, LandlockError, LandlockStatus, NotEnforced as LandlockNotEnforced, probe as landlock_probe,
     restrict as landlock_restrict,
