@@ -6,9 +6,11 @@
 //! drives the bottle's pid 1 over a private control socket: provisioning,
 //! commands, and finally the agent.
 
+mod cgroup;
 mod control;
 mod doctor;
 mod init;
+mod landlock;
 mod pid1;
 mod seccomp;
 mod spec;
@@ -29,6 +31,14 @@ use nix::unistd::mkfifo;
 use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, PROXY_PORT, Target, Teardown};
 use control::{Reply, Request};
 
+pub use self::cgroup::{
+    Cgroup, CgroupError, CgroupMode, Detection as CgroupDetection, Rejection as CgroupRejection,
+    cleanup_stale as cgroup_cleanup_stale, detect as cgroup_detect, list as cgroup_list,
+};
+pub use self::landlock::{
+    FsRules, LandlockError, LandlockStatus, NotEnforced as LandlockNotEnforced, probe as landlock_probe,
+    restrict as landlock_restrict,
+};
 pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
