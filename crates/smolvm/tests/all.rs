@@ -1,0 +1,2 @@
+//! The smolvm wrapper's command lines, built without spawning anything.
+mod suite;
