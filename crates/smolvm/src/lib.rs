@@ -10,11 +10,17 @@
 //! redacted), the exit status and smolvm's stderr. `exec` tells the guest's
 //! status (returned) from smolvm's own failure (an error).
 //!
+//! The crate also holds `fake-smolvm`, a test double modelling the CLI
+//! (flags, exit codes, JSON, the SQLite state DB) without a VM; see
+//! [`fake`].
+//!
 //! Not for: deciding what a bottle needs (the backend does), or talking to
 //! smolvm's HTTP API. Only this crate builds smolvm command lines.
 
 pub mod argv;
 mod error;
+#[doc(hidden)]
+pub mod fake;
 mod opts;
 mod output;
 mod paths;

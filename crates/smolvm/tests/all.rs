@@ -1,2 +1,3 @@
-//! The smolvm wrapper's command lines, built without spawning anything.
+//! The smolvm wrapper: command lines (pure), and every subcommand run end to
+//! end against fake-smolvm.
 mod suite;
