@@ -1,0 +1,176 @@
+//! The "guest": exec runs on the host in the machine's guest directory; cp
+//! copies into and out of it.
+
+use std::io::{self, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::cli::{CpArgs, ExecArgs};
+use super::state::{Db, not_running, set_mode, state};
+use super::{Fake, R, env_specs, err_line, in_guest, out};
+
+/// smolvm's cap on buffered (non-`--stream`) output, per stream
+/// (`MAX_EXEC_OUTPUT`, agent `process.rs:88`): the rest is dropped silently.
+const MAX_EXEC_OUTPUT: usize = 11 * 1024 * 1024;
+
+/// What exec reports when `--timeout` fires (`TIMEOUT_EXIT_CODE`).
+const TIMEOUT_STATUS: u8 = 124;
+
+impl Fake {
+    /// The guest dir of a machine that must exist and be running.
+    fn running_guest(&self, name: &str) -> R<(PathBuf, super::state::Record)> {
+        let rec = Db::open(self)?.must_get(name)?;
+        if state(&rec) != "running" {
+            return Err(not_running(name));
+        }
+        let guest = self.guest_dir(name);
+        std::fs::create_dir_all(&guest).map_err(|e| format!("create {}: {e}", guest.display()))?;
+        Ok((guest, rec))
+    }
+
+    pub(super) fn exec(&self, a: ExecArgs) -> R<ExitCode> {
+        let (guest, rec) = self.running_guest(&a.name)?;
+        if std::env::var("FAKE_SMOLVM_EXEC_137_ONCE").as_deref() == Ok("1") {
+            let marker = self.smolvm_dir().join("fake-exec-137-done");
+            if !marker.exists() {
+                std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+                return Ok(ExitCode::from(137));
+            }
+        }
+        let workdir = a.workdir.clone().or_else(|| rec.get("workdir").and_then(Value::as_str).map(str::to_owned));
+        let cwd = workdir.and_then(|w| in_guest(&guest, &w).ok()).filter(|p| p.is_dir()).unwrap_or(guest.clone());
+        let machine_env = rec.get("env").and_then(Value::as_array).into_iter().flatten().filter_map(|kv| {
+            let kv = kv.as_array()?;
+            Some((kv.first()?.as_str()?.to_owned(), kv.get(1)?.as_str()?.to_owned()))
+        });
+        let mut cmd = Command::new(&a.command[0]);
+        cmd.args(&a.command[1..]).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.envs(machine_env).envs(env_specs(&a.env)).env("FAKE_SMOLVM_GUEST", &guest).current_dir(&cwd);
+        cmd.stdin(if a.interactive { Stdio::inherit() } else { Stdio::null() });
+        if a.detach {
+            let child = match cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+                Ok(c) => c,
+                Err(e) => return Ok(not_spawned(&a.command[0], &e)),
+            };
+            out(&format!("{}\n", child.id()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if a.timeout.is_some() && !a.interactive {
+            // Its own process group, so a timeout kills the whole command.
+            cmd.process_group(0);
+        }
+        let live = a.stream || a.interactive || a.tty;
+        if !live {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return Ok(not_spawned(&a.command[0], &e)),
+        };
+        if live {
+            return Ok(code(wait(&mut child, a.timeout).map_err(|e| e.to_string())?));
+        }
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let (status, out_buf, err_buf) = thread::scope(|s| {
+            let o = s.spawn(|| read_all(stdout));
+            let e = s.spawn(|| read_all(stderr));
+            let status = wait(&mut child, a.timeout);
+            (status, o.join().unwrap_or_default(), e.join().unwrap_or_default())
+        });
+        let status = status.map_err(|e| e.to_string())?;
+        // Buffered in the guest, then written, stdout first.
+        let _ = io::stdout().write_all(&out_buf[..out_buf.len().min(MAX_EXEC_OUTPUT)]);
+        let _ = io::stderr().write_all(&err_buf[..err_buf.len().min(MAX_EXEC_OUTPUT)]);
+        Ok(code(status))
+    }
+
+    pub(super) fn cp(&self, a: &CpArgs) -> R<ExitCode> {
+        let remote = |s: &str| {
+            s.split_once(':')
+                .filter(|(n, _)| crate::argv::check_name(n).is_ok())
+                .map(|(n, p)| (n.to_owned(), p.to_owned()))
+        };
+        match (remote(&a.src), remote(&a.dst)) {
+            (None, Some((name, path))) => {
+                let (guest, _) = self.running_guest(&name)?;
+                let src = Path::new(&a.src);
+                let meta = std::fs::metadata(src).map_err(|e| format!("failed to open {}: {e}", a.src))?;
+                if meta.is_dir() {
+                    return Err(format!("{} is a directory: machine cp copies single files", a.src));
+                }
+                let target = in_guest(&guest, &path)?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("create {path}: {e}"))?;
+                }
+                let n = std::fs::copy(src, &target).map_err(|e| format!("write {name}:{path}: {e}"))?;
+                if let Some(mode) = a.mode {
+                    set_mode(&target, mode)?;
+                }
+                err_line(&format!("Copied {n} bytes to {name}:{path}"));
+            }
+            (Some((name, path)), None) => {
+                if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() {
+                    return Err("--mode, --uid and --gid apply to uploads only".into());
+                }
+                let (guest, _) = self.running_guest(&name)?;
+                let source = in_guest(&guest, &path)?;
+                if source.is_dir() {
+                    return Err(format!("{name}:{path} is a directory: machine cp copies single files"));
+                }
+                let n = std::fs::copy(&source, &a.dst).map_err(|e| format!("copy {name}:{path} to {}: {e}", a.dst))?;
+                err_line(&format!("Copied {n} bytes from {name}:{path}"));
+            }
+            _ => return Err("exactly one of SRC and DST must be a machine path (NAME:PATH)".into()),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf);
+    }
+    buf
+}
+
+/// Waits for the command; after `timeout`, kills its process group and
+/// reports `None`.
+fn wait(child: &mut Child, timeout: Option<Duration>) -> io::Result<Option<ExitStatus>> {
+    let Some(timeout) = timeout else { return child.wait().map(Some) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The guest's status as smolvm reports it: its code, 128+signal when it was
+/// killed, 124 when the timeout fired.
+fn code(status: Option<ExitStatus>) -> ExitCode {
+    let Some(status) = status else { return ExitCode::from(TIMEOUT_STATUS) };
+    let n = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
+    ExitCode::from(u8::try_from(n).unwrap_or(1))
+}
+
+/// A command the guest cannot run: 127 (not found) or 126, as a shell would.
+fn not_spawned(cmd: &str, e: &io::Error) -> ExitCode {
+    err_line(&format!("fake-smolvm: {cmd}: {e}"));
+    ExitCode::from(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 })
+}
