@@ -43,17 +43,16 @@ impl Fake {
             }
         }
         let workdir = a.workdir.clone().or_else(|| rec.get("workdir").and_then(Value::as_str).map(str::to_owned));
-        let cwd = workdir.and_then(|w| in_guest(&guest, &w).ok()).filter(|p| p.is_dir()).unwrap_or(guest.clone());
         let machine_env = rec.get("env").and_then(Value::as_array).into_iter().flatten().filter_map(|kv| {
             let kv = kv.as_array()?;
             Some((kv.first()?.as_str()?.to_owned(), kv.get(1)?.as_str()?.to_owned()))
         });
-        let mut cmd = Command::new(&a.command[0]);
-        cmd.args(&a.command[1..]).env_clear();
+        let mut cmd = rooted(&guest, &rec, workdir.as_deref(), &a.command)?;
+        cmd.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }
-        cmd.envs(machine_env).envs(env_specs(&a.env)).env("FAKE_SMOLVM_GUEST", &guest).current_dir(&cwd);
+        cmd.envs(machine_env).envs(env_specs(&a.env)).env("FAKE_SMOLVM_GUEST", "/");
         cmd.stdin(if a.interactive { Stdio::inherit() } else { Stdio::null() });
         if a.detach {
             let child = match cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
@@ -173,4 +172,54 @@ fn code(status: Option<ExitStatus>) -> ExitCode {
 fn not_spawned(cmd: &str, e: &io::Error) -> ExitCode {
     err_line(&format!("fake-smolvm: {cmd}: {e}"));
     ExitCode::from(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 })
+}
+
+/// The guest command, run under bubblewrap with the guest directory as its
+/// root: what a command writes lands in the guest, never on the host. The
+/// host's system directories are bound read-only so programs run; the
+/// machine's volumes are bound where `-v` put them. The host's network is
+/// shared: the fake does not model smolvm's gateway or its egress policy.
+fn rooted(guest: &Path, rec: &serde_json::Map<String, Value>, workdir: Option<&str>, argv: &[String]) -> R<Command> {
+    let bwrap = which::which("bwrap")
+        .map_err(|_| "fake-smolvm runs guest commands under bwrap: apt-get install bubblewrap".to_owned())?;
+    for d in ["tmp", "run"] {
+        let p = guest.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
+    }
+    let _ = set_mode(&guest.join("tmp"), 0o1777);
+    let mut c = Command::new(bwrap);
+    c.arg("--bind").arg(guest).arg("/");
+    for d in ["usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = Path::new("/").join(d);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                // Part of the guest's own filesystem, made once.
+                let at = guest.join(d);
+                if std::fs::symlink_metadata(&at).is_err() {
+                    let target = std::fs::read_link(&host).map_err(|e| e.to_string())?;
+                    std::os::unix::fs::symlink(target, &at).map_err(|e| format!("symlink {}: {e}", at.display()))?;
+                }
+            }
+            Ok(m) if m.is_dir() => {
+                c.arg("--ro-bind").arg(&host).arg(&host);
+            }
+            _ => {}
+        }
+    }
+    c.args(["--proc", "/proc", "--dev", "/dev", "--die-with-parent"]);
+    let mut targets = Vec::new();
+    for m in rec.get("mounts").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(host), Some(target)) = (m.get(0).and_then(Value::as_str), m.get(1).and_then(Value::as_str)) else {
+            continue;
+        };
+        let ro = m.get(2).and_then(Value::as_bool).unwrap_or(false);
+        c.arg(if ro { "--ro-bind" } else { "--bind" }).arg(host).arg(target);
+        targets.push(target.to_owned());
+    }
+    let cwd = workdir
+        .filter(|w| targets.iter().any(|t| t == w) || in_guest(guest, w).is_ok_and(|p| p.is_dir()))
+        .unwrap_or("/");
+    // Through sh, so a missing program exits 127 as in a real guest.
+    c.args(["--chdir", cwd, "--", "/bin/sh", "-c", "exec \"$@\"", "sh"]).args(argv);
+    Ok(c)
 }

@@ -9,10 +9,12 @@
 //!
 //! Its boundary: there is no VM. Each machine has a *guest directory*,
 //! `<data>/smolvm/fake-guests/<name>/`, standing for its filesystem: `cp`
-//! copies into and out of it, and `exec` runs the command **on the host**
-//! with that directory as its cwd (or `<guest>/<workdir>` when that exists),
-//! the environment cleared but for `PATH`, the machine's `-e` env, exec's
-//! `-e` env and `FAKE_SMOLVM_GUEST=<guest dir>`. `<data>` is smolvm's
+//! copies into and out of it, and `exec` runs the command under bubblewrap
+//! with that directory as its root (`/`), the host's system directories
+//! (`/usr`, `/etc`, `/bin`, `/lib*`) bound read-only over it, the machine's
+//! `-v` volumes bound in, and the host's network shared; in `-w` (when it
+//! exists in the guest) or `/`, with the environment cleared but for `PATH`,
+//! the machine's `-e` env, exec's `-e` env and `FAKE_SMOLVM_GUEST=/`. `<data>` is smolvm's
 //! data-local dir: `$SMOLVM_DATA_DIR/.local/share`, else `$XDG_DATA_HOME`,
 //! else `$HOME/.local/share` (Linux).
 //!

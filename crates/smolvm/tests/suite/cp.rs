@@ -13,18 +13,17 @@ fn round_trip() {
     let host = f.dir.path().join("ca.pem");
     std::fs::write(&host, b"-----BEGIN CERTIFICATE-----\n").expect("write");
     let opts = CpOpts { mode: Some(0o600), ..CpOpts::default() };
-    f.smolvm.machine_cp_in("b", &host, "/usr/local/share/ca-certificates/bottle.crt", &opts).expect("cp in");
-    let in_guest = f.guest("b").join("usr/local/share/ca-certificates/bottle.crt");
+    f.smolvm.machine_cp_in("b", &host, "/srv/ca/bottle.crt", &opts).expect("cp in");
+    let in_guest = f.guest("b").join("srv/ca/bottle.crt");
     let mode = std::fs::metadata(&in_guest).expect("copied").permissions().mode();
     assert_eq!(mode & 0o7777, 0o600);
 
     // The guest's commands see it.
-    let cat =
-        ExecOpts::new("b", ["sh", "-c", r#"cat "$FAKE_SMOLVM_GUEST/usr/local/share/ca-certificates/bottle.crt""#]);
+    let cat = ExecOpts::new("b", ["sh", "-c", r#"cat "$FAKE_SMOLVM_GUEST/srv/ca/bottle.crt""#]);
     assert_eq!(f.smolvm.machine_exec(&cat).expect("exec").stdout, b"-----BEGIN CERTIFICATE-----\n");
 
     let back = f.dir.path().join("back.pem");
-    f.smolvm.machine_cp_out("b", "/usr/local/share/ca-certificates/bottle.crt", &back).expect("cp out");
+    f.smolvm.machine_cp_out("b", "/srv/ca/bottle.crt", &back).expect("cp out");
     assert_eq!(std::fs::read(&back).expect("read"), b"-----BEGIN CERTIFICATE-----\n");
 }
 

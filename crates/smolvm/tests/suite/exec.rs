@@ -78,16 +78,9 @@ fn env_and_workdir() {
     let script = r#"echo "$A $B ${HOME:-nohome}"; pwd"#;
     let out = f.smolvm.machine_exec(&ExecOpts { env: vec![("B".into(), "exec".into())], ..sh("b", script) });
     let out = out.expect("exec");
-    let guest = f.guest("b");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("machine exec nohome\n{}\n", guest.join("workspace").display())
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "machine exec nohome\n/workspace\n", "the guest's own view");
     let out = f.smolvm.machine_exec(&ExecOpts { workdir: Some("/workspace/sub".into()), ..sh("b", "pwd") });
-    assert_eq!(
-        String::from_utf8_lossy(&out.expect("exec").stdout),
-        format!("{}\n", guest.join("workspace/sub").display())
-    );
+    assert_eq!(String::from_utf8_lossy(&out.expect("exec").stdout), "/workspace/sub\n");
     // stdin is not forwarded without -i.
     assert_eq!(f.smolvm.machine_exec(&ExecOpts::new("b", ["cat"])).expect("exec").stdout, b"");
 }
