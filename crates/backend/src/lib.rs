@@ -22,6 +22,7 @@
 mod bottle;
 mod detect;
 pub mod native;
+pub mod smolmachines;
 mod teardown;
 mod workspace;
 
@@ -89,9 +90,15 @@ pub trait Backend {
     /// Takes the bottle's place on the host, where its sidecars will listen.
     fn reserve(&self, prepared: &Self::Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
 
-    /// Creates the bottle, ready for provisioning. The handle tears the
-    /// bottle down when dropped.
-    fn launch(&self, prepared: &Self::Prepared, teardown: &mut Teardown) -> Result<Self::Bottle, BackendError>;
+    /// Creates the bottle, ready for provisioning, able to reach its
+    /// sidecars at `endpoint` (from `reserve`). The handle tears the bottle
+    /// down when dropped.
+    fn launch(
+        &self,
+        prepared: &Self::Prepared,
+        endpoint: &Endpoint,
+        teardown: &mut Teardown,
+    ) -> Result<Self::Bottle, BackendError>;
 
     /// Removes what a launcher killed without tearing down left behind for
     /// the bottle `slug` with state dir `state`; says what it removed.
@@ -108,6 +115,19 @@ pub enum BackendError {
     },
     #[error(transparent)]
     Native(#[from] native::NativeError),
+    #[error(transparent)]
+    Smolvm(#[from] bot_bottle_smolvm::SmolvmError),
+    #[error(transparent)]
+    Loopback(#[from] bot_bottle_loopback::LoopbackError),
+    /// The egress allowlist could not be confirmed: the launch is refused.
+    #[error(transparent)]
+    Allowlist(#[from] bot_bottle_loopback::AllowlistError),
+    /// The bottle's confinement could not be confirmed: the launch is refused.
+    #[error("{0}")]
+    Confinement(String),
+    /// What this backend needs is missing here, and how to fix it.
+    #[error("{0}")]
+    Preflight(String),
     /// A provisioning command failed inside the bottle.
     #[error("{why} (`{command}` exited {code}{})", tail(.stderr))]
     Provision { command: String, why: String, code: i32, stderr: String },

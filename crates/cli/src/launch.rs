@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bot_bottle_backend::native::{self, Native};
+use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
     Backend, BackendError, Bottle, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
 };
@@ -129,6 +130,7 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
             let native = Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))?;
             run_on(&native, plan, opts)
         }
+        BackendKind::Smolmachines => run_on(&smolmachines()?, plan, opts),
         other => {
             let e = BackendError::NotBuilt(backend_name(other));
             Err(failure(format!("error: cannot start `{name}`: {e}; use --backend native")))
@@ -140,7 +142,44 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     match BackendKind::parse(&m.backend) {
         Some(BackendKind::Native) => Native::new().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
+        Some(BackendKind::Smolmachines) => smolmachines().map(|b| b.cleanup(&m.slug, state)).unwrap_or_default(),
         _ => Vec::new(),
+    }
+}
+
+/// The smolmachines backend, its loopback leases in this user's state.
+pub(crate) fn smolmachines() -> Result<Smolmachines, Failure> {
+    let root = state_home().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
+    Ok(Smolmachines::from_env(&root.join("bot-bottle")))
+}
+
+/// What the backend would build for `plan`, for `--dry-run`: nothing is
+/// created; the slug is a placeholder.
+pub(crate) fn dry_run(plan: &Plan, project: &Path) -> Result<serde_json::Value, Failure> {
+    let slug = format!("{}-dryrun", plan.agent.name);
+    let state = bottles_dir().unwrap_or_default().join(&slug);
+    let target = Target { slug: &slug, plan, state: &state, project, resume: false };
+    let describe = |name: &str, v: Result<serde_json::Value, BackendError>| match v {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("backend".into(), name.into());
+            }
+            Ok(v)
+        }
+        Err(e) => Err(failure(format!("error: {}", chain(&e)))),
+    };
+    let json = |p: Result<serde_json::Value, serde_json::Error>| p.map_err(|e| BackendError::Control(e.to_string()));
+    match detect(plan.backend.requested) {
+        Ok(d) if d.kind == BackendKind::Smolmachines => {
+            let b = smolmachines()?;
+            describe(b.name(), b.prepare(&target).and_then(|p| json(serde_json::to_value(p))))
+        }
+        Ok(d) if d.kind == BackendKind::Native => {
+            let b = Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))?;
+            describe(b.name(), b.prepare(&target).and_then(|p| json(serde_json::to_value(p))))
+        }
+        Ok(d) => Ok(serde_json::json!({ "backend": backend_name(d.kind), "available": false })),
+        Err(e) => Ok(serde_json::json!({ "backend": null, "error": chain(&e) })),
     }
 }
 
@@ -255,7 +294,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             say(opts, &format!("copying {} into the bottle's workspace", opts.request.project.display()));
         }
     }
-    let mut bottle = backend.launch(&prepared, &mut teardown).map_err(err("the bottle failed"))?;
+    let mut bottle = backend.launch(&prepared, &endpoint, &mut teardown).map_err(err("the bottle failed"))?;
 
     // Provisioning, as data, applied through the bottle.
     let ca_pem = std::fs::read_to_string(proxy.ca_cert_path())

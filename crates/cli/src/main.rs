@@ -257,12 +257,20 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         other => usage(format!("error: {other}")),
     })?;
     if args.dry_run {
+        // The plan, and what its backend would build (`launch`).
+        let full = || -> Result<serde_json::Value, Failure> {
+            let mut v = serde_json::to_value(&plan).map_err(|e| failure(e.to_string()))?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("launch".into(), launch::dry_run(&plan, &env.cwd)?);
+            }
+            Ok(v)
+        };
         let out = match args.format {
             Format::Text => render::plan_text(&plan),
             Format::Json => {
-                serde_json::to_string_pretty(&plan).map(|s| s + "\n").map_err(|e| failure(e.to_string()))?
+                serde_json::to_string_pretty(&full()?).map(|s| s + "\n").map_err(|e| failure(e.to_string()))?
             }
-            Format::Yaml => serde_yaml::to_string(&plan).map_err(|e| failure(e.to_string()))?,
+            Format::Yaml => serde_yaml::to_string(&full()?).map_err(|e| failure(e.to_string()))?,
         };
         print(&out)?;
         return Ok(());
@@ -278,7 +286,7 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         )));
     }
     match plan.backend.requested {
-        BackendKind::Auto | BackendKind::Native => {}
+        BackendKind::Auto | BackendKind::Native | BackendKind::Smolmachines => {}
         other => {
             let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             return Err(failure(format!(
@@ -367,6 +375,11 @@ fn doctor() -> Result<(), Failure> {
         if let Some(fix) = &c.fix {
             out.push_str(&format!("       {:<16} fix: {fix}\n", ""));
         }
+    }
+    out.push_str("smolmachines backend\n");
+    match launch::smolmachines()?.preflight() {
+        Ok(v) => out.push_str(&format!("  ok   {:<16} smolvm {v}, and KVM where needed\n", "smolvm")),
+        Err(e) => out.push_str(&format!("  FAIL {:<16} {}\n", "smolvm", chain(&e))),
     }
     if doctor_ready(&checks) {
         out.push_str("native bottles can run here\n");

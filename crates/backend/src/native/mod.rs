@@ -174,7 +174,12 @@ impl Backend for Native {
         Ok(Endpoint::Unix { dir, owner: bottle_root() })
     }
 
-    fn launch(&self, p: &Prepared, teardown: &mut Teardown) -> Result<NativeBottle, BackendError> {
+    fn launch(
+        &self,
+        p: &Prepared,
+        _endpoint: &Endpoint,
+        teardown: &mut Teardown,
+    ) -> Result<NativeBottle, BackendError> {
         let owner = bottle_root().map(|_| HOST_ID_BASE + agent_ids().0);
         crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, owner)?;
         crate::pause_point("workspace");

@@ -3,7 +3,7 @@
 use super::cli::{Env, examples};
 
 fn redact(s: &str) -> String {
-    s.replace(&examples().display().to_string(), "[EXAMPLES]")
+    s.replace(env!("CARGO_BIN_EXE_bot-bottle"), "[BOT-BOTTLE]").replace(&examples().display().to_string(), "[EXAMPLES]")
 }
 
 #[test]
@@ -141,4 +141,21 @@ fn help_texts() {
         assert_eq!(r.code, 0);
         insta::assert_snapshot!(format!("help-{}", args.join("-").trim_start_matches("-")), r.stdout);
     }
+}
+
+#[test]
+fn dry_run_shows_what_a_smolmachines_launch_would_build() {
+    let env = Env::new();
+    let r =
+        env.run(&examples(), &["start", "hello", "--backend", "smolmachines", "--dry-run", "--format", "json"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan is JSON");
+    let launch = &plan["launch"];
+    assert_eq!(launch["backend"], "smolmachines");
+    assert_eq!(launch["address"], "127.0.0.16", "the lowest free address of an empty pool");
+    assert_eq!(launch["allowlist"], serde_json::json!(["127.0.0.16/32"]));
+    assert_eq!(launch["dns"], "127.0.0.16");
+    assert_eq!(launch["pool"], "127.0.0.16-127.0.0.31");
+    assert_eq!(launch["smolvm"]["supported"], ">=1.0.2, <2.0.0");
+    assert!(env.written().is_empty(), "dry run wrote {:?}", env.written());
 }

@@ -8,4 +8,5 @@ mod malformed;
 mod native;
 mod proxy_cmd;
 mod scan;
+mod smolmachines;
 mod start_native;

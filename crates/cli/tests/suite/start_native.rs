@@ -12,7 +12,7 @@ use super::native::{available, panic_or_skip};
 const GHP: &str = "ghp_Zq8VtR2mN4kL7pX1cB9dF3hJ6sW0yA5eG2uT";
 
 /// A plain-HTTP upstream on the host's loopback, recording request lines.
-fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();

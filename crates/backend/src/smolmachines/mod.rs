@@ -1,0 +1,420 @@
+//! The smolmachines backend: each bottle is a libkrun micro-VM run by the
+//! `smolvm` CLI, with a kernel of its own, confined to one loopback `/32`.
+//!
+//! The bottle's sidecars listen on its own `127.0.0.N` (leased from the
+//! loopback pool), and the VM is created with `--allow-cidr 127.0.0.N/32`:
+//! the only place it may reach. Before `machine start`, the allowlist is
+//! confirmed in smolvm's own state DB (patched where an older smolvm dropped
+//! it) and the launch is refused if it cannot be confirmed.
+//!
+//! DNS: with a CIDR-only policy smolvm's gateway forwards every DNS query,
+//! unfiltered, to its upstream resolver. The VM is therefore created with
+//! `--dns 127.0.0.N`: the gateway's upstream is the bottle's own address,
+//! where nothing answers on port 53, so no query leaves the host. The
+//! residual risk: a process on the host that binds `127.0.0.N:53` (port 53
+//! needs root or a lowered `ip_unprivileged_port_start`) would receive the
+//! bottle's queries. Names resolve at the egress proxy, as in every bottle.
+//!
+//! Users: smolvm before 1.14 has no `exec --user`, so commands run as the
+//! image's user (root in the guest). The VM is the boundary here; ownership
+//! inside it is bookkeeping.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bot_bottle_loopback::{self as loopback, Pool};
+use bot_bottle_manifest::WorkspaceMode;
+use bot_bottle_smolvm::{CpOpts, CreateOpts, ExecOpts, MachineState, SUPPORTED, Smolvm, Source, Volume};
+
+use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, Target, Teardown, pause_point};
+
+/// The label that names a machine's bottle, and the one with its address.
+const LABEL: &str = "bot-bottle";
+const LABEL_ADDR: &str = "bot-bottle-addr";
+
+/// The smolmachines backend.
+#[derive(Debug)]
+pub struct Smolmachines {
+    smolvm: Smolvm,
+    pool: Pool,
+    /// The loopback pool's lease directory (one per user).
+    leases: PathBuf,
+    /// The KVM device that must be usable (Linux); `None` on macOS.
+    kvm: Option<PathBuf>,
+}
+
+impl Smolmachines {
+    /// `smolvm` (from `$BOT_BOTTLE_SMOLVM`, else `PATH`), the default pool,
+    /// leases under `state_root`, and `/dev/kvm` on Linux
+    /// (`$BOT_BOTTLE_KVM_DEVICE` names another device).
+    pub fn from_env(state_root: &Path) -> Smolmachines {
+        let program = std::env::var_os("BOT_BOTTLE_SMOLVM")
+            .map(PathBuf::from)
+            .or_else(which_smolvm)
+            .unwrap_or_else(|| PathBuf::from("smolvm"));
+        let kvm = cfg!(target_os = "linux").then(|| {
+            std::env::var_os("BOT_BOTTLE_KVM_DEVICE").map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from)
+        });
+        Smolmachines::new(Smolvm::at(program), Pool::default(), state_root.join("loopback"), kvm)
+    }
+
+    pub fn new(smolvm: Smolvm, pool: Pool, leases: PathBuf, kvm: Option<PathBuf>) -> Smolmachines {
+        Smolmachines { smolvm, pool, leases, kvm }
+    }
+
+    /// What must hold before anything is created: a supported smolvm and,
+    /// on Linux, a usable KVM device. Returns smolvm's version.
+    pub fn preflight(&self) -> Result<String, BackendError> {
+        if let Some(dev) = &self.kvm {
+            kvm_check(dev).map_err(BackendError::Preflight)?;
+        }
+        Ok(self.smolvm.check_version()?.to_string())
+    }
+
+    /// Addresses held by machines of any bottle that still exist.
+    fn busy(&self) -> Vec<Ipv4Addr> {
+        self.smolvm
+            .machine_ls()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m.labels.get(LABEL_ADDR)?.parse().ok())
+            .collect()
+    }
+}
+
+fn which_smolvm() -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("smolvm")).find(|p| p.is_file())
+}
+
+/// KVM on Linux: the device must exist and be readable and writable by us.
+pub fn kvm_check(dev: &Path) -> Result<(), String> {
+    use nix::unistd::{AccessFlags, access};
+    if !dev.exists() {
+        return Err(format!(
+            "{} does not exist: this machine offers no KVM. Load the module (`sudo modprobe kvm_intel` or \
+             `sudo modprobe kvm_amd`); inside a VM, enable nested virtualisation",
+            dev.display()
+        ));
+    }
+    if access(dev, AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
+        return Err(format!(
+            "{} is not readable and writable by you: add yourself to the kvm group \
+             (`sudo usermod -aG kvm $USER`, then log in again)",
+            dev.display()
+        ));
+    }
+    Ok(())
+}
+
+/// What a smolmachines launch builds; `--dry-run` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Prepared {
+    pub machine: String,
+    /// The loopback address this bottle would get if launched now.
+    pub address: Option<Ipv4Addr>,
+    pub pool: String,
+    /// What the VM may reach: the bottle's own address.
+    pub allowlist: Vec<String>,
+    /// The gateway's upstream resolver: the bottle's own address, where
+    /// nothing answers, so DNS carries nothing out.
+    pub dns: Option<Ipv4Addr>,
+    pub smolvm: SmolvmInfo,
+    pub image: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    /// The host directory mounted at `/workspace`.
+    pub workspace: Option<PathBuf>,
+    #[serde(skip)]
+    slug: String,
+    #[serde(skip)]
+    workspace_mode: WorkspaceMode,
+    #[serde(skip)]
+    project: PathBuf,
+    #[serde(skip)]
+    state: PathBuf,
+    #[serde(skip)]
+    resume: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SmolvmInfo {
+    pub program: PathBuf,
+    pub supported: String,
+    /// The version found, when smolvm runs here.
+    pub found: Option<String>,
+}
+
+/// A smolvm machine name for a bottle: smolvm allows `[A-Za-z0-9_-]`, no
+/// `--`, no trailing `-`.
+fn machine_name(slug: &str) -> String {
+    let mut out = String::from("bottle-");
+    for c in slug.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    out.trim_end_matches('-').chars().take(128).collect()
+}
+
+fn cidr(addr: Ipv4Addr) -> String {
+    format!("{addr}/32")
+}
+
+impl Backend for Smolmachines {
+    type Prepared = Prepared;
+    type Bottle = SmolBottle;
+
+    fn name(&self) -> &'static str {
+        "smolmachines"
+    }
+
+    fn prepare(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
+        // Read-only: which address the pool would hand out now.
+        let live: Vec<Ipv4Addr> = loopback::leases(&self.leases)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| !matches!(l.state, loopback::LeaseState::Stale { .. }))
+            .map(|l| l.addr)
+            .collect();
+        let address = self.pool.addrs().find(|a| !live.contains(a));
+        let workspace = match t.plan.workspace {
+            WorkspaceMode::None => None,
+            WorkspaceMode::Mount => Some(t.project.to_path_buf()),
+            WorkspaceMode::Copy => Some(t.state.join("workspace")),
+        };
+        Ok(Prepared {
+            machine: machine_name(t.slug),
+            address,
+            pool: self.pool.to_string(),
+            allowlist: address.map(cidr).into_iter().collect(),
+            dns: address,
+            smolvm: SmolvmInfo {
+                program: self.smolvm.program().to_path_buf(),
+                supported: SUPPORTED.to_string(),
+                found: self.smolvm.version().ok().map(|v| v.to_string()),
+            },
+            image: t.plan.image.as_ref().and_then(|i| match i {
+                bot_bottle_manifest::ImageSource::Image(r) => Some(r.clone()),
+                _ => None,
+            }),
+            cpus: t.plan.resources.cpus.map(|c| c.0.div_ceil(1000)),
+            memory_mib: t.plan.resources.memory.map(|m| u32::try_from(m.0 >> 20).unwrap_or(u32::MAX)),
+            workspace,
+            slug: t.slug.to_owned(),
+            workspace_mode: t.plan.workspace,
+            project: t.project.to_path_buf(),
+            state: t.state.to_path_buf(),
+            resume: t.resume,
+        })
+    }
+
+    fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+        self.preflight()?;
+        loopback::ensure_pool(&self.pool)?;
+        let owner = loopback::Owner::current(&p.slug)?;
+        let mut busy = self.busy();
+        // An address another user's bottle (another lease dir) listens on
+        // is taken too: skip any whose sidecar port is bound.
+        let lease = loop {
+            let lease = self.pool.allocate(&self.leases, &owner, &busy)?;
+            if std::net::TcpListener::bind((lease.addr(), crate::PROXY_PORT)).is_ok() {
+                break lease;
+            }
+            busy.push(lease.addr());
+            let _ = lease.release();
+        };
+        let addr = lease.addr();
+        teardown.push(format!("the loopback address {addr}"), move || {
+            let _ = lease.release();
+        });
+        Ok(Endpoint::Tcp { addr })
+    }
+
+    fn launch(&self, p: &Prepared, endpoint: &Endpoint, teardown: &mut Teardown) -> Result<SmolBottle, BackendError> {
+        let Endpoint::Tcp { addr } = endpoint else {
+            return Err(BackendError::Control("a smolmachines bottle needs a loopback address".into()));
+        };
+        let addr = *addr;
+        let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, None)?;
+        let source = match &p.image {
+            Some(i) => Source::Image(i.clone()),
+            None => Source::Bare,
+        };
+        let opts = CreateOpts {
+            cpus: p.cpus,
+            mem_mib: p.memory_mib,
+            volumes: workspace
+                .into_iter()
+                .map(|host| Volume { host, guest: "/workspace".into(), read_only: false })
+                .collect(),
+            labels: vec![(LABEL.into(), p.slug.clone()), (LABEL_ADDR.into(), addr.to_string())],
+            net: true,
+            dns: Some(addr),
+            allow_cidrs: vec![cidr(addr)],
+            ..CreateOpts::new(p.machine.clone(), source)
+        };
+        // Registered first, so a machine half made is deleted too.
+        let (smolvm, name) = (self.smolvm.clone(), p.machine.clone());
+        teardown.push(format!("the machine {name}"), move || {
+            let _ = smolvm.machine_delete(&name);
+        });
+        self.smolvm.machine_create(&opts)?;
+        pause_point("vm-created");
+        // Fail closed: the VM boots only with its confinement confirmed.
+        let db = self.smolvm.state_db_path()?;
+        loopback::force_allowlist(&db, &p.machine, &[cidr(addr)])?;
+        let record = self.smolvm.stored_record(&p.machine)?;
+        let dns = record.as_ref().and_then(|r| r.dns.clone());
+        if dns.as_deref() != Some(addr.to_string().as_str()) {
+            return Err(BackendError::Confinement(format!(
+                "machine {} would resolve names through {} instead of {addr}: refusing to start it",
+                p.machine,
+                dns.as_deref().unwrap_or("smolvm's default resolver")
+            )));
+        }
+        self.smolvm.machine_start(&p.machine)?;
+        pause_point("vm-started");
+        let scratch = p.state.join("copy-in");
+        std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
+        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), scratch })
+    }
+
+    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
+        let mut did = Vec::new();
+        for m in self.smolvm.machine_ls().unwrap_or_default() {
+            if m.labels.get(LABEL).is_some_and(|s| s == slug) && self.smolvm.machine_delete(&m.name).is_ok() {
+                did.push(format!("deleted machine {}", m.name));
+            }
+        }
+        for addr in loopback::release_owner(&self.leases, slug).unwrap_or_default() {
+            did.push(format!("released {addr}"));
+        }
+        if std::fs::remove_dir_all(state.join("copy-in")).is_ok() {
+            did.push("removed copy-in".into());
+        }
+        did
+    }
+}
+
+/// A running smolvm machine.
+#[derive(Debug)]
+pub struct SmolBottle {
+    smolvm: Smolvm,
+    name: String,
+    /// Host scratch dir for files on their way in.
+    scratch: PathBuf,
+}
+
+impl SmolBottle {
+    fn run(&self, what: String, argv: &[&str]) -> Result<(), BackendError> {
+        let out = self.smolvm.machine_exec(&ExecOpts::new(self.name.clone(), argv.iter().copied()))?;
+        if out.status == 0 {
+            return Ok(());
+        }
+        Err(BackendError::Inside { what, message: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
+impl Bottle for SmolBottle {
+    fn exec(&mut self, cmd: &Exec) -> Result<Output, BackendError> {
+        let opts = ExecOpts {
+            env: cmd.env.clone(),
+            workdir: cmd.workdir.clone(),
+            ..ExecOpts::new(self.name.clone(), cmd.argv.iter().cloned())
+        };
+        let out = self.smolvm.machine_exec(&opts)?;
+        Ok(Output { code: out.status, stdout: out.stdout, stderr: out.stderr })
+    }
+
+    fn mkdir(&mut self, path: &str, mode: u32, _owner: Owner) -> Result<(), BackendError> {
+        let mode = format!("{mode:o}");
+        self.run(
+            format!("creating {path}"),
+            &["sh", "-c", "mkdir -p -- \"$1\" && chmod \"$2\" -- \"$1\"", "sh", path, &mode],
+        )
+    }
+
+    fn copy_in(&mut self, path: &str, content: &[u8], mode: u32, _owner: Owner) -> Result<(), BackendError> {
+        if let Some(parent) = Path::new(path).parent().and_then(Path::to_str) {
+            self.run(format!("creating {parent}"), &["mkdir", "-p", "--", parent])?;
+        }
+        let tmp = tempfile::NamedTempFile::new_in(&self.scratch).map_err(crate::io("a scratch file"))?;
+        std::fs::write(tmp.path(), content).map_err(crate::io("a scratch file"))?;
+        self.smolvm.machine_cp_in(&self.name, tmp.path(), path, &CpOpts { mode: Some(mode), ..CpOpts::default() })?;
+        Ok(())
+    }
+
+    fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
+        let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+        let opts = ExecOpts {
+            env: cmd.env.clone(),
+            workdir: cmd.workdir.clone(),
+            interactive: tty,
+            tty,
+            ..ExecOpts::new(self.name.clone(), cmd.argv.iter().cloned())
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let (smolvm, d) = (self.smolvm.clone(), done.clone());
+        let agent = std::thread::spawn(move || {
+            let r = smolvm.machine_exec_attached(&opts);
+            d.store(true, Ordering::SeqCst);
+            r
+        });
+        let mut stopped = false;
+        while !done.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) && !stopped {
+                // Stopping the machine ends every process in it, the agent too.
+                let _ = self.smolvm.machine_stop(&self.name);
+                stopped = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match agent.join() {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(BackendError::Control("the agent's exec thread panicked".into())),
+        }
+    }
+}
+
+impl Drop for SmolBottle {
+    fn drop(&mut self) {
+        if let Ok(Some(m)) = self.smolvm.machine_status(&self.name)
+            && m.state == MachineState::Running
+        {
+            let _ = self.smolvm.machine_stop(&self.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_names_follow_smolvms_rules() {
+        assert_eq!(machine_name("hello-0a1b2c"), "bottle-hello-0a1b2c");
+        assert_eq!(machine_name("a.b..c-"), "bottle-a-b-c");
+        assert!(bot_bottle_smolvm::argv::check_name(&machine_name("x.-_.y--")).is_ok());
+    }
+
+    #[test]
+    fn kvm_preflight_says_how_to_fix_it() {
+        let e = kvm_check(Path::new("/nonexistent/kvm")).expect_err("missing");
+        assert!(e.contains("modprobe kvm_intel") && e.contains("kvm_amd") && e.contains("nested"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = dir.path().join("kvm");
+        std::fs::write(&dev, b"").expect("write");
+        assert_eq!(kvm_check(&dev), Ok(()));
+        if !nix::unistd::geteuid().is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+            let e = kvm_check(&dev).expect_err("read-only");
+            assert!(e.contains("usermod -aG kvm"), "{e}");
+        }
+    }
+}

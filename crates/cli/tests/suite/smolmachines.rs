@@ -1,0 +1,241 @@
+//! `bot-bottle start --backend smolmachines`, end to end against
+//! fake-smolvm: a model of the smolvm CLI and its state DB (see
+//! crates/smolvm/src/fake), whose guest commands run under bubblewrap.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::native::panic_or_skip;
+use super::start_native::upstream;
+
+/// fake-smolvm, built beside bot-bottle by `cargo test --workspace`.
+fn fake() -> Result<PathBuf, String> {
+    let exe = Path::new(env!("CARGO_BIN_EXE_bot-bottle"));
+    let fake = exe.with_file_name("fake-smolvm");
+    if !fake.exists() {
+        return Err(format!("{} is not built (run `cargo test --workspace`)", fake.display()));
+    }
+    if Command::new("bwrap").arg("--version").output().is_err() {
+        return Err("bwrap is not installed (apt-get install bubblewrap)".into());
+    }
+    Ok(fake)
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    fake: PathBuf,
+}
+
+impl Setup {
+    fn new(command: &str, port: u16) -> Option<Setup> {
+        let fake = match fake() {
+            Ok(f) => f,
+            Err(why) => {
+                panic_or_skip(&why);
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = dir.path().join("project/.bot-bottle");
+        std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+        std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+        std::fs::write(
+            m.join("bottles/vm.yaml"),
+            format!(
+                "backend: smolmachines\negress:\n  routes:\n    - host: \"127.0.0.1:{port}\"\n      methods: [GET]\n"
+            ),
+        )
+        .expect("write");
+        std::fs::write(
+            m.join("agents/a.md"),
+            format!("---\nprovider: command\ncommand: [\"sh\", \"-c\", {command:?}]\nbottle: vm\n---\n"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("project/notes.txt"), "the user's file\n").expect("write");
+        std::fs::write(dir.path().join("kvm"), b"").expect("kvm stand-in");
+        Some(Setup { dir, fake })
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
+        c.args(args)
+            .current_dir(self.path("project"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("XDG_STATE_HOME", self.path("state"))
+            .env("SMOLVM_DATA_DIR", self.path("smolvm"))
+            .env("BOT_BOTTLE_SMOLVM", &self.fake)
+            // The fake needs no KVM; CI machines may have none.
+            .env("BOT_BOTTLE_KVM_DEVICE", self.path("kvm"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Every smolvm call, in order, as argv words.
+    fn calls(&self) -> Vec<Vec<String>> {
+        let log = self.path("smolvm/.local/share/smolvm/fake-calls.jsonl");
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    }
+
+    fn called(&self, sub: &str) -> usize {
+        self.calls().iter().filter(|c| c.get(1).is_some_and(|s| s == sub)).count()
+    }
+
+    /// Machines smolvm still has.
+    fn machines(&self) -> Vec<String> {
+        let out = Command::new(&self.fake)
+            .args(["machine", "ls", "--json"])
+            .env("SMOLVM_DATA_DIR", self.path("smolvm"))
+            .output()
+            .expect("ls");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v.as_array().into_iter().flatten().filter_map(|m| m["name"].as_str().map(str::to_owned)).collect()
+    }
+
+    fn leases(&self) -> usize {
+        std::fs::read_dir(self.path("state/bot-bottle/loopback/leases")).map_or(0, |d| d.count())
+    }
+}
+
+#[test]
+fn a_vm_bottle_is_created_confined_provisioned_run_and_torn_down() {
+    let (port, seen) = upstream();
+    let script = format!(
+        "head -1 /run/bot-bottle/ca.pem; echo proxy=$HTTPS_PROXY; cat /workspace/notes.txt; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/ok; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://denied.example/; \
+         echo changed >> /workspace/notes.txt; exit 3"
+    );
+    let Some(s) = Setup::new(&script, port) else { return };
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let addr = stdout.lines().find_map(|l| l.strip_prefix("proxy=http://")).and_then(|a| a.strip_suffix(":3128"));
+    let addr = addr.unwrap_or_else(|| panic!("the proxy is on the bottle's own address: {stdout}"));
+    assert!(addr.starts_with("127.0.0.") && addr != "127.0.0.1", "{addr}");
+    assert!(stdout.starts_with("-----BEGIN CERTIFICATE-----\n"), "{stdout}");
+    assert!(stdout.contains("the user's file\n200\n403\n"), "{stdout}");
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()]);
+
+    // Created with its confinement, which was checked before start.
+    let calls = s.calls();
+    let create = calls.iter().find(|c| c.get(1).is_some_and(|w| w == "create")).expect("create");
+    let words = create.join(" ");
+    for want in [format!("--allow-cidr {addr}/32"), format!("--dns {addr}"), "--label bot-bottle=a-".into()] {
+        assert!(words.contains(&want), "{want} in {words}");
+    }
+    let order: Vec<&str> = calls.iter().filter_map(|c| c.get(1).map(String::as_str)).collect();
+    let pos = |w: &str| order.iter().position(|x| *x == w).unwrap_or_else(|| panic!("{w} in {order:?}"));
+    assert!(pos("create") < pos("start") && pos("start") < pos("exec") && pos("exec") < pos("delete"), "{order:?}");
+    assert!(s.called("cp") >= 3, "provisioning copied files in: {order:?}");
+
+    // Nothing left: no machine, no address; the workspace copy kept.
+    assert!(s.machines().is_empty(), "{:?}", s.machines());
+    assert_eq!(s.leases(), 0);
+    assert_eq!(std::fs::read_to_string(s.path("project/notes.txt")).expect("read"), "the user's file\n");
+    let kept: Vec<PathBuf> = std::fs::read_dir(s.path("state/bot-bottle/bottles"))
+        .expect("bottles")
+        .flatten()
+        .map(|e| e.path().join("workspace/notes.txt"))
+        .collect();
+    assert_eq!(std::fs::read_to_string(&kept[0]).expect("kept"), "the user's file\nchanged\n");
+}
+
+#[test]
+fn a_launch_whose_allowlist_cannot_be_confirmed_refuses_before_start() {
+    let Some(s) = Setup::new("echo must-not-run", 1) else { return };
+    // smolvm keeps its state elsewhere than bot-bottle looks (as `smolvm
+    // serve` does as root): the allowlist cannot be read back.
+    let wrapper = s.path("smolvm-elsewhere");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nSMOLVM_DATA_DIR='{}' exec '{}' \"$@\"\n", s.path("elsewhere").display(), s.fake.display()),
+    )
+    .expect("write");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let out = s.command(&["start", "a", "--quiet"]).env("BOT_BOTTLE_SMOLVM", &wrapper).output().expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to launch") && err.contains("SMOLVM_DATA_DIR"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("must-not-run"));
+    let log = std::fs::read_to_string(s.path("elsewhere/.local/share/smolvm/fake-calls.jsonl")).expect("calls");
+    assert!(log.contains("\"create\"") && !log.contains("\"start\""), "never started:\n{log}");
+    assert!(log.contains("\"delete\""), "the half-made machine is deleted:\n{log}");
+    assert_eq!(s.leases(), 0, "the address is released");
+}
+
+#[test]
+fn a_patch_that_does_not_take_refuses_before_start() {
+    let Some(s) = Setup::new("echo must-not-run", 1) else { return };
+    // A smolvm that drops the policy at create and keeps it dropped.
+    let init = Command::new(&s.fake)
+        .args(["machine", "ls", "--json"])
+        .env("SMOLVM_DATA_DIR", s.path("smolvm"))
+        .output()
+        .expect("init db");
+    assert!(init.status.success());
+    let db = s.path("smolvm/.local/share/smolvm/server/smolvm.db");
+    let sql = "CREATE TRIGGER drop_policy AFTER INSERT ON vms BEGIN \
+                 UPDATE vms SET data = CAST(json_set(CAST(new.data AS TEXT), '$.allowed_cidrs', json('null')) AS BLOB) WHERE name = new.name; END; \
+               CREATE TRIGGER keep_dropped AFTER UPDATE ON vms \
+                 WHEN json_extract(CAST(new.data AS TEXT), '$.allowed_cidrs') IS NOT NULL \
+                 BEGIN UPDATE vms SET data = old.data WHERE name = new.name; END;";
+    let py = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.executescript({sql:?}); c.commit()",
+        db.display().to_string()
+    );
+    assert!(Command::new("python3").args(["-c", &py]).status().expect("python3").success());
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to launch") && err.contains("127.0.0."), "{err}");
+    assert_eq!(s.called("start"), 0, "never started: {:?}", s.calls());
+    assert!(s.machines().is_empty() && s.leases() == 0);
+}
+
+#[test]
+fn sigkill_then_cleanup_leaves_no_machine_address_or_sidecar() {
+    let Some(s) = Setup::new("sleep 30", 1) else { return };
+    for phase in ["vm-created", "vm-started"] {
+        let mut c = s.command(&["start", "a", "--quiet"]);
+        c.env("BOT_BOTTLE_PAUSE_AT", phase).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("start");
+        let mut err = child.stderr.take().expect("stderr");
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.contains("paused at") && Instant::now() < deadline {
+            let mut b = [0u8; 256];
+            let n = std::io::Read::read(&mut err, &mut b).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&b[..n]));
+        }
+        assert!(seen.contains(&format!("paused at {phase}")), "{seen}");
+        let addr = std::fs::read_dir(s.path("state/bot-bottle/loopback/leases"))
+            .expect("leases")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| !n.starts_with('.'))
+            .expect("a lease");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(s.machines().len(), 1, "{phase}: the launcher died holding a machine");
+        let out = s.command(&["cleanup"]).output().expect("cleanup");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("deleted machine") && said.contains(&format!("released {addr}")), "{phase}: {said}");
+        assert!(s.machines().is_empty(), "{phase}");
+        assert_eq!(s.leases(), 0, "{phase}");
+        assert!(std::net::TcpStream::connect((addr.as_str(), 3128)).is_err(), "{phase}: no sidecar listens");
+    }
+}
