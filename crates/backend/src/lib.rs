@@ -54,14 +54,14 @@ pub struct Target<'a> {
 }
 
 /// Where a bottle's sidecar bundle listens.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
+#[derive(Clone, Debug)]
 pub enum Endpoint {
     /// Unix sockets in `dir`, which only `owner` (a host uid, when set) may
     /// use; the bottle reaches them through forwarders on its loopback.
     Unix { dir: PathBuf, owner: Option<u32> },
-    /// TCP on a loopback address of the bottle's own.
-    Tcp { addr: Ipv4Addr },
+    /// TCP on a loopback address of the bottle's own. The proxy's port is
+    /// already bound (`listener`), so no one can take it in between.
+    Tcp { addr: Ipv4Addr, listener: std::sync::Arc<std::net::TcpListener> },
 }
 
 impl Endpoint {
@@ -69,7 +69,7 @@ impl Endpoint {
     pub fn proxy_url(&self) -> String {
         match self {
             Endpoint::Unix { .. } => format!("http://127.0.0.1:{PROXY_PORT}"),
-            Endpoint::Tcp { addr } => format!("http://{addr}:{PROXY_PORT}"),
+            Endpoint::Tcp { addr, .. } => format!("http://{addr}:{PROXY_PORT}"),
         }
     }
 }
@@ -158,7 +158,9 @@ fn tail(stderr: &str) -> String {
 /// check that `cleanup` leaves nothing behind.
 pub fn pause_point(phase: &str) {
     if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("bot-bottle: paused at {phase}\n"));
+        // One write, so a reader never sees half the line.
+        let _ =
+            std::io::Write::write_all(&mut std::io::stderr(), format!("bot-bottle: paused at {phase}\n").as_bytes());
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
 }

@@ -263,10 +263,14 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             let p = proxy.clone();
             rt.spawn(async move { p.serve_unix(listener).await });
         }
-        Endpoint::Tcp { addr } => {
-            let listener = rt
-                .block_on(async { tokio::net::TcpListener::bind((*addr, PROXY_PORT)).await })
-                .map_err(|e| failure(format!("error: listening on {addr}:{PROXY_PORT}: {e}")))?;
+        Endpoint::Tcp { addr, listener } => {
+            let bound = || -> std::io::Result<tokio::net::TcpListener> {
+                let l = listener.try_clone()?;
+                l.set_nonblocking(true)?;
+                let _guard = rt.enter();
+                tokio::net::TcpListener::from_std(l)
+            };
+            let listener = bound().map_err(|e| failure(format!("error: listening on {addr}:{PROXY_PORT}: {e}")))?;
             let p = proxy.clone();
             rt.spawn(async move { p.serve(listener).await });
         }

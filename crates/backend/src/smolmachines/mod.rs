@@ -219,10 +219,10 @@ impl Backend for Smolmachines {
         let mut busy = self.busy();
         // An address another user's bottle (another lease dir) listens on
         // is taken too: skip any whose sidecar port is bound.
-        let lease = loop {
+        let (lease, listener) = loop {
             let lease = self.pool.allocate(&self.leases, &owner, &busy)?;
-            if std::net::TcpListener::bind((lease.addr(), crate::PROXY_PORT)).is_ok() {
-                break lease;
+            if let Ok(l) = std::net::TcpListener::bind((lease.addr(), crate::PROXY_PORT)) {
+                break (lease, l);
             }
             busy.push(lease.addr());
             let _ = lease.release();
@@ -231,11 +231,11 @@ impl Backend for Smolmachines {
         teardown.push(format!("the loopback address {addr}"), move || {
             let _ = lease.release();
         });
-        Ok(Endpoint::Tcp { addr })
+        Ok(Endpoint::Tcp { addr, listener: Arc::new(listener) })
     }
 
     fn launch(&self, p: &Prepared, endpoint: &Endpoint, teardown: &mut Teardown) -> Result<SmolBottle, BackendError> {
-        let Endpoint::Tcp { addr } = endpoint else {
+        let Endpoint::Tcp { addr, .. } = endpoint else {
             return Err(BackendError::Control("a smolmachines bottle needs a loopback address".into()));
         };
         let addr = *addr;

@@ -213,7 +213,7 @@ fn sigkill_then_cleanup_leaves_no_machine_address_or_sidecar() {
         let mut err = child.stderr.take().expect("stderr");
         let mut seen = String::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !seen.contains("paused at") && Instant::now() < deadline {
+        while !seen.contains(&format!("paused at {phase}")) && Instant::now() < deadline {
             let mut b = [0u8; 256];
             let n = std::io::Read::read(&mut err, &mut b).unwrap_or(0);
             if n == 0 {

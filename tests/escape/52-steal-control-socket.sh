@@ -1,0 +1,32 @@
+#!/bin/sh
+# Taking over the bottle's pid 1 through its descriptors: its control
+# socket to the launcher would let a process command the bottle. Every
+# route to pid 1's descriptors (listing /proc/1/fd, reopening them, and
+# pidfd_getfd) must fail.
+# Prints `contained: ...` or `ESCAPED: ...`.
+r=$(python3 - <<'PY' 2>&1 | tail -n 1
+import ctypes, os, stat
+libc = ctypes.CDLL(None, use_errno=True)
+got = []
+try:
+    names = os.listdir("/proc/1/fd")
+    got.append("listed /proc/1/fd: %d entries" % len(names))
+    for n in names:
+        try:
+            fd = os.open("/proc/1/fd/" + n, os.O_RDONLY)
+            got.append("reopened fd %s" % n)
+            os.close(fd)
+        except OSError:
+            pass
+except OSError:
+    pass
+pidfd = libc.syscall(434, 1, 0)  # pidfd_open
+if pidfd >= 0:
+    for target in range(0, 64):
+        fd = libc.syscall(438, pidfd, target, 0)  # pidfd_getfd
+        if fd >= 0:
+            got.append("pidfd_getfd took fd %d" % target)
+print("; ".join(got) if got else "blocked")
+PY
+)
+if [ "$r" = "blocked" ]; then echo "contained: pid 1's descriptors are out of reach"; else echo "ESCAPED: $r"; fi
