@@ -47,6 +47,7 @@ impl Bottle {
             sync_in: d.join("sync-in"),
             control: d.join("control.sock"),
             init_exe: PathBuf::from(env!("CARGO_BIN_EXE_bot-bottle")),
+            cgroup: None,
         };
         let cmd = Exec {
             argv: argv.iter().map(|s| (*s).to_owned()).collect(),
