@@ -9,8 +9,8 @@
 //!   the forwarders to the sidecar sockets, drop the capability bounding
 //!   set, start stage c as the agent user, reap children, pass its status on.
 //! - **c**: as the agent: no capabilities, `no_new_privs`, the rlimits the
-//!   bottle's cgroup does not enforce, the seccomp filter, then exec the
-//!   agent (or a command).
+//!   bottle's cgroup does not enforce, landlock, the seccomp filter, then
+//!   exec the agent (or a command).
 //!
 //! Each stage is a fresh single-threaded exec, so seccomp and credential
 //! changes never race with other threads.
@@ -491,6 +491,29 @@ fn forward(port: u16, socket: PathBuf) -> R<()> {
 /// The environment variable that carries stage c's command from pid 1.
 pub(super) const EXEC_VAR: &str = "BOT_BOTTLE_EXEC";
 
+/// Confines this process and all it starts to the bottle's paths. A kernel
+/// without landlock leaves the mount namespace as the only filesystem
+/// boundary (`bot-bottle doctor` says so); a kernel with landlock that
+/// fails to apply the rules stops the command: the bottle fails closed.
+fn landlock(spec: &Spec) -> R<()> {
+    use super::landlock::{FsRules, LandlockStatus, NotEnforced, restrict};
+    let workspace = spec.workspace.as_ref().map(|_| Path::new("/workspace"));
+    let rules = FsRules::bottle(Path::new(&spec.home), workspace);
+    match restrict(&rules) {
+        Ok(LandlockStatus::NotEnforced(why @ NotEnforced::Refused)) => Err(format!("landlock: {why}")),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            Err(msg)
+        }
+    }
+}
+
 fn stage_c(spec: &Spec) -> R<i32> {
     let cmd = ctx(std::env::var(EXEC_VAR), || format!("reading {EXEC_VAR}"))?;
     let cmd: Exec = ctx(serde_json::from_str(&cmd), || format!("parsing {EXEC_VAR}"))?;
@@ -508,6 +531,7 @@ fn stage_c(spec: &Spec) -> R<i32> {
         ctx(setrlimit(Resource::RLIMIT_DATA, m, m), || "memory limit".into())?;
     }
     ctx(setrlimit(Resource::RLIMIT_CORE, 0, 0), || "core limit".into())?;
+    landlock(spec)?;
     for f in ctx(super::seccomp::filters(), || "seccomp".into())? {
         ctx(seccompiler::apply_filter(&f), || "applying seccomp".into())?;
     }
