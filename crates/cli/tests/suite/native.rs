@@ -1,8 +1,9 @@
 //! Bottles on the native backend, run for real.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use bot_bottle_backend::native::{self, Limits, NativeBottle, Spec};
+use bot_bottle_backend::native::{self, Cgroup, Limits, NativeBottle, Spec};
 use bot_bottle_backend::{Bottle as _, Exec, Owner};
 
 pub(crate) struct Bottle {
@@ -64,10 +65,27 @@ impl Bottle {
 
     /// Runs until the agent exits or `stop` is set.
     pub(crate) fn run_until(&self, r: &Run, stop: &std::sync::atomic::AtomicBool) -> i32 {
+        let mut b = self.launch(r);
+        b.run_agent(&r.cmd, stop).expect("bottle runs")
+    }
+
+    /// The bottle, in a cgroup of its own where the host has a usable one,
+    /// as `bot-bottle start` builds it.
+    pub(crate) fn launch(&self, r: &Run) -> NativeBottle {
         // The agent's workspace must be writable by its host id.
         chown_tree(&self.dir.path().join("workspace"));
-        let mut b = NativeBottle::launch(&r.spec, self.dir.path()).expect("bottle builds");
-        b.run_agent(&r.cmd, stop).expect("bottle runs")
+        NativeBottle::launch_in(&r.spec, self.dir.path(), self.cgroup(r)).expect("bottle builds")
+    }
+
+    /// The name of this bottle's cgroup.
+    pub(crate) fn cgroup_name(&self) -> String {
+        let dir = self.dir.path().file_name().expect("name").to_string_lossy().into_owned();
+        format!("bb-test-{}", dir.trim_start_matches('.'))
+    }
+
+    /// This bottle's cgroup, if the host has a usable one.
+    pub(crate) fn cgroup(&self, r: &Run) -> Option<Arc<Cgroup>> {
+        native::bottle_cgroup(&self.cgroup_name(), &r.spec.limits).expect("the bottle's cgroup")
     }
 
     /// Runs `script` with sh inside; returns (exit code, stdout).
