@@ -105,6 +105,16 @@ impl Cgroup {
         self.leaves.iter().map(|l| l.join("cgroup.procs")).collect()
     }
 
+    /// Which of `limits` this cgroup enforces: those whose controller files
+    /// its leaves have (where [`Cgroup::create`] wrote the limits).
+    pub fn enforced(&self, limits: &Limits) -> Limits {
+        let has = |f: &str| self.leaves.iter().any(|l| l.join(f).exists());
+        Limits {
+            pids: limits.pids.filter(|_| has("pids.max")),
+            memory: limits.memory.filter(|_| has("memory.max") || has("memory.limit_in_bytes")),
+        }
+    }
+
     /// Moves process `pid` (all its threads) in.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
         for f in self.procs_files() {
@@ -906,6 +916,7 @@ mod tests {
             return;
         }
         let cg = Cgroup::create(&unique("pids"), &limits).expect("create").expect("a cgroup");
+        assert_eq!(cg.enforced(&limits), limits);
         let mut sh = gated_shell("for i in $(seq 100); do sleep 5 & done; wait");
         cg.add(sh.id()).expect("add");
         open_gate(&mut sh);
@@ -936,6 +947,7 @@ mod tests {
             return;
         }
         let cg = Cgroup::create(&unique("memory"), &limits).expect("create").expect("a cgroup");
+        assert_eq!(cg.enforced(&limits), limits);
         // `tail` keeps the whole line, and /dev/zero has no newline.
         let mut sh = gated_shell("head -c 512M /dev/zero | tail >/dev/null");
         cg.add(sh.id()).expect("add");

@@ -147,7 +147,7 @@ pub fn checks(h: &Host<'_>) -> Vec<Check> {
                     "landlock",
                     Status::Ok,
                     format!(
-                        "enforced on every agent (ABI {abi}): filesystem rules, device ioctl, signal and abstract socket scoping"
+                        "enforced on the agent and every command in a bottle (ABI {abi}): filesystem rules, device ioctl, signal and abstract socket scoping"
                     ),
                     None,
                 );
@@ -185,7 +185,8 @@ pub fn checks(h: &Host<'_>) -> Vec<Check> {
     let why_not = d.rejected().iter().map(|r| format!("not {}: {}", r.mode, r.reason)).collect::<Vec<_>>();
     match (d.mode(), d.placement()) {
         (Some(mode), Some(place)) => {
-            let mut detail = format!("{place}: pids and memory limits, everything inside killed on exit");
+            let mut detail =
+                format!("{place}: pids and memory limits per bottle, everything inside killed when it ends");
             if !why_not.is_empty() {
                 detail.push_str(&format!(" ({})", why_not.join("; ")));
             }
@@ -197,7 +198,7 @@ pub fn checks(h: &Host<'_>) -> Vec<Check> {
             "resource limits",
             Status::Warn,
             format!(
-                "rlimits only (processes per user, data size; nothing kills a bottle's leftovers): {}",
+                "rlimits only (the process limit counts every process of the agent's host uid, across all your bottles; the memory limit caps each process's data size, which runtimes that reserve large address spaces exceed): {}",
                 why_not.join("; ")
             ),
             Some(d.rejected().iter().map(|r| r.fix.as_str()).collect::<Vec<_>>().join("; or ")),
@@ -290,7 +291,7 @@ mod tests {
     fn landlock_is_reported_by_its_abi() {
         let c = host_with(OK, &[], false, Ok(7));
         assert_eq!(find(&c, "landlock").status, Status::Ok);
-        assert!(find(&c, "landlock").detail.starts_with("enforced on every agent (ABI 7)"));
+        assert!(find(&c, "landlock").detail.starts_with("enforced on the agent and every command in a bottle (ABI 7)"));
         let c = host_with(OK, &[], false, Ok(4));
         let l = find(&c, "landlock");
         assert_eq!(
@@ -331,7 +332,7 @@ mod tests {
         assert_eq!(
             r.detail,
             "cgroup v1: pids /sys/fs/cgroup/pids/bot-bottle, memory /sys/fs/cgroup/memory/process_api/087e/bot-bottle: \
-             pids and memory limits, everything inside killed on exit (not cgroup v2: /sys/fs/cgroup/unified offers no \
+             pids and memory limits per bottle, everything inside killed when it ends (not cgroup v2: /sys/fs/cgroup/unified offers no \
              pids, memory controller (available: hugetlb): they are bound to cgroup v1 hierarchies (hybrid mode))"
         );
         assert_eq!(

@@ -1,14 +1,16 @@
 //! The init stages, run as `bot-bottle __bottle-init STAGE SPEC`.
 //!
-//! - **a**: unshare every namespace; the host-side launcher then writes the
-//!   uid/gid maps (only a process outside can map an unprivileged host
-//!   range); then start stage b, which is pid 1 of the new pid namespace.
+//! - **a**: join the bottle's cgroup (if it has one), unshare every
+//!   namespace; the host-side launcher then writes the uid/gid maps (only a
+//!   process outside can map an unprivileged host range); then start stage
+//!   b, which is pid 1 of the new pid namespace.
 //! - **b**: build the bottle's root (fresh tmpfs, system dirs read-only,
 //!   fresh /proc, /dev, /tmp, home), pivot into it, bring loopback up, start
 //!   the forwarders to the sidecar sockets, drop the capability bounding
 //!   set, start stage c as the agent user, reap children, pass its status on.
-//! - **c**: as the agent: no capabilities, `no_new_privs`, rlimits, the
-//!   seccomp filter, then exec the agent.
+//! - **c**: as the agent: no capabilities, `no_new_privs`, the rlimits the
+//!   bottle's cgroup does not enforce, landlock, the seccomp filter, then
+//!   exec the agent (or a command).
 //!
 //! Each stage is a fresh single-threaded exec, so seccomp and credential
 //! changes never race with other threads.
@@ -88,9 +90,22 @@ fn outlive_terminal_keys() -> R<()> {
     Ok(())
 }
 
+/// Moves this process into the bottle's cgroup (before it unshares, so
+/// that the bottle's cgroup namespace is rooted there); everything it
+/// starts is born inside.
+fn join_cgroup(spec: &Spec) -> R<()> {
+    for f in spec.cgroup.iter().flat_map(|c| &c.procs) {
+        ctx(fs::OpenOptions::new().write(true).open(f).and_then(|mut w| w.write_all(b"0")), || {
+            format!("joining the bottle's cgroup ({})", f.display())
+        })?;
+    }
+    Ok(())
+}
+
 fn stage_a(spec: &Spec) -> R<i32> {
     die_with_parent()?;
     outlive_terminal_keys()?;
+    join_cgroup(spec)?;
     ctx(
         unshare(
             CloneFlags::CLONE_NEWUSER
@@ -476,6 +491,29 @@ fn forward(port: u16, socket: PathBuf) -> R<()> {
 /// The environment variable that carries stage c's command from pid 1.
 pub(super) const EXEC_VAR: &str = "BOT_BOTTLE_EXEC";
 
+/// Confines this process and all it starts to the bottle's paths. A kernel
+/// without landlock leaves the mount namespace as the only filesystem
+/// boundary (`bot-bottle doctor` says so); a kernel with landlock that
+/// fails to apply the rules stops the command: the bottle fails closed.
+fn landlock(spec: &Spec) -> R<()> {
+    use super::landlock::{FsRules, LandlockStatus, NotEnforced, restrict};
+    let workspace = spec.workspace.as_ref().map(|_| Path::new("/workspace"));
+    let rules = FsRules::bottle(Path::new(&spec.home), workspace);
+    match restrict(&rules) {
+        Ok(LandlockStatus::NotEnforced(why @ NotEnforced::Refused)) => Err(format!("landlock: {why}")),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            Err(msg)
+        }
+    }
+}
+
 fn stage_c(spec: &Spec) -> R<i32> {
     let cmd = ctx(std::env::var(EXEC_VAR), || format!("reading {EXEC_VAR}"))?;
     let cmd: Exec = ctx(serde_json::from_str(&cmd), || format!("parsing {EXEC_VAR}"))?;
@@ -484,13 +522,16 @@ fn stage_c(spec: &Spec) -> R<i32> {
     }
     ctx(nix::sys::prctl::set_no_new_privs(), || "no_new_privs".into())?;
     use nix::sys::resource::{Resource, setrlimit};
-    if let Some(n) = spec.limits.pids {
+    // Only the limits the bottle's cgroup does not enforce.
+    let rlimits = spec.rlimits();
+    if let Some(n) = rlimits.pids {
         ctx(setrlimit(Resource::RLIMIT_NPROC, n, n), || "pids limit".into())?;
     }
-    if let Some(m) = spec.limits.memory {
+    if let Some(m) = rlimits.memory {
         ctx(setrlimit(Resource::RLIMIT_DATA, m, m), || "memory limit".into())?;
     }
     ctx(setrlimit(Resource::RLIMIT_CORE, 0, 0), || "core limit".into())?;
+    landlock(spec)?;
     for f in ctx(super::seccomp::filters(), || "seccomp".into())? {
         ctx(seccompiler::apply_filter(&f), || "applying seccomp".into())?;
     }

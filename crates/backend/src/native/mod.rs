@@ -21,6 +21,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ pub use self::landlock::{
 pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
-pub use spec::{Forward, Limits, Spec};
+pub use spec::{Forward, Limits, Spec, SpecCgroup};
 
 /// First host uid/gid of a bottle's range when bot-bottle runs as root:
 /// inside root maps here, so nothing in a bottle is ever host root.
@@ -64,6 +65,8 @@ pub enum NativeError {
     Init(String),
     #[error("writing the bottle's id maps: {0}")]
     Map(String),
+    #[error("the bottle's cgroup")]
+    Cgroup(#[from] CgroupError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NativeError {
@@ -94,6 +97,8 @@ impl Native {
 /// What a native launch builds.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Prepared {
+    /// The bottle's name, and its cgroup's.
+    pub slug: String,
     pub spec: Spec,
     pub workspace_mode: WorkspaceMode,
     pub project: PathBuf,
@@ -149,8 +154,10 @@ impl Backend for Native {
             sync_in: t.state.join("sync-in"),
             control: t.state.join("control.sock"),
             init_exe: self.init.clone(),
+            cgroup: None,
         };
         Ok(Prepared {
+            slug: t.slug.to_owned(),
             spec,
             workspace_mode: t.plan.workspace,
             project: t.project.to_path_buf(),
@@ -187,10 +194,18 @@ impl Backend for Native {
         teardown.push("the bottle's root", move || {
             let _ = fs::remove_dir(root);
         });
-        Ok(NativeBottle::launch(&p.spec, &p.state)?)
+        let cgroup = bottle_cgroup(&p.slug, &p.spec.limits).map_err(NativeError::from)?;
+        if let Some(cg) = cgroup.clone() {
+            // The bottle removes it when dropped, after killing what is
+            // inside; this is for a launch that fails before there is one.
+            teardown.push("the bottle's cgroup", move || {
+                let _ = cg.remove();
+            });
+        }
+        Ok(NativeBottle::launch_in(&p.spec, &p.state, cgroup)?)
     }
 
-    fn cleanup(&self, _slug: &str, state: &Path) -> Vec<String> {
+    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
         let mut did = Vec::new();
         let pids = leftover_processes(state);
         for pid in &pids {
@@ -198,6 +213,12 @@ impl Backend for Native {
         }
         if !pids.is_empty() {
             did.push(format!("killed {} process(es)", pids.len()));
+        }
+        // Kills whatever is still inside, whatever its command line.
+        match cgroup::cleanup_stale(slug) {
+            Ok(true) => did.push("removed its cgroup".into()),
+            Ok(false) => {}
+            Err(e) => did.push(format!("could not remove its cgroup: {}", error_chain(&e))),
         }
         for d in ["root", "sockets", "sync-in", "sync-out", "spec.json", "control.sock"] {
             let p = state.join(d);
@@ -208,6 +229,25 @@ impl Backend for Native {
         }
         did
     }
+}
+
+/// The cgroup for the bottle `name` with `limits`, where this host has a
+/// usable one (`None`: the bottle falls back to rlimits; `bot-bottle
+/// doctor` says why). What a crashed run left under the same name (a
+/// resumed bottle keeps its name) is removed first.
+pub fn bottle_cgroup(name: &str, limits: &Limits) -> Result<Option<Arc<Cgroup>>, CgroupError> {
+    cgroup::cleanup_stale(name)?;
+    Ok(Cgroup::create(name, limits)?.map(Arc::new))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(&format!(": {c}"));
+        source = c.source();
+    }
+    s
 }
 
 /// Processes of a bottle's init still alive (the init stages name the
@@ -227,21 +267,51 @@ fn leftover_processes(state: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// A running native bottle: its init's first stage, and the control
-/// socket to its pid 1. Dropping it kills every process inside.
+/// A running native bottle: its init's first stage, the control socket to
+/// its pid 1, and its cgroup if it has one. Dropping it kills every
+/// process inside, then removes the cgroup.
 #[derive(Debug)]
 pub struct NativeBottle {
     child: Child,
     ctl: BufReader<UnixStream>,
     spec: Spec,
     spec_path: PathBuf,
+    cgroup: Option<Arc<Cgroup>>,
 }
 
 impl NativeBottle {
     /// Builds the bottle described by `spec` (whose sync, control and root
     /// paths are in `state`) and waits until its pid 1 is ready for
     /// commands. The bottle shares this process's stdin, stdout and stderr.
+    /// Without a cgroup: its limits are rlimits.
     pub fn launch(spec: &Spec, state: &Path) -> Result<NativeBottle, NativeError> {
+        NativeBottle::launch_in(spec, state, None)
+    }
+
+    /// [`NativeBottle::launch`] inside `cgroup` (see [`bottle_cgroup`]),
+    /// which enforces the limits it can in place of rlimits, and which the
+    /// bottle removes when it ends (or fails to start).
+    pub fn launch_in(spec: &Spec, state: &Path, cgroup: Option<Arc<Cgroup>>) -> Result<NativeBottle, NativeError> {
+        let mut spec = spec.clone();
+        spec.cgroup = cgroup.as_ref().map(|cg| {
+            let enforced = cg.enforced(&spec.limits);
+            SpecCgroup { procs: cg.procs_files(), pids: enforced.pids.is_some(), memory: enforced.memory.is_some() }
+        });
+        let result = NativeBottle::start(&spec, state, cgroup.clone());
+        if result.is_err()
+            && let Some(cg) = &cgroup
+        {
+            let _ = cg.remove();
+        }
+        result
+    }
+
+    /// The bottle's cgroup, if it has one.
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_deref()
+    }
+
+    fn start(spec: &Spec, state: &Path, cgroup: Option<Arc<Cgroup>>) -> Result<NativeBottle, NativeError> {
         for p in [&spec.sync_out, &spec.sync_in] {
             let _ = fs::remove_file(p);
             mkfifo(p.as_path(), Mode::S_IRUSR | Mode::S_IWUSR)
@@ -286,7 +356,7 @@ impl NativeBottle {
                 return Err(e);
             }
         };
-        let mut b = NativeBottle { child, ctl: BufReader::new(ctl), spec: spec.clone(), spec_path };
+        let mut b = NativeBottle { child, ctl: BufReader::new(ctl), spec: spec.clone(), spec_path, cgroup };
         match control::recv::<Reply>(&mut b.ctl) {
             Ok(Some(Reply::Ready)) => Ok(b),
             Ok(Some(Reply::Error { message })) => Err(NativeError::Init(message)),
@@ -365,6 +435,11 @@ impl Drop for NativeBottle {
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // The init stages are gone, and with pid 1 everything in its pid
+        // namespace; the cgroup makes sure, and goes.
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.remove();
         }
         cleanup(&self.spec, &self.spec_path);
     }

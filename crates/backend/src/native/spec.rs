@@ -30,6 +30,36 @@ pub struct Spec {
     pub control: PathBuf,
     /// The init binary, bind-mounted inside for the last stage.
     pub init_exe: PathBuf,
+    /// The bottle's cgroup, when the launcher made one (none in the specs
+    /// of older launchers): the first init stage joins it before it
+    /// unshares, so the bottle's cgroup namespace is rooted there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<SpecCgroup>,
+}
+
+impl Spec {
+    /// The limits left to rlimits in the last init stage: those the cgroup
+    /// does not enforce. `RLIMIT_NPROC` counts every process of the agent's
+    /// host uid, which all bottles launched by one user share, and
+    /// `RLIMIT_DATA` breaks runtimes that reserve large address spaces; a
+    /// cgroup limit is the better tool wherever there is one.
+    pub fn rlimits(&self) -> Limits {
+        let c = self.cgroup.as_ref();
+        Limits {
+            pids: self.limits.pids.filter(|_| !c.is_some_and(|c| c.pids)),
+            memory: self.limits.memory.filter(|_| !c.is_some_and(|c| c.memory)),
+        }
+    }
+}
+
+/// A bottle's cgroup as its init stages see it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpecCgroup {
+    /// The `cgroup.procs` files the first init stage writes `0` to.
+    pub procs: Vec<PathBuf>,
+    /// Whether the cgroup enforces `limits.pids` and `limits.memory`.
+    pub pids: bool,
+    pub memory: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,8 +69,45 @@ pub struct Forward {
     pub socket: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Limits {
     pub pids: Option<u64>,
     pub memory: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_without_a_cgroup_still_parses_and_keeps_every_rlimit() {
+        let mut spec = Spec {
+            hostname: "h".into(),
+            uid: 1,
+            gid: 1,
+            user: "agent".into(),
+            home: "/home/agent".into(),
+            workspace: None,
+            root_dir: "/r".into(),
+            sockets_dir: None,
+            forwards: vec![],
+            limits: Limits { pids: Some(64), memory: Some(1 << 30) },
+            sync_out: "/o".into(),
+            sync_in: "/i".into(),
+            control: "/c".into(),
+            init_exe: "/bb".into(),
+            cgroup: None,
+        };
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(!json.contains("cgroup"), "{json}");
+        assert_eq!(serde_json::from_str::<Spec>(&json).expect("parse"), spec);
+        assert_eq!(spec.rlimits(), spec.limits);
+        // What the cgroup enforces is left out of the rlimits.
+        spec.cgroup = Some(SpecCgroup { procs: vec!["/cg/cgroup.procs".into()], pids: true, memory: false });
+        assert_eq!(spec.rlimits(), Limits { pids: None, memory: Some(1 << 30) });
+        spec.cgroup = Some(SpecCgroup { procs: vec![], pids: true, memory: true });
+        assert_eq!(spec.rlimits(), Limits::default());
+        let back: Spec = serde_json::from_str(&serde_json::to_string(&spec).expect("json")).expect("parse");
+        assert_eq!(back, spec);
+    }
 }

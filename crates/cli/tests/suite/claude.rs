@@ -135,6 +135,7 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
     }
     let _ = run.kill();
     let out = run.wait_with_output().expect("output");
+    cleanup(state.path());
     let _ = up.kill();
     let _ = up.wait();
     let log = std::fs::read_to_string(&requests).unwrap_or_default();
@@ -213,6 +214,7 @@ fn codex_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
     }
     let _ = run.kill();
     let out = run.wait_with_output().expect("output");
+    cleanup(state.path());
     let audit = audit(state.path());
     assert!(
         decrypted(&audit),
@@ -220,6 +222,20 @@ fn codex_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!audit.contains(real_key) && !String::from_utf8_lossy(&out.stdout).contains(real_key));
+}
+
+/// `bot-bottle cleanup` for a state home: a launcher killed by the test
+/// leaves its bottle's cgroup behind.
+fn cleanup(state: &Path) {
+    let s = Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
+        .arg("cleanup")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", state)
+        .env("XDG_STATE_HOME", state)
+        .stdout(Stdio::null())
+        .status();
+    assert!(s.is_ok_and(|s| s.success()), "bot-bottle cleanup");
 }
 
 /// Every bottle's audit log under a state home, for failure messages.

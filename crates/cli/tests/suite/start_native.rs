@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bot_bottle_backend::native;
+
 use super::native::{available, panic_or_skip};
 
 const GHP: &str = "ghp_Zq8VtR2mN4kL7pX1cB9dF3hJ6sW0yA5eG2uT";
@@ -111,6 +113,8 @@ fn the_agent_reaches_only_what_its_routes_allow() {
     );
     assert!(!audit.contains(GHP), "the audit log holds no secret");
     assert!(!slug.join("root").exists() && !slug.join("sockets").exists(), "runtime dirs removed");
+    let name = slug.file_name().expect("slug").to_string_lossy().into_owned();
+    assert!(native::cgroup_list(&name).is_empty(), "the bottle's cgroup is left");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&slug).expect("state").permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "a bottle's state (and its proxy socket) is private to the launcher");
@@ -144,7 +148,30 @@ fn sigterm_and_sigkill_leave_nothing_running() {
         }
         assert_eq!(leftovers(&p), 0, "{signal}: bottle processes left behind");
         assert!(started.elapsed() < Duration::from_secs(5), "{signal}: teardown took {:?}", started.elapsed());
+        // A killed launcher leaves the (empty) cgroup to `cleanup`.
+        if signal == "-KILL" {
+            assert_eq!(cli(&p, &["cleanup"]).0, 0);
+        }
+        for s in slugs(&p) {
+            assert!(native::cgroup_list(&s).is_empty(), "{signal}: the cgroup of {s} is left");
+        }
     }
+}
+
+/// The slugs of the project's bottles.
+fn slugs(p: &Project) -> Vec<String> {
+    let bottles = p.state.path().join("bot-bottle/bottles");
+    std::fs::read_dir(bottles)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Whether bottles launched by this process get a cgroup.
+fn cgroups_here() -> bool {
+    native::cgroup_detect(&native::Limits { pids: Some(512), memory: None }).mode().is_some()
 }
 
 /// `bot-bottle ARGS` in the project, with its state under the test's dir.
@@ -179,9 +206,18 @@ fn list_stop_resume_and_cleanup() {
     let rows: serde_json::Value = serde_json::from_str(&cli(&p, &["list", "--format", "json"]).1).expect("json");
     let slug = rows[0]["slug"].as_str().expect("slug").to_owned();
     assert_eq!(rows[0]["state"], "exited (0)");
+    // A cgroup left under the bottle's name (as by a launcher killed
+    // before `cleanup`) does not stop its resume, and does not outlive it.
+    if cgroups_here() {
+        let limits = native::Limits { pids: Some(512), memory: None };
+        let left = native::bottle_cgroup(&slug, &limits).expect("cgroup").expect("a cgroup");
+        assert_eq!(native::cgroup_list(&slug), std::slice::from_ref(&slug));
+        drop(left);
+    }
     // resume: same request, same workspace copy.
     let (code, out) = cli(&p, &["resume", &slug, "--quiet"]);
     assert_eq!((code, out.trim()), (0, "2"), "resume reuses the workspace copy");
+    assert!(native::cgroup_list(&slug).is_empty());
     // A crashed launcher (SIGKILL) shows as crashed; cleanup removes what it left.
     let m = p.dir.path().join(".bot-bottle/agents/slow.md");
     std::fs::write(&m, "---\nprovider: command\ncommand: [\"sh\", \"-c\", \"echo up; sleep 30\"]\nbottle: b\n---\n")
@@ -247,10 +283,21 @@ fn cleanup_after_sigkill_at_each_launch_phase_leaves_nothing() {
                 break;
             }
         }
+        let slugs = slugs(&p);
+        // Where bottles get cgroups, the bottle has one by now.
+        if ["init-spawned", "bottle-mapped", "running"].contains(&phase) && cgroups_here() {
+            assert!(slugs.iter().all(|s| native::cgroup_list(s).contains(s)), "{phase}: no cgroup for {slugs:?}");
+        }
         Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
         let _ = child.wait();
         let (code, out) = cli(&p, &["cleanup"]);
         assert_eq!(code, 0, "{phase}: {out}");
+        if ["init-spawned", "bottle-mapped", "running"].contains(&phase) && cgroups_here() {
+            assert!(out.contains("removed its cgroup"), "{phase}: {out}");
+        }
+        for s in &slugs {
+            assert!(native::cgroup_list(s).is_empty(), "{phase}: the cgroup of {s} is left");
+        }
         let started = Instant::now();
         while leftovers(&p) > 0 && started.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(50));
