@@ -1,8 +1,9 @@
 #!/bin/sh
 # Taking over the bottle's pid 1 through its descriptors: its control
 # socket to the launcher would let a process command the bottle. Every
-# route to pid 1's descriptors (listing /proc/1/fd, reopening them, and
-# pidfd_getfd) must fail.
+# route to pid 1's descriptors (reopening /proc/1/fd/*, pidfd_getfd) must
+# fail. (Listing their numbers is no capability: when the agent is uid 0
+# inside, the directory's owner is its own uid.)
 # Prints `contained: ...` or `ESCAPED: ...`.
 r=$(python3 - <<'PY' 2>&1 | tail -n 1
 import ctypes, os, stat
@@ -10,7 +11,6 @@ libc = ctypes.CDLL(None, use_errno=True)
 got = []
 try:
     names = os.listdir("/proc/1/fd")
-    got.append("listed /proc/1/fd: %d entries" % len(names))
     for n in names:
         try:
             fd = os.open("/proc/1/fd/" + n, os.O_RDONLY)
