@@ -68,6 +68,10 @@ impl Smolmachines {
     /// What must hold before anything is created: a supported smolvm and,
     /// on Linux, a usable KVM device. Returns smolvm's version.
     pub fn preflight(&self) -> Result<String, BackendError> {
+        let program = self.smolvm.program();
+        if program.components().count() == 1 && which_smolvm().is_none() {
+            return Err(bot_bottle_smolvm::SmolvmError::NotInstalled.into());
+        }
         if let Some(dev) = &self.kvm {
             kvm_check(dev).map_err(BackendError::Preflight)?;
         }
