@@ -60,6 +60,40 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
+/// A project in `dir` whose bottle `api` is `bottle`, with the agent `name`
+/// of `provider` (its program has the provider's name) and an agent
+/// `version` that runs `PROGRAM --version` in the same bottle.
+fn agent_project(dir: &Path, bottle: &str, name: &str, provider: &str) -> std::path::PathBuf {
+    let project = dir.join("project");
+    let m = project.join(".bot-bottle");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::fs::write(m.join("bottles/api.yaml"), bottle).expect("write");
+    let agent = format!("---\nprovider: {provider}\nbottle: api\n---\nAnswer briefly.\n");
+    std::fs::write(m.join(format!("agents/{name}.md")), agent).expect("write");
+    let version = format!("---\nprovider: command\ncommand: [\"{provider}\", \"--version\"]\nbottle: api\n---\n");
+    std::fs::write(m.join("agents/version.md"), version).expect("write");
+    project
+}
+
+/// `bot-bottle start AGENT --quiet -- ARGS` in `project`, its state in
+/// `state`, with nothing of this process's environment but PATH and `env`.
+fn start_in(project: &Path, state: &Path, env: &[(&str, &std::ffi::OsStr)], agent: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
+    c.args(["start", agent, "--quiet", "--"])
+        .args(args)
+        .current_dir(project)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", state)
+        .env("XDG_STATE_HOME", state)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
 /// The TLS upstream on 127.0.0.2, logging requests to `requests.jsonl`.
 fn upstream(d: &Path) -> (std::process::Child, u16) {
     pki(d);
@@ -88,41 +122,15 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
     let d = dir.path();
     let (mut up, port) = upstream(d);
 
-    let project = d.join("project");
-    let m = project.join(".bot-bottle");
-    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
-    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
-    std::fs::write(
-        m.join("bottles/api.yaml"),
-        format!(
-            "backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: x-api-key, env: BB_TEST_ANTHROPIC_KEY }}\n"
-        ),
-    )
-    .expect("write");
-    std::fs::write(m.join("agents/c.md"), "---\nprovider: claude\nbottle: api\n---\nAnswer briefly.\n").expect("write");
-    std::fs::write(
-        m.join("agents/version.md"),
-        "---\nprovider: command\ncommand: [\"claude\", \"--version\"]\nbottle: api\n---\n",
-    )
-    .expect("write");
+    let bottle = format!(
+        "backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: x-api-key, env: BB_TEST_ANTHROPIC_KEY }}\n"
+    );
+    let project = agent_project(d, &bottle, "c", "claude");
     let state = tempfile::tempdir().expect("state");
     let real_key = "real-anthropic-key-for-the-test-0123456789";
-    let start = |agent: &str, args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
-        c.args(["start", agent, "--quiet", "--"])
-            .args(args)
-            .current_dir(&project)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", state.path())
-            .env("XDG_STATE_HOME", state.path())
-            .env("BOT_BOTTLE_UPSTREAM_CA", d.join("ca.pem"))
-            .env("BB_TEST_ANTHROPIC_KEY", real_key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    };
+    let ca = d.join("ca.pem");
+    let env = [("BOT_BOTTLE_UPSTREAM_CA", ca.as_os_str()), ("BB_TEST_ANTHROPIC_KEY", real_key.as_ref())];
+    let start = |agent: &str, args: &[&str]| start_in(&project, state.path(), &env, agent, args);
 
     let v = start("version", &[]).output().expect("claude --version");
     assert!(String::from_utf8_lossy(&v.stdout).contains("(Claude Code)"), "{}", String::from_utf8_lossy(&v.stderr));
@@ -170,38 +178,12 @@ fn codex_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let project = dir.path().join("project");
-    let m = project.join(".bot-bottle");
-    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
-    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
-    std::fs::write(
-        m.join("bottles/api.yaml"),
-        "backend: native\negress:\n  routes:\n    - host: api.openai.com\n      inject: { header: authorization, env: BB_TEST_OPENAI_KEY, format: \"Bearer {}\" }\n",
-    )
-    .expect("write");
-    std::fs::write(m.join("agents/x.md"), "---\nprovider: codex\nbottle: api\n---\nAnswer briefly.\n").expect("write");
-    std::fs::write(
-        m.join("agents/version.md"),
-        "---\nprovider: command\ncommand: [\"codex\", \"--version\"]\nbottle: api\n---\n",
-    )
-    .expect("write");
+    let bottle = "backend: native\negress:\n  routes:\n    - host: api.openai.com\n      inject: { header: authorization, env: BB_TEST_OPENAI_KEY, format: \"Bearer {}\" }\n";
+    let project = agent_project(dir.path(), bottle, "x", "codex");
     let state = tempfile::tempdir().expect("state");
     let real_key = "sk-real-openai-key-for-the-test-0123456789";
-    let start = |agent: &str, args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
-        c.args(["start", agent, "--quiet", "--"])
-            .args(args)
-            .current_dir(&project)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", state.path())
-            .env("XDG_STATE_HOME", state.path())
-            .env("BB_TEST_OPENAI_KEY", real_key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    };
+    let env = [("BB_TEST_OPENAI_KEY", std::ffi::OsStr::new(real_key))];
+    let start = |agent: &str, args: &[&str]| start_in(&project, state.path(), &env, agent, args);
     let v = start("version", &[]).output().expect("codex --version");
     assert!(String::from_utf8_lossy(&v.stdout).contains("codex-cli"), "{}", String::from_utf8_lossy(&v.stderr));
 
