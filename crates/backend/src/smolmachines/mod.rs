@@ -15,6 +15,16 @@
 //! needs root or a lowered `ip_unprivileged_port_start`) would receive the
 //! bottle's queries. Names resolve at the egress proxy, as in every bottle.
 //!
+//! Known gap, to settle on the first real smolvm: this is the seeds' design,
+//! made when a policy ran on TSI, where a guest's connection to `127.0.0.N`
+//! is made by the host. Since smolvm routes every policy through its
+//! virtio-net gateway, a guest's `127.0.0.0/8` is its own loopback, and the
+//! gateway relays only its own address to the host's `127.0.0.1` (smolvm PRs
+//! #784, #1060). That fails closed (the agent reaches nothing), but the agent
+//! would not reach its proxy either; the likely fix is to publish the
+//! sidecars' unix sockets with `--mount-socket` and create the VM with no
+//! network at all.
+//!
 //! Users: smolvm before 1.14 has no `exec --user`, so commands run as the
 //! image's user (root in the guest). The VM is the boundary here; ownership
 //! inside it is bookkeeping.
