@@ -65,6 +65,15 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Makes a socket a sidecar created in a `Unix` endpoint usable by the
+    /// bottle alone (0600, its owner's); nothing to do for `Tcp`.
+    pub fn secure(&self, socket: &Path) -> std::io::Result<()> {
+        match self {
+            Endpoint::Unix { owner, .. } => own(socket, 0o600, *owner),
+            Endpoint::Tcp { .. } => Ok(()),
+        }
+    }
+
     /// The proxy's URL as the agent reaches it.
     pub fn proxy_url(&self) -> String {
         match self {
@@ -163,6 +172,16 @@ pub fn pause_point(phase: &str) {
             std::io::Write::write_all(&mut std::io::stderr(), format!("bot-bottle: paused at {phase}\n").as_bytes());
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
+}
+
+/// Sets `mode` on `p` and, when given, its owner (both uid and gid).
+pub(crate) fn own(p: &Path, mode: u32, owner: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    if let Some(id) = owner {
+        std::os::unix::fs::lchown(p, Some(id), Some(id))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {

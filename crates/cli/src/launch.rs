@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bot_bottle_backend::native::{self, Native};
+use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
     Backend, BackendError, Bottle, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
@@ -119,32 +119,42 @@ fn slug(agent: &str) -> String {
     format!("{agent}-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
 }
 
+/// Fails unless the plan's backend is in this build.
+pub(crate) fn check_built(plan: &Plan) -> Result<(), Failure> {
+    match plan.backend.requested {
+        BackendKind::Auto | BackendKind::Native | BackendKind::Smolmachines => Ok(()),
+        other => Err(failure(format!(
+            "error: cannot start `{}`: {}; use --backend native",
+            plan.agent.name,
+            BackendError::NotBuilt(other.as_str())
+        ))),
+    }
+}
+
 /// Runs the plan's agent in a bottle on the backend the plan asks for (or
 /// the one `auto` finds) and returns the agent's exit code.
 pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
+    check_built(plan)?;
     let name = &plan.agent.name;
     let detected =
         detect(plan.backend.requested).map_err(|e| failure(format!("error: cannot start `{name}`: {}", chain(&e))))?;
     match detected.kind {
-        BackendKind::Auto | BackendKind::Native => {
-            let native = Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))?;
-            run_on(&native, plan, opts)
-        }
         BackendKind::Smolmachines => run_on(&smolmachines()?, plan, opts),
-        other => {
-            let e = BackendError::NotBuilt(backend_name(other));
-            Err(failure(format!("error: cannot start `{name}`: {e}; use --backend native")))
-        }
+        _ => run_on(&native()?, plan, opts),
     }
 }
 
 /// Removes what a killed launcher left of bottle `m` (state dir `state`).
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     match BackendKind::parse(&m.backend) {
-        Some(BackendKind::Native) => Native::new().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
+        Some(BackendKind::Native) => native().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
         Some(BackendKind::Smolmachines) => smolmachines().map(|b| b.cleanup(&m.slug, state)).unwrap_or_default(),
         _ => Vec::new(),
     }
+}
+
+fn native() -> Result<Native, Failure> {
+    Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))
 }
 
 /// The smolmachines backend, its loopback leases in this user's state.
@@ -159,37 +169,22 @@ pub(crate) fn dry_run(plan: &Plan, project: &Path) -> Result<serde_json::Value, 
     let slug = format!("{}-dryrun", plan.agent.name);
     let state = bottles_dir().unwrap_or_default().join(&slug);
     let target = Target { slug: &slug, plan, state: &state, project, resume: false };
-    let describe = |name: &str, v: Result<serde_json::Value, BackendError>| match v {
-        Ok(mut v) => {
-            if let Some(o) = v.as_object_mut() {
-                o.insert("backend".into(), name.into());
-            }
-            Ok(v)
-        }
-        Err(e) => Err(failure(format!("error: {}", chain(&e)))),
-    };
-    let json = |p: Result<serde_json::Value, serde_json::Error>| p.map_err(|e| BackendError::Control(e.to_string()));
     match detect(plan.backend.requested) {
-        Ok(d) if d.kind == BackendKind::Smolmachines => {
-            let b = smolmachines()?;
-            describe(b.name(), b.prepare(&target).and_then(|p| json(serde_json::to_value(p))))
-        }
-        Ok(d) if d.kind == BackendKind::Native => {
-            let b = Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))?;
-            describe(b.name(), b.prepare(&target).and_then(|p| json(serde_json::to_value(p))))
-        }
-        Ok(d) => Ok(serde_json::json!({ "backend": backend_name(d.kind), "available": false })),
+        Ok(d) if d.kind == BackendKind::Smolmachines => describe(&smolmachines()?, &target),
+        Ok(d) if d.kind == BackendKind::Native => describe(&native()?, &target),
+        Ok(d) => Ok(serde_json::json!({ "backend": d.kind.as_str(), "available": false })),
         Err(e) => Ok(serde_json::json!({ "backend": null, "error": chain(&e) })),
     }
 }
 
-fn backend_name(k: BackendKind) -> &'static str {
-    match k {
-        BackendKind::Auto => "auto",
-        BackendKind::Native => "native",
-        BackendKind::Docker => "docker",
-        BackendKind::Smolmachines => "smolmachines",
+/// `backend.prepare(target)` as JSON, with the backend's name.
+fn describe<B: Backend>(backend: &B, target: &Target<'_>) -> Result<serde_json::Value, Failure> {
+    let prepared = backend.prepare(target).map_err(|e| failure(format!("error: {}", chain(&e))))?;
+    let mut v = serde_json::to_value(prepared).map_err(|e| failure(format!("error: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("backend".into(), backend.name().into());
     }
+    Ok(v)
 }
 
 /// The bottle's state dir and launch record around one session.
@@ -258,8 +253,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             let listener = rt
                 .block_on(async { tokio::net::UnixListener::bind(&sock) })
                 .map_err(|e| failure(format!("error: listening on {}: {e}", sock.display())))?;
-            native::give_to_bottle(&sock, 0o600)
-                .map_err(|e| failure(format!("error: securing {}: {e}", sock.display())))?;
+            endpoint.secure(&sock).map_err(|e| failure(format!("error: securing {}: {e}", sock.display())))?;
             let p = proxy.clone();
             rt.spawn(async move { p.serve_unix(listener).await });
         }

@@ -285,20 +285,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
             unset.join(", ")
         )));
     }
-    match plan.backend.requested {
-        BackendKind::Auto | BackendKind::Native | BackendKind::Smolmachines => {}
-        other => {
-            let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            return Err(failure(format!(
-                "error: cannot start `{}`: the {name} backend is not in this build yet; use --backend native",
-                plan.agent.name
-            )));
-        }
-    }
+    launch::check_built(&plan)?;
     let request = launch::Stored {
         agent: plan.agent.name.clone(),
         bottles: req.bottles.clone(),
-        backend: args.backend.map(|b| format!("{b:?}").to_ascii_lowercase()),
+        backend: req.backend.map(BackendKind::as_str).map(str::to_owned),
         args: req.args.clone(),
         manifest: manifest.root().to_path_buf(),
         project: env.cwd.clone(),

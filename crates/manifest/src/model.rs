@@ -760,6 +760,15 @@ impl BackendKind {
             _ => return None,
         })
     }
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Native => "native",
+            BackendKind::Docker => "docker",
+            BackendKind::Smolmachines => "smolmachines",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

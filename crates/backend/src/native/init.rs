@@ -143,7 +143,7 @@ fn stage_a(spec: &Spec) -> R<i32> {
         Command::new("/proc/self/exe").arg("__bottle-init").arg("b").arg(format!(".{RUN}/spec.json")).status(),
         || "starting the bottle's pid 1".into(),
     )?;
-    Ok(code(status))
+    Ok(super::exit_code(status))
 }
 
 /// Host paths held open across the id switch.
@@ -202,11 +202,6 @@ fn stage_root_fill(spec: &Spec, held: &Held) -> R<()> {
     bind(&fd_path(&held.init), &run.join("init"), true)?;
     let json = ctx(serde_json::to_vec(spec), || "spec".into())?;
     ctx(fs::write(run.join("spec.json"), json), || "write spec".into())
-}
-
-fn code(s: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
 
 fn bind(src: &Path, dst: &Path, readonly: bool) -> R<()> {
@@ -502,15 +497,7 @@ fn landlock(spec: &Spec) -> R<()> {
     match restrict(&rules) {
         Ok(LandlockStatus::NotEnforced(why @ NotEnforced::Refused)) => Err(format!("landlock: {why}")),
         Ok(_) => Ok(()),
-        Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            Err(msg)
-        }
+        Err(e) => Err(super::error_chain(&e)),
     }
 }
 

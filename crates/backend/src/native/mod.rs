@@ -17,7 +17,7 @@ mod spec;
 
 use std::fs;
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -113,12 +113,8 @@ fn bottle_root() -> Option<u32> {
 }
 
 /// Sets `mode` on `p` and gives it to the bottle's root.
-pub fn give_to_bottle(p: &Path, mode: u32) -> std::io::Result<()> {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))?;
-    if let Some(id) = bottle_root() {
-        std::os::unix::fs::lchown(p, Some(id), Some(id))?;
-    }
-    Ok(())
+fn give_to_bottle(p: &Path, mode: u32) -> std::io::Result<()> {
+    crate::own(p, mode, bottle_root())
 }
 
 impl Backend for Native {
@@ -185,23 +181,14 @@ impl Backend for Native {
         &self,
         p: &Prepared,
         _endpoint: &Endpoint,
-        teardown: &mut Teardown,
+        _teardown: &mut Teardown,
     ) -> Result<NativeBottle, BackendError> {
         let owner = bottle_root().map(|_| HOST_ID_BASE + agent_ids().0);
         crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, owner)?;
         crate::pause_point("workspace");
-        let root = p.spec.root_dir.clone();
-        teardown.push("the bottle's root", move || {
-            let _ = fs::remove_dir(root);
-        });
+        // The bottle undoes itself (its root, its cgroup) when dropped or
+        // when it fails to start.
         let cgroup = bottle_cgroup(&p.slug, &p.spec.limits).map_err(NativeError::from)?;
-        if let Some(cg) = cgroup.clone() {
-            // The bottle removes it when dropped, after killing what is
-            // inside; this is for a launch that fails before there is one.
-            teardown.push("the bottle's cgroup", move || {
-                let _ = cg.remove();
-            });
-        }
         Ok(NativeBottle::launch_in(&p.spec, &p.state, cgroup)?)
     }
 
@@ -312,15 +299,28 @@ impl NativeBottle {
     }
 
     fn start(spec: &Spec, state: &Path, cgroup: Option<Arc<Cgroup>>) -> Result<NativeBottle, NativeError> {
+        let spec_path = state.join("spec.json");
+        let (listener, child) = match NativeBottle::spawn(spec, &spec_path) {
+            Ok(started) => started,
+            Err(e) => {
+                cleanup(spec, &spec_path);
+                return Err(e);
+            }
+        };
+        NativeBottle::connect(spec, spec_path, listener, child, cgroup)
+    }
+
+    /// The files the init stages meet the launcher through, and the first
+    /// stage itself.
+    fn spawn(spec: &Spec, spec_path: &Path) -> Result<(UnixListener, Child), NativeError> {
         for p in [&spec.sync_out, &spec.sync_in] {
             let _ = fs::remove_file(p);
             mkfifo(p.as_path(), Mode::S_IRUSR | Mode::S_IWUSR)
                 .map_err(|e| NativeError::Io { what: format!("mkfifo {}", p.display()), source: e.into() })?;
         }
         fs::create_dir_all(&spec.root_dir).map_err(io(format!("creating {}", spec.root_dir.display())))?;
-        let spec_path = state.join("spec.json");
         let json = serde_json::to_vec(spec).map_err(|e| NativeError::Io { what: "spec".into(), source: e.into() })?;
-        fs::write(&spec_path, json).map_err(io("writing the bottle spec"))?;
+        fs::write(spec_path, json).map_err(io("writing the bottle spec"))?;
         let _ = fs::remove_file(&spec.control);
         let listener =
             UnixListener::bind(&spec.control).map_err(io(format!("listening on {}", spec.control.display())))?;
@@ -332,16 +332,20 @@ impl NativeBottle {
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .arg("__bottle-init")
             .arg("a")
-            .arg(&spec_path)
+            .arg(spec_path)
             .spawn()
-            .map_err(io(format!("starting {}", spec.init_exe.display())));
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                cleanup(spec, &spec_path);
-                return Err(e);
-            }
-        };
+            .map_err(io(format!("starting {}", spec.init_exe.display())))?;
+        Ok((listener, child))
+    }
+
+    /// Maps the first stage's ids and waits for pid 1 on the control socket.
+    fn connect(
+        spec: &Spec,
+        spec_path: PathBuf,
+        listener: UnixListener,
+        mut child: Child,
+        cgroup: Option<Arc<Cgroup>>,
+    ) -> Result<NativeBottle, NativeError> {
         crate::pause_point("init-spawned");
         let result = handshake(spec, &mut child).and_then(|()| accept(&listener, &mut child));
         drop(listener);

@@ -61,14 +61,15 @@ impl Smolmachines {
     /// leases under `state_root`, and `/dev/kvm` on Linux
     /// (`$BOT_BOTTLE_KVM_DEVICE` names another device).
     pub fn from_env(state_root: &Path) -> Smolmachines {
-        let program = std::env::var_os("BOT_BOTTLE_SMOLVM")
-            .map(PathBuf::from)
-            .or_else(which_smolvm)
-            .unwrap_or_else(|| PathBuf::from("smolvm"));
+        // Not found: a bare name, which `preflight` reports as not installed.
+        let smolvm = match std::env::var_os("BOT_BOTTLE_SMOLVM") {
+            Some(p) => Smolvm::at(p),
+            None => Smolvm::find().unwrap_or_else(|_| Smolvm::at("smolvm")),
+        };
         let kvm = cfg!(target_os = "linux").then(|| {
             std::env::var_os("BOT_BOTTLE_KVM_DEVICE").map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from)
         });
-        Smolmachines::new(Smolvm::at(program), Pool::default(), state_root.join("loopback"), kvm)
+        Smolmachines::new(smolvm, Pool::default(), state_root.join("loopback"), kvm)
     }
 
     pub fn new(smolvm: Smolvm, pool: Pool, leases: PathBuf, kvm: Option<PathBuf>) -> Smolmachines {
@@ -78,8 +79,7 @@ impl Smolmachines {
     /// What must hold before anything is created: a supported smolvm and,
     /// on Linux, a usable KVM device. Returns smolvm's version.
     pub fn preflight(&self) -> Result<String, BackendError> {
-        let program = self.smolvm.program();
-        if program.components().count() == 1 && which_smolvm().is_none() {
+        if self.smolvm.program() == Path::new("smolvm") {
             return Err(bot_bottle_smolvm::SmolvmError::NotInstalled.into());
         }
         if let Some(dev) = &self.kvm {
@@ -97,10 +97,6 @@ impl Smolmachines {
             .filter_map(|m| m.labels.get(LABEL_ADDR)?.parse().ok())
             .collect()
     }
-}
-
-fn which_smolvm() -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("smolvm")).find(|p| p.is_file())
 }
 
 /// KVM on Linux: the device must exist and be readable and writable by us.
@@ -424,6 +420,7 @@ mod tests {
         let dev = dir.path().join("kvm");
         std::fs::write(&dev, b"").expect("write");
         assert_eq!(kvm_check(&dev), Ok(()));
+        // Root reads and writes any device, so only a user sees the refusal.
         if !nix::unistd::geteuid().is_root() {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o400)).expect("chmod");
