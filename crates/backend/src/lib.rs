@@ -21,13 +21,18 @@
 
 mod bottle;
 mod detect;
+mod disk;
+mod fds;
 pub mod native;
 pub mod smolmachines;
 mod teardown;
+mod terminal;
 mod workspace;
 
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
 pub use detect::{Detected, detect};
+pub use disk::{DEFAULT_DISK, DiskWatch};
+pub use fds::close_inherited as close_inherited_fds;
 pub use teardown::Teardown;
 pub use workspace::prepare_workspace;
 
@@ -96,6 +101,10 @@ pub trait Backend {
     /// Pure resolution of `target` into what would be built.
     fn prepare(&self, target: &Target<'_>) -> Result<Self::Prepared, BackendError>;
 
+    /// Every setting of the plan that `prepared` cannot enforce as asked on
+    /// this host: shown in the plan and at start, never silently dropped.
+    fn warnings(&self, prepared: &Self::Prepared) -> Vec<String>;
+
     /// Takes the bottle's place on the host, where its sidecars will listen.
     fn reserve(&self, prepared: &Self::Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
 
@@ -162,10 +171,14 @@ fn tail(stderr: &str) -> String {
     format!(": {}", &s[start..])
 }
 
-/// Test hook: when `BOT_BOTTLE_PAUSE_AT` names this launch phase, say so on
-/// stderr and wait, so that a test can kill the launcher exactly there and
-/// check that `cleanup` leaves nothing behind.
+/// Test hooks: when `BOT_BOTTLE_PAUSE_AT` names this launch phase, say so
+/// on stderr and wait, so that a test can kill the launcher exactly there
+/// and check that `cleanup` leaves nothing behind; when
+/// `BOT_BOTTLE_PANIC_AT` names it, panic (what a crash must still undo).
 pub fn pause_point(phase: &str) {
+    if std::env::var("BOT_BOTTLE_PANIC_AT").is_ok_and(|p| p == phase) {
+        panic!("test hook: panic at {phase}");
+    }
     if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
         // One write, so a reader never sees half the line.
         let _ =

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
-    Backend, BackendError, Bottle, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
+    Backend, BackendError, Bottle, DiskWatch, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
 };
 use bot_bottle_manifest::{BackendKind, Egress, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
@@ -80,11 +80,14 @@ pub(crate) fn state_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
 }
 
-/// `start --detach`: the same command again, minus `--detach`, in a process
-/// group of its own with its output in the bottle's `agent.log`; prints the
-/// slug and returns.
+/// Set for the detached launcher: it leaves the terminal's session before
+/// anything else.
+pub(crate) const DETACHED: &str = "BOT_BOTTLE_DETACHED";
+
+/// `start --detach`: the same command again, minus `--detach`, in a session
+/// of its own with no terminal, its output in the bottle's `agent.log`;
+/// prints the slug and returns.
 pub(crate) fn detach(agent: &str) -> Result<(), Failure> {
-    use std::os::unix::process::CommandExt;
     let slug = slug(agent);
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?.join(&slug);
     std::fs::create_dir_all(&dir).map_err(|e| failure(format!("error: creating {}: {e}", dir.display())))?;
@@ -92,13 +95,15 @@ pub(crate) fn detach(agent: &str) -> Result<(), Failure> {
     let err = log.try_clone().map_err(|e| failure(format!("error: agent.log: {e}")))?;
     let exe = std::env::current_exe().map_err(|e| failure(format!("error: locating bot-bottle: {e}")))?;
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
+    // Not a process group of its own: the child calls setsid() first thing
+    // (see `DETACHED`), which a group leader cannot.
     std::process::Command::new(exe)
         .args(args)
         .env("BOT_BOTTLE_SLUG", &slug)
+        .env(DETACHED, "1")
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err)
-        .process_group(0)
         .spawn()
         .map_err(|e| failure(format!("error: starting the bottle: {e}")))?;
     crate::print(&format!("{slug}\n"))
@@ -228,6 +233,10 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
     let target = Target { slug, plan, state, project: &opts.request.project, resume: opts.resume.is_some() };
     let prepared = backend.prepare(&target).map_err(err("preparing the bottle"))?;
+    for w in backend.warnings(&prepared) {
+        // Shown even with --quiet: a limit that does not hold is not progress.
+        let _ = writeln!(std::io::stderr(), "bot-bottle: warning: {w}");
+    }
     let mut teardown = Teardown::new();
     let endpoint = backend.reserve(&prepared, &mut teardown).map_err(err("reserving the bottle"))?;
 
@@ -275,10 +284,14 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     let s = stop.clone();
     rt.spawn(async move {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         let Ok(mut int) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else { return };
         loop {
             tokio::select! {
                 _ = term.recv() => { s.store(true, std::sync::atomic::Ordering::SeqCst); }
+                // The user's terminal is gone: so is the agent's reason to run.
+                _ = hup.recv() => { s.store(true, std::sync::atomic::Ordering::SeqCst); }
+                // The bottle's relay passes it on to the agent.
                 _ = int.recv() => {}
             }
         }
@@ -330,8 +343,22 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
         workdir: Some(prov.workdir.clone()),
         user: Owner::Agent,
     };
+    // The disk budget: the workspace is watched while the agent runs.
+    let workspace = match plan.workspace {
+        WorkspaceMode::Copy => Some(state.join("workspace")),
+        WorkspaceMode::Mount => Some(opts.request.project.clone()),
+        WorkspaceMode::None => None,
+    };
+    let budget = plan.resources.disk.map_or(bot_bottle_backend::DEFAULT_DISK, |d| d.0);
+    let watch = workspace
+        .map(|w| DiskWatch::start(&w, budget, stop.clone()))
+        .transpose()
+        .map_err(|e| failure(format!("error: measuring the workspace: {e}")))?;
     let code = bottle.run_agent(&agent, &stop).map_err(err("the bottle failed"))?;
-    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+    let over = watch.and_then(|w| w.exceeded());
+    if let Some(why) = &over {
+        let _ = writeln!(std::io::stderr(), "bot-bottle: stopped: {why}");
+    } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
         say(opts, "stopped by SIGTERM");
     }
     drop(bottle);

@@ -160,6 +160,21 @@ fn main() -> ExitCode {
         let code = bot_bottle_backend::native::init_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    // Whatever our parent left open stays out of every bottle: nothing here
+    // needs a descriptor it did not open itself. First, before any thread.
+    if let Err(e) = bot_bottle_backend::close_inherited_fds() {
+        let _ = writeln!(io::stderr(), "error: closing inherited descriptors: {e}");
+        return ExitCode::from(1);
+    }
+    // `start --detach` runs this again in a session of its own, with no
+    // controlling terminal: the bottle then can never reach the terminal
+    // `start --detach` was typed in.
+    if std::env::var_os(launch::DETACHED).is_some()
+        && let Err(e) = nix::unistd::setsid()
+    {
+        let _ = writeln!(io::stderr(), "error: leaving the terminal's session: {e}");
+        return ExitCode::from(1);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,10 +273,21 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
     })?;
     if args.dry_run {
         // The plan, and what its backend would build (`launch`).
+        // What the backend cannot enforce here joins the plan's warnings.
+        let launch = launch::dry_run(&plan, &env.cwd)?;
+        let mut plan = plan;
+        plan.warnings.extend(
+            launch
+                .get("warnings")
+                .and_then(|w| w.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w.as_str().map(str::to_owned)),
+        );
         let full = || -> Result<serde_json::Value, Failure> {
             let mut v = serde_json::to_value(&plan).map_err(|e| failure(e.to_string()))?;
             if let Some(o) = v.as_object_mut() {
-                o.insert("launch".into(), launch::dry_run(&plan, &env.cwd)?);
+                o.insert("launch".into(), launch.clone());
             }
             Ok(v)
         };

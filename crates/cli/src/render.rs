@@ -49,6 +49,9 @@ pub(crate) fn plan_text(p: &Plan) -> String {
     if let Some(n) = r.pids {
         res.push(format!("pids {n}"));
     }
+    if let Some(d) = r.disk {
+        res.push(format!("disk {d}"));
+    }
     if !res.is_empty() {
         let _ = writeln!(s, "resources  {}", res.join(", "));
     }

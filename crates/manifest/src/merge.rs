@@ -25,6 +25,7 @@ pub fn merge(base: &BottleSpec, over: &BottleSpec) -> BottleSpec {
             cpus: over.resources.cpus.or(base.resources.cpus),
             memory: over.resources.memory.or(base.resources.memory),
             pids: over.resources.pids.or(base.resources.pids),
+            disk: over.resources.disk.or(base.resources.disk),
         },
         routes: keyed(&base.routes, &over.routes),
         dlp: over.dlp.or(base.dlp),

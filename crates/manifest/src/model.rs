@@ -687,12 +687,17 @@ impl fmt::Display for Cpus {
     }
 }
 
-/// A memory size in bytes, written like `4GiB` or `512MiB`.
+/// A size in bytes (memory, disk), written like `4GiB` or `512MiB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
+        ByteSize::parse_for("memory", s)
+    }
+
+    /// `s` as the size of `what` (named in the error when it is too small).
+    pub(crate) fn parse_for(what: &str, s: &str) -> Result<Self, Invalid> {
         let bad = || invalid(format!("invalid size `{s}`"), "write sizes like `512MiB`, `4GiB` or `2G`");
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -712,7 +717,7 @@ impl ByteSize {
         };
         let bytes = n.checked_mul(mult).ok_or_else(bad)?;
         if bytes < 16 << 20 {
-            return Err(invalid(format!("memory `{s}` is too small"), "give at least 16MiB"));
+            return Err(invalid(format!("{what} `{s}` is too small"), "give at least 16MiB"));
         }
         Ok(ByteSize(bytes))
     }
@@ -734,6 +739,9 @@ pub struct Resources {
     pub cpus: Option<Cpus>,
     pub memory: Option<ByteSize>,
     pub pids: Option<u32>,
+    /// How much the bottle may add to the host's disk (its workspace);
+    /// the backend's default when unset.
+    pub disk: Option<ByteSize>,
 }
 
 // ---------------------------------------------------------------------------

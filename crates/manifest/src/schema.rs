@@ -455,7 +455,7 @@ fn env(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec) 
 
 fn resources(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec) {
     let Some(m) = ck.map(path, v) else { return };
-    ck.keys(path, m, &["cpus", "memory", "pids"], "resources");
+    ck.keys(path, m, &["cpus", "memory", "pids", "disk"], "resources");
     if let Some(v) = get(m, "cpus") {
         let p = path.key("cpus");
         match v.as_f64() {
@@ -469,6 +469,15 @@ fn resources(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut Bottle
         if let Some(s) = ck.str(&p, v) {
             match ByteSize::parse(s) {
                 Ok(b) => spec.resources.memory = Some(b),
+                Err(e) => ck.invalid(&p, e),
+            }
+        }
+    }
+    if let Some(v) = get(m, "disk") {
+        let p = path.key("disk");
+        if let Some(s) = ck.str(&p, v) {
+            match ByteSize::parse_for("disk", s) {
+                Ok(b) => spec.resources.disk = Some(b),
                 Err(e) => ck.invalid(&p, e),
             }
         }

@@ -27,10 +27,24 @@ pub(crate) enum Request {
     Exec {
         cmd: Exec,
     },
-    /// Seals the bottle's own files and starts the agent on pid 1's stdio.
+    /// Seals the bottle's own files and starts the agent on a terminal of
+    /// its own (`terminal`: its window size) or on pipes. The reply,
+    /// [`Reply::Started`], carries the launcher's ends as descriptors.
     Agent {
         cmd: Exec,
+        terminal: Option<Size>,
     },
+    /// Sends `signal` to the agent's process group.
+    Signal {
+        signal: i32,
+    },
+}
+
+/// A terminal's window size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Size {
+    pub(crate) rows: u16,
+    pub(crate) cols: u16,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +62,10 @@ pub(crate) enum Reply {
     Error {
         message: String,
     },
+    /// The agent runs. Sent with descriptors (`SCM_RIGHTS`): the pty's
+    /// master, or the writing end of its stdin and the reading ends of its
+    /// stdout and stderr, in that order.
+    Started,
 }
 
 /// Bytes as base64 in JSON: a CA bundle as an array of numbers would cost
@@ -73,6 +91,67 @@ pub(crate) fn send<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> std::i
     line.push(b'\n');
     w.write_all(&line)?;
     w.flush()
+}
+
+/// Writes one message as a JSON line with `fds` attached.
+pub(crate) fn send_with_fds<T: Serialize>(
+    sock: &std::os::unix::net::UnixStream,
+    msg: &T,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if fds.len() > MAX_FDS || !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many descriptors for one message"));
+    }
+    // The descriptors travel with the first byte; the rest follows plainly.
+    let n = sendmsg(sock, &[std::io::IoSlice::new(&line)], &mut cmsg, SendFlags::NOSIGNAL)?;
+    std::io::Write::write_all(&mut &*sock, &line[n..])
+}
+
+/// The most descriptors one message carries.
+const MAX_FDS: usize = 3;
+
+/// Reads one JSON line and the descriptors sent with it. `r` must hold no
+/// buffered bytes: descriptors arrive only through the socket itself.
+pub(crate) fn recv_with_fds<T: for<'de> Deserialize<'de>>(
+    r: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+) -> std::io::Result<Option<(T, Vec<std::os::fd::OwnedFd>)>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    if !r.buffer().is_empty() {
+        return Err(std::io::Error::other("unexpected bytes before a message with descriptors"));
+    }
+    let sock = r.get_ref();
+    let mut line = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !line.ends_with(b"\n") {
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let got = recvmsg(sock, &mut [std::io::IoSliceMut::new(&mut buf)], &mut cmsg, RecvFlags::CMSG_CLOEXEC)?;
+        if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            return Err(std::io::Error::other("descriptors were cut off"));
+        }
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = m {
+                fds.extend(received);
+            }
+        }
+        if got.bytes == 0 {
+            return Ok(None);
+        }
+        line.extend_from_slice(&buf[..got.bytes]);
+        if line.len() > 1 << 20 {
+            return Err(std::io::Error::other("reply too long"));
+        }
+    }
+    if line.iter().position(|&b| b == b'\n') != Some(line.len() - 1) {
+        return Err(std::io::Error::other("more than one message with descriptors"));
+    }
+    serde_json::from_slice(&line).map(|m| Some((m, fds))).map_err(std::io::Error::other)
 }
 
 /// Reads one JSON line; `None` at end of stream.

@@ -181,7 +181,7 @@ pub fn checks(h: &Host<'_>) -> Vec<Check> {
     }
 
     // Resource limits: cgroups where this user may create them, else rlimits.
-    let d = cgroup::detect_on(h, &Limits { pids: Some(1), memory: Some(1) });
+    let d = cgroup::detect_on(h, &Limits { pids: Some(1), memory: Some(1), cpus: Some(1000), disk: None });
     let why_not = d.rejected().iter().map(|r| format!("not {}: {}", r.mode, r.reason)).collect::<Vec<_>>();
     match (d.mode(), d.placement()) {
         (Some(mode), Some(place)) => {

@@ -51,6 +51,7 @@ pub fn init_main(args: &[String]) -> i32 {
         return 125;
     };
     let run = || -> R<i32> {
+        close_inherited()?;
         let text = ctx(fs::read_to_string(spec), || format!("reading {spec}"))?;
         let spec: Spec = ctx(serde_json::from_str(&text), || "parsing the bottle spec".into())?;
         match stage.as_str() {
@@ -79,15 +80,18 @@ fn die_with_parent() -> R<()> {
     Ok(())
 }
 
-/// Ctrl-C and Ctrl-\ on the user's terminal reach every process of the
-/// bottle; the agent decides what they mean, so the init stages must not
-/// die of them (their handlers are reset by the next exec).
-fn outlive_terminal_keys() -> R<()> {
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT] {
-        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        ctx(signal_hook::flag::register(sig, flag), || "signal handler".into())?;
-    }
-    Ok(())
+/// Leaves the launcher's session: no process of the bottle has the user's
+/// terminal as its controlling terminal (so `/dev/tty` inside opens
+/// nothing of the user's), and the terminal's signals never reach the
+/// bottle; the launcher relays what the agent should get.
+fn leave_session() -> R<()> {
+    ctx(rustix::process::setsid(), || "setsid".into()).map(drop)
+}
+
+/// Closes every descriptor but the standard streams: whatever the
+/// launcher's parent left open without close-on-exec stays outside.
+fn close_inherited() -> R<()> {
+    ctx(crate::fds::close_inherited(), || "closing inherited descriptors".into()).map(drop)
 }
 
 /// Moves this process into the bottle's cgroup (before it unshares, so
@@ -104,7 +108,7 @@ fn join_cgroup(spec: &Spec) -> R<()> {
 
 fn stage_a(spec: &Spec) -> R<i32> {
     die_with_parent()?;
-    outlive_terminal_keys()?;
+    leave_session()?;
     join_cgroup(spec)?;
     ctx(
         unshare(
@@ -232,7 +236,9 @@ fn touch(p: &Path) -> R<()> {
 }
 
 /// Host /etc entries the bottle sees, read-only. Everything else in /etc
-/// (shadow, ssh host keys, sudoers, ...) is absent.
+/// (shadow, ssh host keys, sudoers, `ssl/private`, ...) is absent: nothing
+/// here is readable only to a group, so supplementary groups that an
+/// unprivileged launch cannot drop open nothing inside.
 const ETC: &[&str] = &[
     "alternatives",
     "bash.bashrc",
@@ -257,7 +263,8 @@ const ETC: &[&str] = &[
     "profile.d",
     "protocols",
     "services",
-    "ssl",
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "timezone",
     "npmrc",
     "gitconfig",
@@ -271,7 +278,6 @@ fn stage_b(spec: &Spec) -> R<i32> {
     // pid 1 of the bottle: its parent (stage a) is in the outer pid
     // namespace; the death signal still applies.
     ctx(nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL), || "parent-death signal".into())?;
-    outlive_terminal_keys()?;
     // Stage a left us in the bottle's root (see `stage_root`).
     let root = Path::new(".");
     let in_root = |p: &str| root.join(p.trim_start_matches('/'));
@@ -318,6 +324,9 @@ fn build_root(spec: &Spec, root: &Path) -> R<()> {
         let host = Path::new("/etc").join(name);
         let Ok(m) = fs::symlink_metadata(&host) else { continue };
         let dst = etc.join(name);
+        if let Some(parent) = dst.parent() {
+            mkdirs(parent)?;
+        }
         if m.file_type().is_symlink() {
             let target = ctx(fs::read_link(&host), || format!("readlink {}", host.display()))?;
             ctx(symlink(&target, &dst), || format!("symlink {}", dst.display()))?;
@@ -444,11 +453,28 @@ fn build_root(spec: &Spec, root: &Path) -> R<()> {
         forward(f.port, PathBuf::from(RUN).join("sockets").join(&f.socket))?;
     }
     // The agent can never regain a capability, even through exec.
-    for cap in caps::all() {
-        let _ = caps::drop(None, caps::CapSet::Bounding, cap);
+    for cap in caps::runtime::thread_all_supported() {
+        ctx(caps::drop(None, caps::CapSet::Bounding, cap), || format!("dropping {cap} from the bounding set"))?;
     }
-    let _ = nix::unistd::setgroups(&[Gid::from_raw(spec.gid)]);
-    Ok(())
+    let left = ctx(caps::read(None, caps::CapSet::Bounding), || "reading the bounding set".into())?;
+    if !left.is_empty() {
+        return Err(format!("capabilities left in the bounding set: {left:?}"));
+    }
+    drop_groups()
+}
+
+/// Drops every supplementary group (each may open host files or devices a
+/// group is let into), wherever the id mapping allows it: always when
+/// launched by root, and for a user when `newgidmap` mapped the bottle's
+/// gids. Otherwise the kernel refuses any change of groups to everyone in
+/// the bottle, the launcher has said the groups are kept, and the bottle
+/// holds nothing that is readable only to a group (see [`ETC`]).
+fn drop_groups() -> R<()> {
+    let setgroups = ctx(fs::read_to_string("/proc/self/setgroups"), || "reading /proc/self/setgroups".into())?;
+    if setgroups.trim() == "deny" {
+        return Ok(());
+    }
+    ctx(nix::unistd::setgroups(&[]), || "dropping supplementary groups".into())
 }
 
 /// A fresh network namespace has loopback down; bring it up with `ip`
@@ -504,8 +530,15 @@ fn landlock(spec: &Spec) -> R<()> {
 fn stage_c(spec: &Spec) -> R<i32> {
     let cmd = ctx(std::env::var(EXEC_VAR), || format!("reading {EXEC_VAR}"))?;
     let cmd: Exec = ctx(serde_json::from_str(&cmd), || format!("parsing {EXEC_VAR}"))?;
+    // A session of its own, led by the agent: on a terminal, the bottle's
+    // pty becomes its controlling terminal; on pipes it has none.
+    leave_session()?;
+    let stdin = rustix::stdio::stdin();
+    if rustix::termios::isatty(stdin) {
+        ctx(rustix::process::ioctl_tiocsctty(stdin), || "taking the bottle's terminal".into())?;
+    }
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Ambient] {
-        let _ = caps::clear(None, set);
+        ctx(caps::clear(None, set), || format!("dropping {set:?} capabilities"))?;
     }
     ctx(nix::sys::prctl::set_no_new_privs(), || "no_new_privs".into())?;
     use nix::sys::resource::{Resource, setrlimit};
@@ -516,6 +549,9 @@ fn stage_c(spec: &Spec) -> R<i32> {
     }
     if let Some(m) = rlimits.memory {
         ctx(setrlimit(Resource::RLIMIT_DATA, m, m), || "memory limit".into())?;
+    }
+    if let Some(d) = rlimits.disk {
+        ctx(setrlimit(Resource::RLIMIT_FSIZE, d, d), || "file size limit".into())?;
     }
     ctx(setrlimit(Resource::RLIMIT_CORE, 0, 0), || "core limit".into())?;
     landlock(spec)?;

@@ -9,6 +9,7 @@
 mod cgroup;
 mod control;
 mod doctor;
+mod idmap;
 mod init;
 mod landlock;
 mod pid1;
@@ -20,7 +21,7 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,8 +30,9 @@ use bot_bottle_manifest::WorkspaceMode;
 use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
 
+use crate::terminal::Relay;
 use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, PROXY_PORT, Target, Teardown};
-use control::{Reply, Request};
+use control::{Reply, Request, Size};
 
 pub use self::cgroup::{
     Cgroup, CgroupError, CgroupMode, Detection as CgroupDetection, Rejection as CgroupRejection,
@@ -41,6 +43,7 @@ pub use self::landlock::{
     restrict as landlock_restrict,
 };
 pub use doctor::{Check, Host, Status, checks as doctor_checks, ready as doctor_ready, this_host as doctor};
+pub use idmap::Groups;
 pub use init::init_main;
 pub use seccomp::filters as seccomp_filters;
 pub use spec::{Forward, Limits, Spec, SpecCgroup};
@@ -100,6 +103,10 @@ pub struct Prepared {
     /// The bottle's name, and its cgroup's.
     pub slug: String,
     pub spec: Spec,
+    /// How each limit and the launcher's groups are dealt with on this host.
+    pub enforcement: Enforcement,
+    /// Every setting of the plan this host cannot enforce as asked.
+    pub warnings: Vec<String>,
     pub workspace_mode: WorkspaceMode,
     pub project: PathBuf,
     pub state: PathBuf,
@@ -145,6 +152,8 @@ impl Backend for Native {
             limits: Limits {
                 pids: t.plan.resources.pids.map(u64::from).or(Some(4096)),
                 memory: t.plan.resources.memory.map(|m| m.0),
+                cpus: t.plan.resources.cpus.map(|c| u64::from(c.0)),
+                disk: Some(t.plan.resources.disk.map_or(crate::DEFAULT_DISK, |d| d.0)),
             },
             sync_out: t.state.join("sync-out"),
             sync_in: t.state.join("sync-in"),
@@ -152,14 +161,21 @@ impl Backend for Native {
             init_exe: self.init.clone(),
             cgroup: None,
         };
+        let (enforcement, warnings) = enforcement(&spec.limits, &t.plan.resources);
         Ok(Prepared {
             slug: t.slug.to_owned(),
             spec,
+            enforcement,
+            warnings,
             workspace_mode: t.plan.workspace,
             project: t.project.to_path_buf(),
             state: t.state.to_path_buf(),
             resume: t.resume,
         })
+    }
+
+    fn warnings(&self, p: &Prepared) -> Vec<String> {
+        p.warnings.clone()
     }
 
     fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
@@ -216,6 +232,69 @@ impl Backend for Native {
         }
         did
     }
+}
+
+/// How a native bottle's limits and the launcher's groups are dealt with.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Enforcement {
+    pub pids: String,
+    pub memory: String,
+    pub cpus: String,
+    pub disk: String,
+    #[serde(flatten)]
+    pub groups: Groups,
+}
+
+/// What this host will enforce of `limits` (the plan asked for `asked`),
+/// and a warning for each setting it cannot enforce as asked.
+fn enforcement(limits: &Limits, asked: &bot_bottle_manifest::Resources) -> (Enforcement, Vec<String>) {
+    let detection = cgroup::detect(limits);
+    let by_cgroup = detection.enforced(limits);
+    let mode = detection.mode().map_or_else(String::new, |m| m.to_string());
+    let doctor = "`bot-bottle doctor` says why and how to fix it";
+    let mut warnings = Vec::new();
+    let pids = match (by_cgroup.pids, limits.pids) {
+        (Some(_), _) => mode.clone(),
+        (None, Some(_)) => {
+            if asked.pids.is_some() {
+                warnings.push(format!(
+                    "pids: no usable cgroup here, so the limit counts every process of your user (RLIMIT_NPROC), not the bottle's alone; {doctor}"
+                ));
+            }
+            "RLIMIT_NPROC (all of the launching user's processes)".into()
+        }
+        (None, None) => "none".into(),
+    };
+    let memory = match (by_cgroup.memory, limits.memory) {
+        (Some(_), _) => mode.clone(),
+        (None, Some(_)) => {
+            warnings.push(format!(
+                "memory: no usable cgroup here, so the limit holds for each process (RLIMIT_DATA), not for the bottle as a whole; {doctor}"
+            ));
+            "RLIMIT_DATA (each process)".into()
+        }
+        (None, None) => "none".into(),
+    };
+    let cpus = match (by_cgroup.cpus, limits.cpus) {
+        (Some(_), _) => mode,
+        (None, Some(_)) => {
+            warnings.push(format!("cpus: not enforced: no cgroup with a cpu controller here; {doctor}"));
+            "not enforced".into()
+        }
+        (None, None) => "none".into(),
+    };
+    let disk = match limits.disk {
+        Some(_) => "each file: RLIMIT_FSIZE; the workspace: measured every second, the bottle stopped past it".into(),
+        None => "none".into(),
+    };
+    let (_, groups) = idmap::GidMap::for_this_process();
+    if let Groups::Kept { gids, why } = &groups {
+        warnings.push(format!(
+            "groups: your supplementary groups ({}) stay with the bottle: {why}; nothing only a group may read is mounted inside, but a `workspace: mount` project can hold such files",
+            gids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    (Enforcement { pids, memory, cpus, disk, groups }, warnings)
 }
 
 /// The cgroup for the bottle `name` with `limits`, where this host has a
@@ -327,14 +406,24 @@ impl NativeBottle {
         give_to_bottle(&spec.control, 0o600).map_err(io("securing the control socket"))?;
         // Nothing of the launcher's environment (tokens included) goes in, not
         // even to the init stages, whose /proc/*/environ an agent might read.
-        let child = Command::new(&spec.init_exe)
+        // Nor any of its standard streams, which may be the user's
+        // terminal: the init stages get none, and what they say on stderr
+        // comes back through a pipe. The agent's streams are made later,
+        // inside (see `run_agent`).
+        let mut child = Command::new(&spec.init_exe)
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .arg("__bottle-init")
             .arg("a")
             .arg(spec_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(io(format!("starting {}", spec.init_exe.display())))?;
+        if let Some(mut err) = child.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::stderr()));
+        }
         Ok((listener, child))
     }
 
@@ -419,17 +508,87 @@ impl Bottle for NativeBottle {
     }
 
     fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
-        self.done(format!("starting `{}`", cmd.argv.join(" ")), &Request::Agent { cmd: cmd.clone() })?;
-        loop {
+        let size = crate::terminal::terminal_size();
+        let terminal = size.map(|w| Size { rows: w.ws_row, cols: w.ws_col });
+        let what = format!("starting `{}`", cmd.argv.join(" "));
+        let sent = control::send(self.ctl.get_mut(), &Request::Agent { cmd: cmd.clone(), terminal });
+        let reply = sent.and_then(|()| control::recv_with_fds::<Reply>(&mut self.ctl));
+        let fds = match reply {
+            Ok(Some((Reply::Started, fds))) => fds,
+            Ok(Some((Reply::Error { message }, _))) => return Err(BackendError::Inside { what, message }),
+            Ok(Some((other, _))) => return Err(BackendError::Control(format!("unexpected reply {other:?}"))),
+            Ok(None) | Err(_) => return Err(NativeError::InitDied(self.wait_exit()).into()),
+        };
+        let relay = match (terminal, <[_; 3]>::try_from(fds)) {
+            (Some(_), Ok(_)) | (None, Err(_)) => {
+                return Err(BackendError::Control("the agent's streams did not arrive".into()));
+            }
+            (Some(_), Err(mut one)) if one.len() == 1 => {
+                Relay::pty(one.remove(0)).map_err(io("putting your terminal in raw mode"))?
+            }
+            (Some(_), Err(_)) => return Err(BackendError::Control("the agent's terminal did not arrive".into())),
+            (None, Ok([stdin, stdout, stderr])) => Relay::pipes(stdin, stdout, stderr),
+        };
+        let signals = Signals::register().map_err(io("signal handlers"))?;
+        crate::pause_point("agent");
+        let code = loop {
             if let Some(s) = self.child.try_wait().map_err(io("waiting for the bottle"))? {
-                return Ok(exit_code(s));
+                break exit_code(s);
             }
             if stop.load(Ordering::SeqCst) {
                 // The init stages die with their parent (PR_SET_PDEATHSIG), so
                 // killing the first takes down the bottle's pid 1 and all inside.
-                let _ = self.child.kill();
+                self.child.kill().ok();
+            }
+            if signals.take(&signals.winch) {
+                relay.resize();
+            }
+            for (flag, signal) in [(&signals.int, libc::SIGINT), (&signals.quit, libc::SIGQUIT)] {
+                if signals.take(flag) {
+                    // The bottle may be ending; its exit is what counts then.
+                    self.call(&Request::Signal { signal }).ok();
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
+        };
+        relay.finish();
+        Ok(code)
+    }
+}
+
+/// The signals the launcher passes on while the agent runs: window size
+/// changes, and SIGINT and SIGQUIT sent to the launcher (from a terminal
+/// the agent is not on, or by `kill`). Unregistered when dropped.
+struct Signals {
+    winch: Arc<AtomicBool>,
+    int: Arc<AtomicBool>,
+    quit: Arc<AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        let (winch, int, quit) = Default::default();
+        let mut s = Signals { winch, int, quit, ids: Vec::new() };
+        for (sig, flag) in [
+            (signal_hook::consts::SIGWINCH, s.winch.clone()),
+            (signal_hook::consts::SIGINT, s.int.clone()),
+            (signal_hook::consts::SIGQUIT, s.quit.clone()),
+        ] {
+            s.ids.push(signal_hook::flag::register(sig, flag)?);
+        }
+        Ok(s)
+    }
+
+    fn take(&self, flag: &AtomicBool) -> bool {
+        flag.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
         }
     }
 }
@@ -513,7 +672,8 @@ fn handshake(spec: &Spec, child: &mut std::process::Child) -> Result<(), NativeE
         std::thread::sleep(Duration::from_millis(2));
     }
     let pid = child.id();
-    let answer = match write_maps(pid) {
+    let (map, _) = idmap::GidMap::for_this_process();
+    let answer = match idmap::write_maps(pid, &map) {
         Ok(()) => "mapped\n".to_owned(),
         Err(e) => format!("{e}\n"),
     };
@@ -523,22 +683,4 @@ fn handshake(spec: &Spec, child: &mut std::process::Child) -> Result<(), NativeE
         .and_then(|mut w| w.write_all(answer.as_bytes()))
         .map_err(io("writing the sync fifo"))?;
     if answer == "mapped\n" { Ok(()) } else { Err(NativeError::Map(answer.trim().to_owned())) }
-}
-
-/// Root maps the bottle's ids onto an unprivileged host range; anyone else
-/// can map only themselves (and the agent then runs as that user).
-fn write_maps(pid: u32) -> Result<(), String> {
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let w = |name: &str, s: &str| fs::write(proc.join(name), s).map_err(|e| format!("{name}: {e}"));
-    if nix::unistd::geteuid().is_root() {
-        w("setgroups", "allow")?;
-        w("uid_map", &format!("0 {HOST_ID_BASE} 65536\n"))?;
-        w("gid_map", &format!("0 {HOST_ID_BASE} 65536\n"))?;
-    } else {
-        let (uid, gid) = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-        w("setgroups", "deny")?;
-        w("uid_map", &format!("0 {uid} 1\n"))?;
-        w("gid_map", &format!("0 {gid} 1\n"))?;
-    }
-    Ok(())
 }

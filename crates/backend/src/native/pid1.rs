@@ -18,7 +18,7 @@ use std::time::Duration;
 use nix::mount::{MsFlags, mount};
 use nix::unistd::{Gid, Pid, Uid, chown};
 
-use super::control::{self, Reply, Request};
+use super::control::{self, Reply, Request, Size};
 use super::init::{EXEC_VAR, R, RUN, ctx};
 use super::spec::Spec;
 use crate::{Exec, Owner};
@@ -33,9 +33,11 @@ pub(super) fn serve(spec: &Spec, ctl: UnixStream) -> R<i32> {
         std::thread::spawn(move || r.run());
     }
     let mut w = ctx(ctl.try_clone(), || "control socket".into())?;
+    let ctl_w = ctx(ctl.try_clone(), || "control socket".into())?;
     let mut r = BufReader::new(ctl);
     ctx(control::send(&mut w, &Reply::Ready), || "control socket".into())?;
-    let mut agent = false;
+    // The agent's pid once it runs: signals go to its process group.
+    let mut agent: Option<i32> = None;
     loop {
         let req = match control::recv::<Request>(&mut r) {
             Ok(Some(req)) => req,
@@ -49,14 +51,35 @@ pub(super) fn serve(spec: &Spec, ctl: UnixStream) -> R<i32> {
                 write(spec, &path, mode, owner, &content).map(|()| Reply::Done)
             }
             Request::Exec { cmd } => exec(spec, &reaper, &cmd),
-            Request::Agent { cmd } if !agent => {
-                agent = true;
-                start_agent(spec, &reaper, &cmd).map(|()| Reply::Done)
-            }
+            Request::Agent { cmd, terminal } if agent.is_none() => match start_agent(spec, &reaper, &cmd, terminal) {
+                Ok((pid, fds)) => {
+                    agent = Some(pid);
+                    let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+                    // pid 1 keeps none of the launcher's ends.
+                    ctx(control::send_with_fds(&ctl_w, &Reply::Started, &borrowed), || "control socket".into())?;
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
             Request::Agent { .. } => Err("the agent is already running".into()),
+            Request::Signal { signal } => match agent {
+                Some(pid) => signal_group(pid, signal).map(|()| Reply::Done),
+                None => Err("no agent runs yet".into()),
+            },
         };
         let reply = reply.unwrap_or_else(|message| Reply::Error { message });
         ctx(control::send(&mut w, &reply), || "control socket".into())?;
+    }
+}
+
+/// Sends `signal` to the process group the agent leads (it is the leader
+/// of a session of its own).
+fn signal_group(pid: i32, signal: i32) -> R<()> {
+    let sig = ctx(nix::sys::signal::Signal::try_from(signal), || format!("signal {signal}"))?;
+    match nix::sys::signal::killpg(Pid::from_raw(pid), sig) {
+        // The agent is gone already; its exit ends the bottle.
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(format!("signalling the agent: {e}")),
     }
 }
 
@@ -128,19 +151,68 @@ fn exec(spec: &Spec, reaper: &Reaper, cmd: &Exec) -> R<Reply> {
 }
 
 /// Seals the bottle's own files (read-only from now on) and starts the
-/// agent on pid 1's stdio, the user's terminal. Its exit ends pid 1.
-fn start_agent(spec: &Spec, reaper: &Arc<Reaper>, cmd: &Exec) -> R<()> {
+/// agent: on a pseudo-terminal of the bottle's own when the user is on a
+/// terminal (`terminal` is its size), on pipes otherwise. Returns the
+/// agent's pid and the launcher's ends: the pty's master, or the writing
+/// end of the agent's stdin and the reading ends of its stdout and stderr.
+/// The agent's exit ends pid 1.
+fn start_agent(
+    spec: &Spec,
+    reaper: &Arc<Reaper>,
+    cmd: &Exec,
+    terminal: Option<Size>,
+) -> R<(i32, Vec<std::os::fd::OwnedFd>)> {
     let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     ctx(mount(None::<&str>, RUN, None::<&str>, ro, None::<&str>), || format!("read-only {RUN}"))?;
     let mut c = stage_c(spec, cmd)?;
+    let theirs = match terminal {
+        Some(size) => {
+            let (master, slave) = pty(spec, cmd.user, size)?;
+            let dup = |f: &std::os::fd::OwnedFd| ctx(f.try_clone(), || "the agent's terminal".into());
+            c.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(slave);
+            vec![master]
+        }
+        None => {
+            let pipe = || ctx(std::io::pipe(), || "the agent's pipes".into());
+            let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
+            c.stdin(in_r).stdout(out_w).stderr(err_w);
+            vec![in_w.into(), out_r.into(), err_r.into()]
+        }
+    };
     let child = ctx(reaper.spawn(&mut c), || format!("starting `{}`", cmd.argv.join(" ")))?;
+    // `c` holds the agent's ends; pid 1 must not keep them open.
+    drop(c);
+    let pid = child.id();
     let r = Arc::clone(reaper);
     std::thread::spawn(move || {
-        let code = r.wait(child.id());
-        let _ = std::io::stdout().flush();
+        let code = r.wait(pid);
         std::process::exit(code)
     });
-    Ok(())
+    Ok((pid as i32, theirs))
+}
+
+/// A new pseudo-terminal in the bottle's own devpts, its window `size` set
+/// and its other side owned by whoever the agent runs as.
+fn pty(spec: &Spec, user: Owner, size: Size) -> R<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master =
+        ctx(openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC), || "opening /dev/ptmx".into())?;
+    ctx(grantpt(&master), || "grantpt".into())?;
+    ctx(unlockpt(&master), || "unlockpt".into())?;
+    let name = ctx(ptsname(&master, Vec::new()), || "ptsname".into())?;
+    let slave =
+        ctx(rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty()), || {
+            format!("opening {}", name.to_string_lossy())
+        })?;
+    let ws = rustix::termios::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    ctx(rustix::termios::tcsetwinsize(&slave, ws), || "the terminal's size".into())?;
+    let (uid, gid) = ids(spec, user);
+    ctx(
+        rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid))),
+        || "the terminal's owner".into(),
+    )?;
+    Ok((master, slave))
 }
 
 /// Reads a child's output stream on a thread of its own.

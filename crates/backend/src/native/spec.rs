@@ -48,6 +48,9 @@ impl Spec {
         Limits {
             pids: self.limits.pids.filter(|_| !c.is_some_and(|c| c.pids)),
             memory: self.limits.memory.filter(|_| !c.is_some_and(|c| c.memory)),
+            // No rlimit can share out cpu time.
+            cpus: None,
+            disk: self.limits.disk,
         }
     }
 }
@@ -73,6 +76,14 @@ pub struct Forward {
 pub struct Limits {
     pub pids: Option<u64>,
     pub memory: Option<u64>,
+    /// Thousandths of a cpu (`1500`: one and a half).
+    #[serde(default)]
+    pub cpus: Option<u64>,
+    /// Bytes the bottle may add to the host's disk. No file may grow past
+    /// it (`RLIMIT_FSIZE`); the workspace as a whole is watched by the
+    /// launcher (see [`crate::DiskWatch`]).
+    #[serde(default)]
+    pub disk: Option<u64>,
 }
 
 #[cfg(test)]
@@ -91,7 +102,7 @@ mod tests {
             root_dir: "/r".into(),
             sockets_dir: None,
             forwards: vec![],
-            limits: Limits { pids: Some(64), memory: Some(1 << 30) },
+            limits: Limits { pids: Some(64), memory: Some(1 << 30), cpus: Some(500), disk: Some(1 << 30) },
             sync_out: "/o".into(),
             sync_in: "/i".into(),
             control: "/c".into(),
@@ -101,12 +112,12 @@ mod tests {
         let json = serde_json::to_string(&spec).expect("json");
         assert!(!json.contains("cgroup"), "{json}");
         assert_eq!(serde_json::from_str::<Spec>(&json).expect("parse"), spec);
-        assert_eq!(spec.rlimits(), spec.limits);
+        assert_eq!(spec.rlimits(), Limits { cpus: None, ..spec.limits });
         // What the cgroup enforces is left out of the rlimits.
         spec.cgroup = Some(SpecCgroup { procs: vec!["/cg/cgroup.procs".into()], pids: true, memory: false });
-        assert_eq!(spec.rlimits(), Limits { pids: None, memory: Some(1 << 30) });
+        assert_eq!(spec.rlimits(), Limits { pids: None, memory: Some(1 << 30), cpus: None, disk: Some(1 << 30) });
         spec.cgroup = Some(SpecCgroup { procs: vec![], pids: true, memory: true });
-        assert_eq!(spec.rlimits(), Limits::default());
+        assert_eq!(spec.rlimits(), Limits { disk: Some(1 << 30), ..Limits::default() });
         let back: Spec = serde_json::from_str(&serde_json::to_string(&spec).expect("json")).expect("parse");
         assert_eq!(back, spec);
     }

@@ -137,6 +137,8 @@ pub struct Prepared {
     pub memory_mib: Option<u32>,
     /// The host directory mounted at `/workspace`.
     pub workspace: Option<PathBuf>,
+    /// Every setting of the plan a VM cannot enforce as asked.
+    pub warnings: Vec<String>,
     #[serde(skip)]
     slug: String,
     #[serde(skip)]
@@ -196,7 +198,17 @@ impl Backend for Smolmachines {
             WorkspaceMode::Mount => Some(t.project.to_path_buf()),
             WorkspaceMode::Copy => Some(t.state.join("workspace")),
         };
+        let mut warnings = Vec::new();
+        if t.plan.resources.pids.is_some() {
+            warnings.push("pids: not enforced: the VM is the boundary, and nothing inside it counts processes".into());
+        }
+        if let Some(c) = t.plan.resources.cpus
+            && c.0 % 1000 != 0
+        {
+            warnings.push(format!("cpus: a VM has whole cpus: {c} becomes {}", c.0.div_ceil(1000)));
+        }
         Ok(Prepared {
+            warnings,
             machine: machine_name(t.slug),
             address,
             pool: self.pool.to_string(),
@@ -220,6 +232,10 @@ impl Backend for Smolmachines {
             state: t.state.to_path_buf(),
             resume: t.resume,
         })
+    }
+
+    fn warnings(&self, p: &Prepared) -> Vec<String> {
+        p.warnings.clone()
     }
 
     fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {

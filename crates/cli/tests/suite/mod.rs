@@ -2,6 +2,7 @@
 mod cases;
 mod claude;
 mod cli;
+mod doors;
 mod dry_run;
 mod escape;
 mod malformed;
@@ -10,3 +11,4 @@ mod proxy_cmd;
 mod scan;
 mod smolmachines;
 mod start_native;
+mod terminal;

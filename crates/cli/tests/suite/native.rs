@@ -43,7 +43,7 @@ impl Bottle {
             root_dir: d.join("root"),
             sockets_dir: None,
             forwards: vec![],
-            limits: Limits { pids: Some(256), memory: Some(1 << 30) },
+            limits: Limits { pids: Some(256), memory: Some(1 << 30), cpus: None, disk: None },
             sync_out: d.join("sync-out"),
             sync_in: d.join("sync-in"),
             control: d.join("control.sock"),
@@ -367,7 +367,11 @@ fn nothing_left(b: &Bottle, leaves: &[PathBuf]) {
 
 #[test]
 fn a_fork_bomb_is_held_at_the_cgroup_pids_limit_and_killed_with_the_bottle() {
-    let Some((b, _r, mut h, cg)) = in_a_cgroup(Limits { pids: Some(64), memory: Some(512 << 20) }) else { return };
+    let Some((b, _r, mut h, cg)) =
+        in_a_cgroup(Limits { pids: Some(64), memory: Some(512 << 20), cpus: None, disk: None })
+    else {
+        return;
+    };
     let leaves: Vec<PathBuf> = cg.procs_files().iter().filter_map(|p| p.parent().map(Path::to_owned)).collect();
     // The cgroup holds the limit, so there is no per-uid RLIMIT_NPROC.
     let out = h.exec(&exec(&["sh", "-c", "ulimit -u"], Owner::Agent, None)).expect("ulimit");
@@ -391,7 +395,11 @@ fn a_fork_bomb_is_held_at_the_cgroup_pids_limit_and_killed_with_the_bottle() {
 
 #[test]
 fn a_memory_hog_is_killed_at_the_cgroup_memory_limit_and_the_bottle_goes_on() {
-    let Some((b, _r, mut h, cg)) = in_a_cgroup(Limits { pids: Some(64), memory: Some(128 << 20) }) else { return };
+    let Some((b, _r, mut h, cg)) =
+        in_a_cgroup(Limits { pids: Some(64), memory: Some(128 << 20), cpus: None, disk: None })
+    else {
+        return;
+    };
     let leaves: Vec<PathBuf> = cg.procs_files().iter().filter_map(|p| p.parent().map(Path::to_owned)).collect();
     // The cgroup holds the limit, so there is no RLIMIT_DATA to break
     // runtimes that reserve large address spaces.

@@ -5,9 +5,12 @@ usage: pty_run.py SCRIPT_JSON -- ARGV...
 SCRIPT_JSON is a list of steps: ["wait", TEXT] waits until TEXT has been
 printed; ["resize", ROWS, COLS] changes the window size (the kernel sends
 SIGWINCH to the terminal's foreground process group); ["type", TEXT] types
-TEXT (so "\u0003" is Ctrl-C). Prints {"code": N, "output": "..."} as JSON.
+TEXT (so "\u0003" is Ctrl-C); ["sleep", SECONDS] waits, reading output;
+["waitfile", PATTERN] waits until a file matches the glob PATTERN. The command's environment is
+this script's. Prints {"code": N, "output": "..."} as JSON.
 """
 import fcntl
+import glob
 import json
 import os
 import select
@@ -58,6 +61,13 @@ for step in steps:
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", step[1], step[2], 0, 0))
     elif step[0] == "type":
         os.write(master, step[1].encode())
+    elif step[0] == "sleep":
+        until = time.time() + step[1]
+        while time.time() < until:
+            pump(0.05)
+    elif step[0] == "waitfile":
+        while not glob.glob(step[1]) and time.time() < deadline:
+            pump(0.05)
 while proc.poll() is None and time.time() < deadline:
     pump(0.1)
 while pump(0.1):
