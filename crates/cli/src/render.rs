@@ -82,8 +82,8 @@ pub(crate) fn plan_text(p: &Plan) -> String {
         for (name, repo) in &p.git_gate.repos {
             let key = match &repo.key {
                 KeySource::Static { path } => format!("key {}", path.display()),
-                KeySource::Github { forge_token_env } => format!("github deploy key via ${forge_token_env}"),
-                KeySource::Gitea { forge_token_env } => format!("gitea deploy key via ${forge_token_env}"),
+                KeySource::Github { forge_token_env, .. } => format!("github deploy key via ${forge_token_env}"),
+                KeySource::Gitea { forge_token_env, .. } => format!("gitea deploy key via ${forge_token_env}"),
                 KeySource::Token { env } => format!("token ${env}"),
             };
             let _ = writeln!(s, "  {name:<8} {} ({key}), branches {}", repo.url, repo.branches.join(" "));
