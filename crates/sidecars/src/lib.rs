@@ -10,6 +10,11 @@
 //! Not for: deciding policy (routes come from `bot-bottle-manifest`) or
 //! finding secrets (that is `bot-bottle-detect`).
 
+mod gate;
 mod proxy;
 
+pub use gate::{
+    ArgvError, ForgeError, Gate, GateConfig, GateError, GateReport, HttpsError, Landing, Refusal,
+    cleanup as gate_cleanup, landing_prefix,
+};
 pub use proxy::{Ca, EnvLookup, Policy, Proxy, ProxyConfig, ProxyError};
