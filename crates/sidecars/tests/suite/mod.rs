@@ -1,3 +1,5 @@
 mod clients;
+mod gate;
+mod gate_support;
 mod harness;
 mod proxy;
