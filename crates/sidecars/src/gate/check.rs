@@ -144,14 +144,26 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// A path as shown to people: control characters escaped.
-fn show_path(p: &[u8]) -> String {
-    String::from_utf8_lossy(p)
+/// A path as shown to people: control characters escaped, and any secret
+/// in the name itself replaced by its redacted form.
+pub(crate) fn show_path(p: &[u8], det: &Detector) -> String {
+    let mut out = Vec::with_capacity(p.len());
+    let mut at = 0;
+    for f in det.scan(p) {
+        let (s, e) = (f.range.start as usize, f.range.end as usize);
+        if s < at || e > p.len() {
+            continue;
+        }
+        out.extend_from_slice(&p[at..s]);
+        out.extend_from_slice(format!("<{}>", det.redact(&f, p)).as_bytes());
+        at = e;
+    }
+    out.extend_from_slice(&p[at..]);
+    String::from_utf8_lossy(&out)
         .chars()
         .flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] })
         .collect()
 }
-
 /// Scans every object reachable from `tips` that the repository does not
 /// already reach: blobs (with their paths), commit and tag objects (messages,
 /// author and committer), and the paths themselves. `objects` puts a push's
@@ -181,7 +193,7 @@ pub(crate) async fn scan_new(
         // A line that is not an object id (a file name with a newline in
         // it) means the listing cannot be trusted: refuse rather than guess.
         let id = std::str::from_utf8(id).ok().and_then(|s| Oid::parse(s).ok()).ok_or_else(|| {
-            GateError::Unscannable(format!("a path in this push cannot be listed safely: `{}`", show_path(line)))
+            GateError::Unscannable(format!("a path in this push cannot be listed safely: `{}`", show_path(line, det)))
         })?;
         objs.push((id, path));
     }
@@ -199,7 +211,7 @@ pub(crate) async fn scan_new(
     for f in det.scan(&names) {
         let line = line_of(&names, f.range.start as usize);
         let shown = det.redact(&f, &names);
-        let place = name_of.get(line - 1).map_or_else(String::new, |p| format!("{} (file name)", show_path(p)));
+        let place = name_of.get(line - 1).map_or_else(String::new, |p| format!("{} (file name)", show_path(p, det)));
         findings.push(Finding { place, rule: f.rule, shown });
     }
     cat_and_scan(git, dir, objects, &objs, det, &mut findings).await?;
@@ -246,7 +258,7 @@ async fn cat_and_scan(
         }
         let wanted = matches!(kind, "blob" | "commit" | "tag");
         if size > MAX_BLOB {
-            let place = path.as_deref().map_or_else(|| format!("{kind} {}", id.short()), show_path);
+            let place = path.as_deref().map_or_else(|| format!("{kind} {}", id.short()), |p| show_path(p, det));
             findings.push(Finding {
                 place,
                 rule: "too-large-to-scan".into(),
@@ -266,7 +278,7 @@ async fn cat_and_scan(
             let line = line_of(&data, f.range.start as usize);
             let shown = det.redact(&f, &data);
             let place = match (kind, path) {
-                ("blob", Some(p)) => format!("{}:{line}", show_path(p)),
+                ("blob", Some(p)) => format!("{}:{line}", show_path(p, det)),
                 ("commit", _) => commit_place("commit", id, &data, line),
                 ("tag", _) => commit_place("tag", id, &data, line),
                 _ => format!("{kind} {}:{line}", id.short()),
@@ -311,13 +323,13 @@ async fn skip<R: tokio::io::AsyncRead + Unpin>(r: &mut R, mut n: u64) -> Result<
 
 /// The message a refused push shows the agent (through `git push`): every
 /// reason, every finding, and what to do.
-pub(crate) fn refusal_message(refs: &[RefRefusal], findings: &[Finding]) -> String {
+pub(crate) fn refusal_message(refs: &[RefRefusal], findings: &[Finding], show: &dyn Fn(&RefName) -> String) -> String {
     const SHOWN: usize = 200;
     let mut s = String::new();
     if !refs.is_empty() {
         s.push_str("bot-bottle git gate: push refused:\n");
         for r in refs {
-            s.push_str(&format!("  {}: {}\n", r.name, r.why));
+            s.push_str(&format!("  {}: {}\n", show(&r.name), r.why));
         }
     }
     if !findings.is_empty() {
@@ -455,12 +467,13 @@ mod tests {
         let m = refusal_message(
             &[RefRefusal { name: RefName::parse("refs/heads/main").expect("ref"), why: "no".into() }],
             &[Finding { place: "a.env:3".into(), rule: "github-pat".into(), shown: "ghp_… (40 bytes)".into() }],
+            &|r| r.to_string(),
         );
         assert!(m.contains("  refs/heads/main: no\n"), "{m}");
         assert!(m.contains("1 secret in what it adds:\n  a.env:3 github-pat ghp_… (40 bytes)\n"), "{m}");
         assert!(m.contains("git rebase -i"), "{m}");
         let many: Vec<Finding> =
             (0..205).map(|i| Finding { place: format!("f:{i}"), rule: "r".into(), shown: String::new() }).collect();
-        assert!(refusal_message(&[], &many).contains("... and 5 more"));
+        assert!(refusal_message(&[], &many, &|r| r.to_string()).contains("... and 5 more"));
     }
 }

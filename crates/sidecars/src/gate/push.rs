@@ -13,7 +13,9 @@ impl Inner {
     /// The gate's decision on one push, made while its objects are in
     /// quarantine: the verdict and what the agent's `git push` shows.
     pub(crate) async fn decide(&self, repo: &RepoState, req: HookRequest) -> (bool, String) {
-        let refs: Vec<String> = req.updates.iter().map(|u| u.name.to_string()).collect();
+        let det = self.detector.get().await;
+        let refs: Vec<String> =
+            req.updates.iter().map(|u| check::show_path(u.name.as_str().as_bytes(), &det)).collect();
         // A push that only deletes brings no objects, and git makes no
         // quarantine for it.
         let quarantine = if req.quarantine.as_os_str().is_empty() {
@@ -48,7 +50,10 @@ impl Inner {
         env: &(dyn Fn(GitCmd) -> GitCmd + Sync),
         op: &'static str,
     ) -> Result<String, String> {
-        let refs: Vec<String> = updates.iter().map(|u| u.name.to_string()).collect();
+        let det = self.detector.get().await;
+        // Ref names are the agent's text too: shown and logged redacted.
+        let show = |r: &RefName| check::show_path(r.as_str().as_bytes(), &det);
+        let refs: Vec<String> = updates.iter().map(|u| show(&u.name)).collect();
         let refuse = |reason: String, findings: usize, decision: &'static str| {
             let first = reason.lines().find(|l| !l.trim().is_empty()).unwrap_or("refused").trim().to_owned();
             self.audit(&repo.name, op, refs.clone(), decision, findings, Some(first.clone()));
@@ -66,7 +71,7 @@ impl Inner {
                     return refuse(
                         format!(
                             "bot-bottle git gate: {} would point at a {t}; only commits can be pushed to a branch\n",
-                            u.name
+                            show(&u.name)
                         ),
                         0,
                         "deny",
@@ -85,19 +90,26 @@ impl Inner {
         }
         let ref_refusals = check::ref_policy(&repo.rules, updates, &|u| ff.get(&u.name).copied().unwrap_or(false));
         let tips: Vec<Oid> = updates.iter().map(|u| u.new.clone()).collect();
-        let det = self.detector.get().await;
-        let findings: Vec<Finding> = match check::scan_new(&self.git, &repo.dir, env, &tips, &det).await {
-            Ok(f) => f,
+        // A branch name is forwarded too: a secret in one would leave.
+        let mut findings: Vec<Finding> = Vec::new();
+        for u in updates {
+            for f in det.scan(u.name.as_str().as_bytes()) {
+                let shown = det.redact(&f, u.name.as_str().as_bytes());
+                findings.push(Finding { place: format!("{} (ref name)", show(&u.name)), rule: f.rule, shown });
+            }
+        }
+        match check::scan_new(&self.git, &repo.dir, env, &tips, &det).await {
+            Ok(f) => findings.extend(f),
             Err(e) => return refuse(format!("bot-bottle git gate: push refused: {e}\n"), 0, "error"),
         };
         if !ref_refusals.is_empty() || !findings.is_empty() {
-            return refuse(check::refusal_message(&ref_refusals, &findings), findings.len(), "deny");
+            return refuse(check::refusal_message(&ref_refusals, &findings, &show), findings.len(), "deny");
         }
         // Clean: forward, all or nothing.
         let mut fwd = Vec::new();
         for u in updates {
             let Some(dst) = check::destination(&repo.rules, &u.name) else {
-                return refuse(format!("bot-bottle git gate: {} has no destination\n", u.name), 0, "error");
+                return refuse(format!("bot-bottle git gate: {} has no destination\n", show(&u.name)), 0, "error");
             };
             fwd.push(Update { old: u.old.clone(), new: u.new.clone(), dst });
         }

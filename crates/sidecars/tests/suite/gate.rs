@@ -249,3 +249,88 @@ fn large_chunked_and_gzipped_requests_stream_through() {
     ok(&mut w.in_dir(&work, &["fetch", "-q", "origin"]));
     assert!(ok(&mut w.in_dir(&work, &["branch", "-r"])).contains("origin/bot/b299"));
 }
+
+#[test]
+fn secrets_in_file_names_author_fields_and_known_values_are_refused_too() {
+    let known = "s3cret-value-the-proxy-injects-0123";
+    let Some(w) = World::new(Opts { known_secrets: vec![("API_TOKEN".into(), known.into())], ..Opts::default() })
+    else {
+        return;
+    };
+    let work = w.clone("app", "work");
+    ok(&mut w.in_dir(&work, &["checkout", "-qb", "bot/x"]));
+    let base = ok(&mut w.in_dir(&work, &["rev-parse", "HEAD"]));
+    w.commit(&work, &format!("keys/{GHP}.txt"), b"nothing here\n", "named");
+    refused(&w, &work, &["origin", "bot/x"], &["keys/<ghp_… (40 bytes)>.txt (file name) github-ghp"]);
+    // A secret as a branch name: the name would be forwarded. git itself
+    // echoes the name the agent pushed; the gate's own lines never do.
+    let before = w.refs(&w.upstream);
+    let (pushed, out) = w.push(&work, &["origin", &format!("HEAD:bot/{GHP}")]);
+    assert!(!pushed && out.contains("bot/<ghp_… (40 bytes)> (ref name) github-ghp"), "{out}");
+    assert!(out.lines().filter(|l| l.starts_with("remote:")).all(|l| !l.contains(GHP)), "{out}");
+    assert_eq!(w.refs(&w.upstream), before);
+    let log = std::fs::read_to_string(w.path("state/audit.jsonl")).expect("audit");
+    assert!(!log.contains(GHP), "the audit log names the secret branch: {log}");
+    ok(&mut w.in_dir(&work, &["reset", "-q", "--hard", &base]));
+    std::fs::write(work.join("n"), "n\n").expect("write");
+    ok(&mut w.in_dir(&work, &["add", "."]));
+    ok(w.in_dir(&work, &["commit", "-qm", "by"]).env("GIT_AUTHOR_NAME", GHP));
+    refused(&w, &work, &["origin", "bot/x"], &["header:3 github-ghp"]);
+    ok(&mut w.in_dir(&work, &["reset", "-q", "--hard", &base]));
+    // A value the bottle knows (a token the proxy injects), in no known
+    // format, and in base64.
+    w.commit(&work, "c.txt", format!("x = {known}\n").as_bytes(), "c");
+    let out = refused(&w, &work, &["origin", "bot/x"], &["c.txt:1 known-secret:API_TOKEN"]);
+    assert!(!out.contains(known), "{out}");
+    ok(&mut w.in_dir(&work, &["reset", "-q", "--hard", &base]));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(known);
+    w.commit(&work, "d.txt", format!("blob: {b64}\n").as_bytes(), "d");
+    refused(&w, &work, &["origin", "bot/x"], &["d.txt:1 known-secret:API_TOKEN"]);
+}
+
+#[test]
+fn pushes_over_the_size_cap_and_gzip_bombs_are_refused() {
+    let Some(w) = World::new(Opts { max_push_bytes: Some(1 << 20), ..Opts::default() }) else { return };
+    let work = w.clone("app", "work");
+    ok(&mut w.in_dir(&work, &["checkout", "-qb", "bot/big"]));
+    let mut data = vec![0u8; 3 << 20];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 32) as u8;
+    }
+    w.commit(&work, "big.bin", &data, "big");
+    let before = w.refs(&w.upstream);
+    let (pushed, out) = w.push(&work, &["origin", "bot/big"]);
+    assert!(!pushed, "{out}");
+    assert!(out.contains("413") || out.contains("larger than the gate takes"), "{out}");
+    assert_eq!(w.refs(&w.upstream), before);
+    // 64 MiB of zeros in a 64 KiB gzip body: refused at the cap, never
+    // inflated whole.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut enc, &zeros).expect("gzip");
+    }
+    let bomb = enc.finish().expect("gzip");
+    assert!(bomb.len() < 128 << 10);
+    std::fs::write(w.path("bomb.gz"), &bomb).expect("write");
+    let out = ok(std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/x-git-receive-pack-request",
+        ])
+        .args(["-H", "Content-Encoding: gzip", "--data-binary"])
+        .arg(format!("@{}", w.path("bomb.gz").display()))
+        .arg(format!("{}/app.git/git-receive-pack", w.gate_url)));
+    assert_eq!(out, "413");
+    assert_eq!(w.refs(&w.upstream), before);
+}

@@ -72,10 +72,14 @@ fn free_port() -> u16 {
 }
 
 /// A real sshd on 127.0.0.1, for the current user, accepting the keys in
-/// its `authorized_keys` file.
+/// its `authorized_keys` file (and a forge's). Like a forge's ssh server it
+/// serves repositories by path (`/org/app.git`) from a directory of its own,
+/// `srv`.
 pub(crate) struct Sshd {
     pub(crate) port: u16,
     pub(crate) dir: PathBuf,
+    /// Another authorized keys file (a forge's).
+    pub(crate) extra_keys: Option<PathBuf>,
     /// `ssh-ed25519 AAAA...`: what a manifest's `host_key` pins.
     pub(crate) host_key: String,
     pub(crate) user: String,
@@ -89,8 +93,8 @@ pub(crate) fn keygen(path: &Path) -> String {
 }
 
 impl Sshd {
-    pub(crate) fn start(dir: &Path) -> Sshd {
-        std::fs::create_dir_all(dir).expect("mkdir");
+    pub(crate) fn start(dir: &Path, extra_keys: Option<PathBuf>) -> Sshd {
+        std::fs::create_dir_all(dir.join("srv")).expect("mkdir");
         let host_key = keygen(&dir.join("host_key"));
         std::fs::write(dir.join("authorized_keys"), "").expect("write");
         let user = ok(Command::new("id").arg("-un"));
@@ -98,7 +102,7 @@ impl Sshd {
             // sshd's privilege separation directory, as Debian's unit makes it.
             std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
         }
-        let mut s = Sshd { port: 0, dir: dir.to_path_buf(), host_key, user, child: None };
+        let mut s = Sshd { port: 0, dir: dir.to_path_buf(), extra_keys, host_key, user, child: None };
         s.spawn();
         s
     }
@@ -110,11 +114,13 @@ impl Sshd {
             std::fs::write(
                 &cfg,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
-                     PidFile none\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                     PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel ERROR\n\
-                     MaxStartups 100\n",
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\n\
+                     AuthorizedKeysFile {dir}/authorized_keys {extra}\nPidFile none\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                     PermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel ERROR\nMaxStartups 100\n\
+                     ForceCommand cd {dir}/srv && eval \"$(printf '%s' \"$SSH_ORIGINAL_COMMAND\" | sed \"s|'/|'|\")\"\n",
                     dir = self.dir.display(),
+                    extra = self.extra_keys.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                     user = self.user
                 ),
             )
@@ -193,7 +199,7 @@ pub(crate) struct World {
     pub(crate) gate_dir: PathBuf,
     pub(crate) home: PathBuf,
     /// Runs the gate; dropped with the world.
-    _rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
 pub(crate) struct Opts {
@@ -203,6 +209,13 @@ pub(crate) struct Opts {
     /// Pin this instead of the server's real host key.
     pub(crate) host_key: Option<String>,
     pub(crate) local: Option<PathBuf>,
+    /// The key source; default: a static deploy key sshd accepts.
+    pub(crate) key: Option<KeySource>,
+    /// A forge (its CA, its authorized keys file) whose write keys sshd
+    /// also accepts.
+    pub(crate) forge: Option<(PathBuf, PathBuf)>,
+    pub(crate) known_secrets: Vec<(String, String)>,
+    pub(crate) max_push_bytes: Option<u64>,
 }
 
 impl Default for Opts {
@@ -213,12 +226,136 @@ impl Default for Opts {
             allow_delete: false,
             host_key: None,
             local: None,
+            key: None,
+            forge: None,
+            known_secrets: Vec::new(),
+            max_push_bytes: None,
         }
     }
 }
 
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// A running fake-forge (the GitHub and Gitea deploy-key endpoints).
+pub(crate) struct FakeForge {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) addr: String,
+    child: Child,
+}
+
+pub(crate) const FORGE_TOKEN: &str = "forge-token-5d1e9c7b3a2f4e6d8c0b";
+
+impl FakeForge {
+    pub(crate) fn start() -> FakeForge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-forge"))
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--token", FORGE_TOKEN, "--repo", "org/app", "--repo", "org/other", "--authorized-keys"])
+            .arg(dir.path().join("authorized_keys"))
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("fake-forge");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+            .expect("read");
+        FakeForge { addr: line.trim().to_owned(), dir, child }
+    }
+
+    pub(crate) fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// What a World needs to use this forge.
+    pub(crate) fn opts(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.ca(), self.authorized_keys()))
+    }
+
+    pub(crate) fn authorized_keys(&self) -> PathBuf {
+        self.dir.path().join("authorized_keys")
+    }
+
+    pub(crate) fn github(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub(crate) fn gitea(&self) -> String {
+        format!("https://{}/api/v1", self.addr)
+    }
+
+    /// `curl` against the forge with the token (or `token`), any method.
+    pub(crate) fn curl(&self, token: &str, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"]).arg(self.ca()).args([
+            "-H",
+            &format!("Authorization: token {token}"),
+            "-H",
+            "Content-Type: application/json",
+        ]);
+        if let Some(b) = body {
+            c.args(["--data", b]);
+        }
+        let out = ok(c.arg(url));
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.parse().expect("status"), body.to_owned())
+    }
+
+    /// The deploy keys of `org/app` as `(id, title, read_only)`, through
+    /// the API at `api`.
+    pub(crate) fn keys(&self, api: &str) -> Vec<(u64, String, bool)> {
+        let (code, out) = self.curl(FORGE_TOKEN, "GET", &format!("{api}/repos/org/app/keys"), None);
+        assert_eq!(code, 200, "{out}");
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.iter()
+            .map(|k| {
+                (
+                    k["id"].as_u64().expect("id"),
+                    k["title"].as_str().expect("title").to_owned(),
+                    k["read_only"].as_bool().expect("read_only"),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for FakeForge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The upstream repo of the tests: `/org/app.git` on `sshd`.
+pub(crate) fn app_repo(sshd_user: &str, port: u16, key: KeySource, host: &str, opts: &Opts) -> Repo {
+    Repo {
+        url: GitUrl::Ssh {
+            user: Some(sshd_user.to_owned()),
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            path: "org/app.git".into(),
+        },
+        key,
+        host_key: Some(host_key(host)),
+        branches: opts.branches.clone(),
+        allow_force_push: opts.allow_force_push,
+        allow_delete: opts.allow_delete,
+    }
+}
+
+/// A gate config for `repos` in `dir`, trusting the forge's CA when given.
+pub(crate) fn gate_config(dir: &Path, repos: IndexMap<String, Repo>, forge_ca: Option<PathBuf>) -> GateConfig {
+    let mut cfg = GateConfig::new("bottle-1", dir.join("state/gate"));
+    cfg.repos = repos;
+    cfg.audit_log = Some(dir.join("state/audit.jsonl"));
+    cfg.timeout = Duration::from_secs(60);
+    if let Some(ca) = forge_ca {
+        cfg.upstream_ca = Some(ca);
+        cfg.env = Box::new(|name| (name == "FORGE_TOKEN").then(|| FORGE_TOKEN.to_owned()));
+    }
+    cfg
 }
 
 impl World {
@@ -230,11 +367,12 @@ impl World {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).expect("mkdir");
-        let sshd = Sshd::start(&tmp.path().join("sshd"));
+        let sshd = Sshd::start(&tmp.path().join("sshd"), opts.forge.as_ref().map(|f| f.1.clone()));
         let deploy = tmp.path().join("deploy_key");
         sshd.authorize(&keygen(&deploy));
-        // The upstream: a bare repository with one commit on main.
-        let upstream = tmp.path().join("upstream.git");
+        // The upstream: a bare repository with one commit on main, served
+        // as /org/app.git.
+        let upstream = sshd.dir.join("srv/org/app.git");
         ok(git(&home).args(["init", "-q", "--bare", "-b", "main"]).arg(&upstream));
         let seed = tmp.path().join("seed");
         ok(git(&home).args(["init", "-q", "-b", "main"]).arg(&seed));
@@ -242,37 +380,23 @@ impl World {
         ok(git(&home).arg("-C").arg(&seed).args(["add", "."]));
         ok(git(&home).arg("-C").arg(&seed).args(["commit", "-qm", "first"]));
         ok(git(&home).arg("-C").arg(&seed).args(["push", "-q"]).arg(&upstream).arg("main"));
-        let mut repos = IndexMap::new();
-        repos.insert(
-            "app".to_owned(),
-            Repo {
-                url: GitUrl::Ssh {
-                    user: Some(sshd.user.clone()),
-                    host: "127.0.0.1".into(),
-                    port: Some(sshd.port),
-                    path: upstream.display().to_string().trim_start_matches('/').to_owned(),
-                },
-                key: KeySource::Static { path: deploy },
-                host_key: Some(host_key(opts.host_key.as_deref().unwrap_or(&sshd.host_key))),
-                branches: opts.branches,
-                allow_force_push: opts.allow_force_push,
-                allow_delete: opts.allow_delete,
-            },
-        );
-        let gate_dir = tmp.path().join("state/gate");
+        let key = opts.key.clone().unwrap_or(KeySource::Static { path: deploy });
+        let repo = app_repo(&sshd.user, sshd.port, key, opts.host_key.as_deref().unwrap_or(&sshd.host_key), &opts);
         std::fs::create_dir_all(tmp.path().join("state")).expect("mkdir");
-        let mut cfg = GateConfig::new("bottle-1", &gate_dir);
-        cfg.repos = repos;
+        let mut cfg = gate_config(tmp.path(), IndexMap::from([("app".to_owned(), repo)]), opts.forge.map(|f| f.0));
         cfg.local = opts.local;
-        cfg.audit_log = Some(tmp.path().join("state/audit.jsonl"));
-        cfg.timeout = Duration::from_secs(60);
+        cfg.known_secrets = opts.known_secrets;
+        if let Some(max) = opts.max_push_bytes {
+            cfg.max_push_bytes = max;
+        }
+        let gate_dir = cfg.state_dir.clone();
         let rt = runtime();
         let gate = rt.block_on(Gate::start(cfg)).expect("gate starts");
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let gate_url = format!("http://{}", listener.local_addr().expect("addr"));
         let g = gate.clone();
         rt.spawn(async move { g.serve(listener).await });
-        Some(World { tmp, sshd, upstream, gate, gate_url, gate_dir, home, _rt: rt })
+        Some(World { tmp, sshd, upstream, gate, gate_url, gate_dir, home, rt })
     }
 
     pub(crate) fn path(&self, p: &str) -> PathBuf {
