@@ -128,7 +128,7 @@ pub(crate) fn session_report(r: &bot_bottle_sidecars::BundleReport, project: &st
     let mut s = String::new();
     let g = &r.gate;
     let mut landed: Vec<&bot_bottle_sidecars::Landing> = g.landed.iter().collect();
-    if let Some(u) = &r.uncommitted {
+    if let Some(u) = r.uncommitted.as_ref().filter(|u| !landed.iter().any(|l| l.branch == u.branch)) {
         landed.push(u);
     }
     if !landed.is_empty() {

@@ -4,6 +4,7 @@ mod claude;
 mod cli;
 mod dry_run;
 mod escape;
+mod gate;
 mod malformed;
 mod native;
 mod proxy_cmd;

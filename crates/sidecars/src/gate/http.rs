@@ -146,8 +146,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<GateBody>
     }
 }
 
-/// The namespace and hook variables of one repository.
-fn repo_env(state: &RepoState, mut c: GitCmd) -> GitCmd {
+/// For a push: the namespace receive-pack works in (`local`'s landed
+/// branches). A fetch sees the repository whole.
+fn push_env(state: &RepoState, mut c: GitCmd) -> GitCmd {
     if let Some(ns) = state.namespace {
         c = c.env("GIT_NAMESPACE", ns);
     }
@@ -171,7 +172,8 @@ async fn info_refs(inner: &Inner, state: &RepoState, service: Service, proto: Op
         Service::Receive => argv::receive_pack(&state.dir, &inner.hooks, state.policy, true),
     };
     let mut cmd = match cmd {
-        Ok(c) => repo_env(state, c),
+        Ok(c) if service == Service::Receive => push_env(state, c),
+        Ok(c) => c,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("bot-bottle git gate: {e}\n")),
     };
     let v2 = service == Service::Upload && proto.as_deref().is_some_and(|p| p.split(':').any(|kv| kv == "version=2"));
@@ -380,7 +382,7 @@ async fn rpc(
                 if let Some(p) = &proto {
                     c = c.env("GIT_PROTOCOL", p);
                 }
-                (repo_env(state, c), None, MAX_FETCH_REQUEST)
+                (c, None, MAX_FETCH_REQUEST)
             }
             Err(e) => return fail(e.into()),
         },
@@ -391,7 +393,7 @@ async fn rpc(
                 Err(e) => return fail(e),
             };
             match argv::receive_pack(&state.dir, &inner.hooks, state.policy, false) {
-                Ok(c) => (repo_env(state, c.env(HOOK_ENV, session.dir())), Some(session), inner.max_push),
+                Ok(c) => (push_env(state, c.env(HOOK_ENV, session.dir())), Some(session), inner.max_push),
                 Err(e) => return fail(e.into()),
             }
         }
