@@ -284,3 +284,170 @@ fn an_agent_filled_git_config_runs_nothing_on_the_host_at_any_step() {
     let ran: Vec<PathBuf> = std::fs::read_dir(m).expect("markers").flatten().map(|e| e.path()).collect();
     assert!(ran.is_empty(), "ran on the host: {ran:?}");
 }
+
+const FORGE_TOKEN: &str = "forge-token-0b9d8c7e6f5a4b3c2d1e";
+
+/// fake-forge (built beside bot-bottle by `cargo test --workspace`),
+/// running for one test: its address and directory.
+struct Forge {
+    child: std::process::Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Forge {
+    fn start() -> Result<Forge, String> {
+        let exe = Path::new(env!("CARGO_BIN_EXE_bot-bottle")).with_file_name("fake-forge");
+        if !exe.exists() {
+            return Err(format!("{} is not built (run `cargo test --workspace`)", exe.display()));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(exe)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--token", FORGE_TOKEN, "--repo", "org/app"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("fake-forge");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+            .expect("read");
+        Ok(Forge { child, addr: line.trim().to_owned(), dir })
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Titles of `org/app`'s deploy keys.
+    fn titles(&self) -> Vec<String> {
+        let out = ok(Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(self.ca())
+            .args(["-H", &format!("Authorization: token {FORGE_TOKEN}")])
+            .arg(format!("https://{}/api/v1/repos/org/app/keys", self.addr)));
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v.iter().map(|k| k["title"].as_str().expect("title").to_owned()).collect()
+    }
+}
+
+impl Drop for Forge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A project whose bottle has an upstream with a Gitea deploy key; the
+/// agent runs `script`.
+fn forge_project(forge: &Forge, script: &str) -> Project {
+    let p = project(script);
+    std::fs::write(
+        p.repo().join(".bot-bottle/bottles/b.yaml"),
+        format!(
+            "backend: native\nresources: {{ pids: 512 }}\ngit-gate:\n  repos:\n    app:\n      url: ssh://git@127.0.0.1:1/org/app.git\n      \
+             key: {{ provider: gitea, forge_token_env: FORGE_TOKEN, api: \"https://{}/api/v1\" }}\n      \
+             host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\n",
+            forge.addr
+        ),
+    )
+    .expect("write");
+    p
+}
+
+fn forge_start(p: &Project, forge: &Forge, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
+    c.args(args)
+        .current_dir(p.repo())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", p.state.path())
+        .env("XDG_STATE_HOME", p.state.path())
+        .env("FORGE_TOKEN", FORGE_TOKEN)
+        .env("BOT_BOTTLE_UPSTREAM_CA", forge.ca())
+        .stdin(Stdio::null());
+    c
+}
+
+/// Reads the child's stdout until `line`.
+fn wait_for(child: &mut std::process::Child, line: &str) -> String {
+    let mut r = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    loop {
+        let mut l = Vec::new();
+        if std::io::BufRead::read_until(&mut r, b'\n', &mut l).expect("read") == 0 {
+            panic!("the agent ended before `{line}`: {seen}");
+        }
+        let l = String::from_utf8_lossy(&l);
+        seen.push_str(&l);
+        if l.trim() == line {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn a_deploy_key_lives_as_long_as_its_bottle_and_never_enters_it() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let forge = match Forge::start() {
+        Ok(f) => f,
+        Err(why) => return panic_or_skip(&why),
+    };
+    // The agent looks everywhere it can, then waits to be told to go.
+    let p = forge_project(
+        &forge,
+        "env; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n'; \
+         for d in /run /home /tmp /workspace /etc /dev/shm; do find \"$d\" -type f -size -4M 2>/dev/null | \
+         while read -r f; do cat \"$f\" 2>/dev/null; done; done; echo dump-done; \
+         while [ ! -e /workspace/go ]; do sleep 0.05; done",
+    );
+    let mut child = forge_start(&p, &forge, &["start", "a", "--quiet"]).stdout(Stdio::piped()).spawn().expect("start");
+    let dump = wait_for(&mut child, "dump-done");
+    let slug = p.slug();
+    assert_eq!(forge.titles(), [format!("bot-bottle {slug}")], "one key, titled with the slug, while it runs");
+    let state = p.state.path().join("bot-bottle/bottles").join(&slug);
+    let private = std::fs::read_to_string(state.join("gate/keys/app")).expect("the gate holds the private key");
+    let body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
+    std::fs::write(state.join("workspace/go"), "").expect("go");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dump.len() > 10_000, "the dump ran: {} bytes", dump.len());
+    assert!(!dump.contains(FORGE_TOKEN), "the forge token is visible inside the bottle");
+    for chunk in body.as_bytes().chunks(32) {
+        assert!(
+            !dump.contains(std::str::from_utf8(chunk).expect("utf8")),
+            "the deploy key is visible inside the bottle"
+        );
+    }
+    assert!(forge.titles().is_empty(), "the deploy key outlived its bottle");
+}
+
+#[test]
+fn cleanup_deletes_the_deploy_key_of_a_killed_launcher() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let forge = match Forge::start() {
+        Ok(f) => f,
+        Err(why) => return panic_or_skip(&why),
+    };
+    let p = forge_project(&forge, "echo up; sleep 60");
+    let mut child = forge_start(&p, &forge, &["start", "a", "--quiet"]).stdout(Stdio::piped()).spawn().expect("start");
+    wait_for(&mut child, "up");
+    let slug = p.slug();
+    assert_eq!(forge.titles(), [format!("bot-bottle {slug}")]);
+    Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill");
+    let _ = child.wait();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(forge.titles().len(), 1, "a killed launcher cannot delete its key");
+    let out = forge_start(&p, &forge, &["cleanup"]).output().expect("cleanup");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("deleted 1 deploy key `bot-bottle {slug}` on org/app")), "{said}");
+    assert!(forge.titles().is_empty());
+}
