@@ -1,5 +1,6 @@
 mod clients;
 mod gate;
+mod gate_https;
 mod gate_keys;
 mod gate_support;
 mod harness;
