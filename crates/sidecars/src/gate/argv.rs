@@ -506,21 +506,15 @@ pub(crate) fn quarantine_env(c: GitCmd, quarantine: &Path, objects: &Path) -> Gi
 }
 
 /// Every object the new tips bring that the repository does not already
-/// reach, with the path each blob and tree was first found at.
-pub(crate) fn rev_list_new(dir: &Path) -> Result<GitCmd, ArgvError> {
+/// reach, with the path each blob and tree was first found at. (On the
+/// command line: git before 2.42 takes no `--not`/`--all` on stdin.)
+pub(crate) fn rev_list_new(dir: &Path, tips: &[Oid]) -> Result<GitCmd, ArgvError> {
     check_path("repository", dir)?;
-    Ok(GitCmd::new(["--git-dir"]).arg(dir).args(["rev-list", "--objects", "--stdin"]))
-}
-
-/// Stdin for [`rev_list_new`]: the new tips, then everything already known.
-pub(crate) fn rev_list_input(tips: &[Oid]) -> Vec<u8> {
-    let mut s = String::new();
-    for t in tips {
-        s.push_str(t.as_str());
-        s.push('\n');
-    }
-    s.push_str("--not\n--all\n");
-    s.into_bytes()
+    Ok(GitCmd::new(["--git-dir"])
+        .arg(dir)
+        .args(["rev-list", "--objects"])
+        .args(tips.iter().map(Oid::as_str))
+        .args(["--not", "--all"]))
 }
 
 /// Objects' types, sizes and contents, in stdin order.

@@ -179,7 +179,7 @@ pub(crate) async fn scan_new(
     if tips.is_empty() {
         return Ok(Vec::new());
     }
-    let listed = git.output(&objects(argv::rev_list_new(dir)?), Some(argv::rev_list_input(&tips))).await?;
+    let listed = git.output(&objects(argv::rev_list_new(dir, &tips)?), None).await?;
     if !listed.status.success() {
         return Err(GateError::git("listing the objects of a push", &listed));
     }
