@@ -157,7 +157,12 @@ fn push_env(state: &RepoState, mut c: GitCmd) -> GitCmd {
 
 async fn info_refs(inner: &Inner, state: &RepoState, service: Service, proto: Option<String>) -> Response<GateBody> {
     let op = if service == Service::Upload { "fetch" } else { "push" };
-    {
+    // A fetch sees the upstream as it is now. A push is checked against the
+    // gate's copy and forwarded with a lease on each ref, so an upstream
+    // that moved since refuses it (and the agent fetches again): no ssh
+    // round trip before a push. `local` is refreshed for both, cheaply,
+    // so its landed branches are as the user's repository has them.
+    if service == Service::Upload || state.namespace.is_some() {
         let _lock = state.lock.lock().await;
         if let Err(e) = inner.refresh(state).await {
             inner.audit(&state.name, op, Vec::new(), "error", 0, Some(e.to_string()));

@@ -7,7 +7,9 @@
 //!
 //! - **Fetch**: before serving refs the gate refreshes the repository from
 //!   its upstream (with the deploy key), so the agent sees current branches;
-//!   `local` serves the project's branches, read-only.
+//!   `local` serves the project's branches, read-only. A push is checked
+//!   against the gate's copy and forwarded with a lease per ref, so an
+//!   upstream that moved since refuses it.
 //! - **Push**: while receive-pack holds the pushed objects in quarantine,
 //!   its `pre-receive` hook hands the push to the gate ([`hook`]), which
 //!   checks the refs (branch globs, no force-push or deletion unless the

@@ -334,3 +334,26 @@ fn pushes_over_the_size_cap_and_gzip_bombs_are_refused() {
     assert_eq!(out, "413");
     assert_eq!(w.refs(&w.upstream), before);
 }
+
+#[test]
+fn a_push_onto_an_upstream_that_moved_since_is_refused_until_the_agent_fetches() {
+    let Some(w) = world() else { return };
+    let work = w.clone("app", "work");
+    ok(&mut w.in_dir(&work, &["checkout", "-qb", "bot/x"]));
+    w.commit(&work, "a", b"a\n", "a");
+    assert!(w.push(&work, &["origin", "bot/x"]).0);
+    // Someone else moves bot/x upstream; the gate's copy does not know.
+    let other = w.path("other");
+    ok(w.git().arg("clone").arg("-q").args(["-b", "bot/x"]).arg(&w.upstream).arg(&other));
+    let theirs = w.commit(&other, "b", b"b\n", "theirs");
+    ok(&mut w.in_dir(&other, &["push", "-q", "origin", "bot/x"]));
+    // The agent's fast-forward of the old tip is not one of theirs.
+    w.commit(&work, "c", b"c\n", "ours");
+    let out = refused(&w, &work, &["origin", "bot/x"], &["upstream refused the push"]);
+    assert!(out.contains("stale info") || out.contains("rejected"), "{out}");
+    assert_eq!(ok(w.git().arg("--git-dir").arg(&w.upstream).args(["rev-parse", "bot/x"])), theirs);
+    // Fetch, rebase, push: through.
+    ok(&mut w.in_dir(&work, &["pull", "-q", "--rebase", "origin", "bot/x"]));
+    let (pushed, out) = w.push(&work, &["origin", "bot/x"]);
+    assert!(pushed, "{out}");
+}
