@@ -54,7 +54,7 @@ pub enum BundleError {
         source: std::io::Error,
     },
     /// A start that failed and could not undo all it did.
-    #[error("{source}; and undoing the start left: {left}")]
+    #[error("the start failed, and undoing it left: {left}")]
     Left { source: Box<BundleError>, left: String },
 }
 

@@ -21,6 +21,8 @@ fn git(dir: &Path) -> Command {
         .env("GIT_AUTHOR_EMAIL", "user@example.com")
         .env("GIT_COMMITTER_NAME", "User")
         .env("GIT_COMMITTER_EMAIL", "user@example.com")
+        // The project may belong to another uid than the test's (root).
+        .args(["-c", "safe.directory=*"])
         .arg("-C")
         .arg(dir)
         .stdin(Stdio::null());
@@ -31,6 +33,10 @@ fn ok(c: &mut Command) -> String {
     let out = c.output().expect("git");
     assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn nix_is_root() -> bool {
+    ok(&mut Command::new("id").arg("-u")) == "0"
 }
 
 struct Project {
@@ -148,6 +154,12 @@ fn a_push_to_local_lands_only_the_bottles_branch_and_uncommitted_work_lands_at_e
          git commit -q --amend -m rewritten; git push -q -f origin topic 2>/dev/null && echo forced || echo force-refused; \
          echo 'left over' > uncommitted.txt; echo 'more' >> notes.txt",
     );
+    // As root, the project belongs to someone else: what lands in it must
+    // still be theirs.
+    let root = nix_is_root();
+    if root {
+        ok(Command::new("chown").args(["-R", "4242:4242"]).arg(p.repo()));
+    }
     let before = fingerprint(p.repo(), "none");
     let out = p.start();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -174,6 +186,19 @@ fn a_push_to_local_lands_only_the_bottles_branch_and_uncommitted_work_lands_at_e
     assert!(lines[2].starts_with(&format!("refs/heads/bot-bottle/{slug}/uncommitted ")), "{ours}");
     // Nothing else in the repository changed.
     assert_eq!(fingerprint(p.repo(), &slug), before);
+    if root {
+        let mut stack = vec![p.repo().join(".git")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+                use std::os::unix::fs::MetadataExt;
+                let m = e.metadata().expect("meta");
+                assert_eq!((m.uid(), m.gid()), (4242, 4242), "{} is not the owner's", e.path().display());
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
     // The uncommitted work: on top of what the agent had checked out
     // (topic, amended: unknown to the gate, so the user's HEAD instead),
     // with every file of the workspace as it was left.

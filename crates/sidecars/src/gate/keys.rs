@@ -78,10 +78,10 @@ impl Inner {
                 left.push(k);
                 continue;
             };
-            let r = match k.id {
-                Some(id) => forge::delete(&self.https, &k, &token, id).await,
-                None => forge::delete_by_title(&self.https, &k, &token).await.map(|_| ()),
-            };
+            // By title, not by id: also a key an earlier launch of this
+            // bottle left (a resumed bottle has the same slug), or one
+            // created by a start that died before it wrote the id down.
+            let r = forge::delete_by_title(&self.https, &k, &token).await;
             if let Err(e) = r {
                 problems.push(format!(
                     "repo {}: deploy key `{}` on {}/{} could not be deleted: {e}; `bot-bottle cleanup` tries again",

@@ -156,6 +156,13 @@ pub enum GateError {
     Https(#[from] HttpsError),
     #[error("the project {} is not usable as `local`: {why}", path.display())]
     Local { path: PathBuf, why: String },
+    /// A start that failed, and what undoing it could not undo.
+    #[error("the start failed, and undoing it left: {left}")]
+    Undone {
+        #[source]
+        source: Box<GateError>,
+        left: String,
+    },
 }
 
 fn tail(stderr: &str) -> String {
@@ -339,7 +346,9 @@ impl Gate {
             redact: Vec::new(),
             audit,
             events: Mutex::default(),
-            keys: Mutex::default(),
+            // What an earlier launch of this bottle recorded stays on the
+            // list until deleted.
+            keys: Mutex::new(forge::read_records(&dir)),
             https,
             env: cfg.env,
             seq: AtomicU64::new(0),
@@ -354,7 +363,7 @@ impl Gate {
             return Err(if problems.is_empty() {
                 e
             } else {
-                GateError::Internal(format!("{e}; also: {}", problems.join("; ")))
+                GateError::Undone { source: Box::new(e), left: problems.join("; ") }
             });
         }
         if let Some(project) = &cfg.local {
