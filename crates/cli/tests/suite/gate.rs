@@ -36,7 +36,7 @@ fn ok(c: &mut Command) -> String {
 }
 
 fn nix_is_root() -> bool {
-    ok(&mut Command::new("id").arg("-u")) == "0"
+    ok(Command::new("id").arg("-u")) == "0"
 }
 
 struct Project {
