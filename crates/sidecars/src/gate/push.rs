@@ -98,9 +98,12 @@ impl Inner {
                 findings.push(Finding { place: format!("{} (ref name)", show(&u.name)), rule: f.rule, shown });
             }
         }
-        match check::scan_new(&self.git, &repo.dir, env, &tips, &det).await {
-            Ok(f) => findings.extend(f),
-            Err(e) => return refuse(format!("bot-bottle git gate: push refused: {e}\n"), 0, "error"),
+        // The scan reads git's output as it comes; the same time limit as
+        // any git run bounds it as a whole.
+        match tokio::time::timeout(self.git.timeout, check::scan_new(&self.git, &repo.dir, env, &tips, &det)).await {
+            Ok(Ok(f)) => findings.extend(f),
+            Ok(Err(e)) => return refuse(format!("bot-bottle git gate: push refused: {e}\n"), 0, "error"),
+            Err(_) => return refuse("bot-bottle git gate: push refused: the scan took too long\n".into(), 0, "error"),
         };
         if !ref_refusals.is_empty() || !findings.is_empty() {
             return refuse(check::refusal_message(&ref_refusals, &findings, &show), findings.len(), "deny");
