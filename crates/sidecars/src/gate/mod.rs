@@ -322,14 +322,14 @@ impl Gate {
     /// upstream's credential (minting deploy keys on forges), and the
     /// detector. Fails, leaving no deploy key behind, if any upstream cannot
     /// be set up.
-    pub async fn start(cfg: GateConfig) -> Result<Gate, GateError> {
+    pub async fn start(mut cfg: GateConfig) -> Result<Gate, GateError> {
         let dir = cfg.state_dir.clone();
         mkdir(&dir, 0o700)?;
         for sub in ["repos", "run", "keys", "known_hosts"] {
             mkdir(&dir.join(sub), 0o700)?;
         }
-        // Empty and readable: git run as the project's owner looks here too.
-        mkdir(&dir.join("home"), 0o755)?;
+        // git's HOME: empty, so git finds no user config in it.
+        mkdir(&dir.join("home"), 0o700)?;
         let hooks = dir.join("hooks");
         hook::install(&hooks)?;
         let git = Git::new(git::find_program("git")?, &dir.join("home"), &dir, cfg.timeout);
@@ -350,14 +350,13 @@ impl Gate {
             // list until deleted.
             keys: Mutex::new(forge::read_records(&dir)),
             https,
-            env: cfg.env,
+            env: std::mem::replace(&mut cfg.env, Box::new(|_| None)),
             seq: AtomicU64::new(0),
             max_push: cfg.max_push_bytes,
             local_base: None,
             dir,
         };
-        let mut known = cfg.known_secrets.clone();
-        if let Err(e) = gate.add_repos(&cfg.repos, cfg.upstream_ca.as_deref(), &mut known).await {
+        if let Err(e) = gate.setup(&cfg).await {
             // Nothing may outlive a failed start: delete any key just made.
             let problems = gate.delete_keys().await;
             return Err(if problems.is_empty() {
@@ -365,25 +364,6 @@ impl Gate {
             } else {
                 GateError::Undone { source: Box::new(e), left: problems.join("; ") }
             });
-        }
-        if let Some(project) = &cfg.local {
-            gate.add_local(project)?;
-        }
-        for (_, v) in &known {
-            gate.redact.push(v.clone());
-        }
-        gate.detector = LazyDetector::spawn(known);
-        for r in gate.repos.values() {
-            if !r.dir.join("HEAD").exists() {
-                let out = gate.git.output(&argv::init_bare(&r.dir)?, None).await?;
-                if !out.status.success() {
-                    return Err(GateError::git(&format!("creating the gate's repository {}", r.name), &out));
-                }
-            }
-        }
-        if let Some(local) = gate.repos.get("local") {
-            // An unborn HEAD names no commit; the snapshot then has no parent.
-            gate.local_base = gate.remote_head(local).await?;
         }
         Ok(Gate { inner: Arc::new(gate) })
     }
@@ -440,6 +420,33 @@ impl Gate {
 }
 
 impl Inner {
+    /// Everything of a start after the gate's directory exists: the
+    /// repositories and their credentials, `local`, the detector.
+    async fn setup(&mut self, cfg: &GateConfig) -> Result<(), GateError> {
+        let mut known = cfg.known_secrets.clone();
+        self.add_repos(&cfg.repos, cfg.upstream_ca.as_deref(), &mut known).await?;
+        if let Some(project) = &cfg.local {
+            self.add_local(project)?;
+        }
+        for (_, v) in &known {
+            self.redact.push(v.clone());
+        }
+        self.detector = LazyDetector::spawn(known);
+        for r in self.repos.values() {
+            if !r.dir.join("HEAD").exists() {
+                let out = self.git.output(&argv::init_bare(&r.dir)?, None).await?;
+                if !out.status.success() {
+                    return Err(GateError::git(&format!("creating the gate's repository {}", r.name), &out));
+                }
+            }
+        }
+        if let Some(local) = self.repos.get("local") {
+            // An unborn HEAD names no commit; the snapshot then has no parent.
+            self.local_base = self.remote_head(local).await?;
+        }
+        Ok(())
+    }
+
     async fn add_repos(
         &mut self,
         repos: &IndexMap<String, Repo>,
