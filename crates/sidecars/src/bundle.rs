@@ -211,10 +211,6 @@ impl Bundle {
         self.proxy.ca_cert_path()
     }
 
-    pub fn gate(&self) -> Option<&Gate> {
-        self.gate.as_ref()
-    }
-
     /// Ends the session's sidecars: lands what `workspace` (the kept
     /// workspace copy, once the bottle is gone) holds uncommitted, stops
     /// every service and deletes the gate's deploy keys. Returns what the

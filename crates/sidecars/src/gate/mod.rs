@@ -325,6 +325,12 @@ impl Gate {
     pub async fn start(mut cfg: GateConfig) -> Result<Gate, GateError> {
         let dir = cfg.state_dir.clone();
         mkdir(&dir, 0o700)?;
+        // Push sessions a killed launcher left (a resumed bottle counts
+        // them from 0 again).
+        let run = dir.join("run");
+        if run.exists() {
+            std::fs::remove_dir_all(&run).map_err(GateError::io(format!("clearing {}", run.display())))?;
+        }
         for sub in ["repos", "run", "keys", "known_hosts"] {
             mkdir(&dir.join(sub), 0o700)?;
         }
@@ -366,11 +372,6 @@ impl Gate {
             });
         }
         Ok(Gate { inner: Arc::new(gate) })
-    }
-
-    /// The names the gate serves (`local` first when there is one).
-    pub fn repos(&self) -> Vec<String> {
-        self.inner.repos.keys().cloned().collect()
     }
 
     /// Serves clients from `listener` until the task is dropped.
