@@ -405,10 +405,27 @@ impl SshCommand {
 }
 
 /// Refreshes a gate repository from its upstream: branches and tags, as the
-/// upstream has them now. For `local`, the host repository's branches,
-/// except other bottles' landed branches; this bottle's landed branches are
-/// also filed under the push namespace, so a push sees them as its own.
-pub(crate) fn fetch(dir: &Path, remote: &Remote, landed: Option<&str>) -> Result<GitCmd, ArgvError> {
+/// upstream has them now. For `local` (`bottles`: true), no bottle's landed
+/// branches (`bot-bottle/*`): see [`fetch_landed`] for this bottle's own.
+pub(crate) fn fetch(dir: &Path, remote: &Remote, bottles: bool) -> Result<GitCmd, ArgvError> {
+    let mut c = fetch_cmd(dir, remote)?.args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]);
+    if bottles {
+        c = c.arg("^refs/heads/bot-bottle/*");
+    }
+    Ok(c)
+}
+
+/// This bottle's landed branches in the project's repository
+/// (`bot-bottle/<slug>/B`), filed under the namespace receive-pack works in
+/// (as `B`), so a push is checked against what the project has now. A
+/// separate fetch: a negative refspec would exclude them from any other.
+pub(crate) fn fetch_landed(dir: &Path, remote: &Remote, prefix: &str) -> Result<GitCmd, ArgvError> {
+    check_landed_prefix(prefix)?;
+    Ok(fetch_cmd(dir, remote)?.arg(format!("+refs/heads/{prefix}*:refs/namespaces/{LANDED_NS}/refs/heads/*")))
+}
+
+/// `git fetch --prune` from `remote` into `dir`, refspecs to follow.
+fn fetch_cmd(dir: &Path, remote: &Remote) -> Result<GitCmd, ArgvError> {
     check_path("repository", dir)?;
     let url = remote.url()?;
     let mut c = GitCmd::new(["--git-dir"]).arg(dir).args([
@@ -422,16 +439,7 @@ pub(crate) fn fetch(dir: &Path, remote: &Remote, landed: Option<&str>) -> Result
     if let Some(p) = remote.remote_program("upload-pack", &[]) {
         c = c.arg(format!("--upload-pack={p}"));
     }
-    c = c.arg("--end-of-options").arg(url).args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]);
-    if let Some(prefix) = landed {
-        check_landed_prefix(prefix)?;
-        c = c.args([
-            "^refs/heads/bot-bottle/*".to_owned(),
-            format!("+refs/heads/{prefix}*:refs/heads/{prefix}*"),
-            format!("+refs/heads/{prefix}*:refs/namespaces/{LANDED_NS}/refs/heads/*"),
-        ]);
-    }
-    Ok(remote.env(c))
+    Ok(remote.env(c.arg("--end-of-options").arg(url)))
 }
 
 /// The namespace of `local` that receive-pack works in: there a branch `B`

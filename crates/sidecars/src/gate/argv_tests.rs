@@ -161,7 +161,7 @@ fn the_ssh_command_uses_the_deploy_key_and_the_pinned_host_only() {
 #[test]
 fn fetch_from_an_ssh_upstream() {
     let remote = Remote::Ssh { url: "ssh://git@example.com:2222/org/app.git".into(), ssh: ssh() };
-    let c = fetch(Path::new("/g/repos/app.git"), &remote, None).expect("argv");
+    let c = fetch(Path::new("/g/repos/app.git"), &remote, false).expect("argv");
     assert_eq!(
         strs(&c),
         [
@@ -182,13 +182,13 @@ fn fetch_from_an_ssh_upstream() {
     assert_eq!(env(&c, "GIT_SSH_COMMAND").map(|s| s.to_string_lossy().into_owned()), Some(ssh().render()));
     assert_eq!(env(&c, "GIT_ALLOW_PROTOCOL"), Some(OsStr::new("ssh")));
     let dashed = Remote::Ssh { url: "-oProxyCommand=touch /tmp/x".into(), ssh: ssh() };
-    assert!(matches!(fetch(Path::new("/g/r.git"), &dashed, None), Err(ArgvError::Dash { .. })));
+    assert!(matches!(fetch(Path::new("/g/r.git"), &dashed, false), Err(ArgvError::Dash { .. })));
 }
 
 #[test]
-fn fetch_from_the_project_hides_other_bottles_and_files_this_ones_landed_branches() {
+fn fetch_from_the_project_hides_every_bottles_branches_and_files_this_ones_landed_branches() {
     let remote = Remote::Local { path: "/home/u/it's".into(), owner: None };
-    let c = fetch(Path::new("/g/repos/local.git"), &remote, Some("bot-bottle/a-1/")).expect("argv");
+    let c = fetch(Path::new("/g/repos/local.git"), &remote, true).expect("argv");
     let a = strs(&c);
     assert_eq!(
         a[8],
@@ -201,16 +201,19 @@ fn fetch_from_the_project_hides_other_bottles_and_files_this_ones_landed_branche
             "/home/u/it's",
             "+refs/heads/*:refs/heads/*",
             "+refs/tags/*:refs/tags/*",
-            "^refs/heads/bot-bottle/*",
-            "+refs/heads/bot-bottle/a-1/*:refs/heads/bot-bottle/a-1/*",
-            "+refs/heads/bot-bottle/a-1/*:refs/namespaces/landed/refs/heads/*"
+            "^refs/heads/bot-bottle/*"
         ]
     );
     assert_eq!(env(&c, "GIT_ALLOW_PROTOCOL"), Some(OsStr::new("file")));
+    let l = fetch_landed(Path::new("/g/repos/local.git"), &remote, "bot-bottle/a-1/").expect("argv");
+    assert_eq!(
+        strs(&l)[9..],
+        ["--end-of-options", "/home/u/it's", "+refs/heads/bot-bottle/a-1/*:refs/namespaces/landed/refs/heads/*"]
+    );
     for bad in ["bot-bottle/a-1", "other/a-1/", "bot-bottle/*/", "bot-bottle/a..b/"] {
-        assert!(fetch(Path::new("/g/l.git"), &remote, Some(bad)).is_err(), "{bad}");
+        assert!(fetch_landed(Path::new("/g/l.git"), &remote, bad).is_err(), "{bad}");
     }
-    assert!(fetch(Path::new("/g/l.git"), &Remote::Local { path: "rel".into(), owner: None }, None).is_err());
+    assert!(fetch(Path::new("/g/l.git"), &Remote::Local { path: "rel".into(), owner: None }, false).is_err());
 }
 
 #[test]
@@ -271,7 +274,7 @@ fn an_https_token_travels_in_the_environment_not_the_command_line() {
         authorization: "Basic c2VjcmV0".into(),
         ca_file: None,
     };
-    let c = fetch(Path::new("/g/repos/app.git"), &remote, None).expect("argv");
+    let c = fetch(Path::new("/g/repos/app.git"), &remote, false).expect("argv");
     assert!(!c.display().contains("c2VjcmV0") && strs(&c).iter().all(|a| !a.contains("c2VjcmV0")));
     assert_eq!(env(&c, "GIT_CONFIG_COUNT"), Some(OsStr::new("3")));
     assert_eq!(env(&c, "GIT_CONFIG_KEY_0"), Some(OsStr::new("http.https://git.example.com/org/app.git.extraHeader")));

@@ -605,12 +605,17 @@ impl Inner {
         if !repo.head_known.load(std::sync::atomic::Ordering::SeqCst) {
             self.remote_head(repo).await?;
         }
-        let cmd = argv::fetch(&repo.dir, &repo.remote, repo.landed.as_deref())?;
-        let out = self.git.output(&cmd, None).await?;
-        if out.status.success() {
-            return Ok(());
+        let out = self.git.output(&argv::fetch(&repo.dir, &repo.remote, repo.landed.is_some())?, None).await?;
+        if !out.status.success() {
+            return Err(self.upstream_error(repo, "fetching", &out));
         }
-        Err(self.upstream_error(repo, "fetching", &out))
+        if let Some(prefix) = &repo.landed {
+            let out = self.git.output(&argv::fetch_landed(&repo.dir, &repo.remote, prefix)?, None).await?;
+            if !out.status.success() {
+                return Err(self.upstream_error(repo, "fetching the landed branches", &out));
+            }
+        }
+        Ok(())
     }
 
     fn upstream_error(&self, repo: &RepoState, what: &str, out: &std::process::Output) -> GateError {

@@ -357,3 +357,37 @@ fn a_push_onto_an_upstream_that_moved_since_is_refused_until_the_agent_fetches()
     let (pushed, out) = w.push(&work, &["origin", "bot/x"]);
     assert!(pushed, "{out}");
 }
+
+#[test]
+fn local_shows_no_bottles_branches_and_checks_a_push_against_the_project_as_it_is_now() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path().join("project");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    ok(super::gate_support::git(&home).args(["init", "-q", "-b", "main"]).arg(&project));
+    std::fs::write(project.join("a"), "a\n").expect("write");
+    ok(super::gate_support::git(&home).arg("-C").arg(&project).args(["add", "."]));
+    ok(super::gate_support::git(&home).arg("-C").arg(&project).args(["commit", "-qm", "a"]));
+    ok(super::gate_support::git(&home).arg("-C").arg(&project).args(["branch", "bot-bottle/other-1/main"]));
+    let Some(w) = World::new(Opts { local: Some(project.clone()), ..Opts::default() }) else { return };
+    let in_project = |args: &[&str]| ok(super::gate_support::git(&home).arg("-C").arg(&project).args(args));
+    let work = w.clone("local", "work");
+    assert_eq!(ok(&mut w.in_dir(&work, &["branch", "-r"])), "origin/HEAD -> origin/main\n  origin/main");
+    w.commit(&work, "b", b"b\n", "b");
+    assert!(w.push(&work, &["origin", "main"]).0);
+    let first = ok(&mut w.in_dir(&work, &["rev-parse", "HEAD"]));
+    assert_eq!(in_project(&["rev-parse", "bot-bottle/bottle-1/main"]), first);
+    // The user deletes the landed branch; the next push creates it again
+    // rather than being checked against what the gate saw before.
+    in_project(&["branch", "-D", "bot-bottle/bottle-1/main"]);
+    let second = w.commit(&work, "c", b"c\n", "c");
+    let (pushed, out) = w.push(&work, &["origin", "main"]);
+    assert!(pushed, "{out}");
+    assert!(out.contains("landed as bot-bottle/bottle-1/main"), "{out}");
+    assert_eq!(in_project(&["rev-parse", "bot-bottle/bottle-1/main"]), second);
+    // The project's own main never moved, and a fetch shows it so.
+    ok(&mut w.in_dir(&work, &["fetch", "-q", "origin"]));
+    assert_eq!(in_project(&["rev-parse", "main"]), ok(&mut w.in_dir(&work, &["rev-parse", "origin/main"])));
+    assert_ne!(in_project(&["rev-parse", "main"]), second);
+    assert_eq!(w.gate.report().landed.len(), 1);
+}
