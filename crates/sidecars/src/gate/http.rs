@@ -220,18 +220,37 @@ enum PumpError {
     Child,
 }
 
+impl PumpError {
+    /// The answer to a request that was not passed on in full.
+    fn response(&self) -> Response<GateBody> {
+        let status = match self {
+            PumpError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        text(status, format!("bot-bottle git gate: {self}\n"))
+    }
+}
+
 /// Streams the request body into git's stdin, decoding gzip in small steps
 /// so that no burst of decoded data (a gzip bomb) is ever held whole.
-async fn pump(mut body: Incoming, gzip: bool, cap: u64, mut stdin: ChildStdin) -> Result<(), PumpError> {
+async fn pump(mut body: Incoming, gzip: bool, cap: u64, stdin: ChildStdin) -> Result<(), PumpError> {
     const STEP: usize = 16 << 10;
     let mut dec = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
     let (mut raw, mut decoded) = (0u64, 0u64);
+    // When git stops reading, the rest is still read and counted (not
+    // kept), so an oversized request is refused as such whenever git gave up.
+    let mut stdin = Some(stdin);
     let mut send = async |bytes: &[u8], decoded: &mut u64| -> Result<(), PumpError> {
         *decoded += bytes.len() as u64;
         if *decoded > cap {
             return Err(PumpError::TooLarge(cap));
         }
-        stdin.write_all(bytes).await.map_err(|_| PumpError::Child)
+        if let Some(w) = stdin.as_mut()
+            && w.write_all(bytes).await.is_err()
+        {
+            stdin = None;
+        }
+        Ok(())
     };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| PumpError::Body(e.to_string()))?;
@@ -256,7 +275,7 @@ async fn pump(mut body: Incoming, gzip: bool, cap: u64, mut stdin: ChildStdin) -
         let out = std::mem::take(d.get_mut());
         send(&out, &mut decoded).await?;
     }
-    Ok(())
+    if stdin.is_none() { Err(PumpError::Child) } else { Ok(()) }
 }
 
 /// Streams a child's stdout as a response body, starting with a chunk
@@ -431,8 +450,7 @@ async fn rpc(
                     Ok(Ok(())) | Ok(Err(PumpError::Child)) => {}
                     Ok(Err(e)) => {
                         let _ = kill_tx.send(());
-                        let status = if matches!(e, PumpError::TooLarge(_)) { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-                        return text(status, format!("bot-bottle git gate: {e}\n"));
+                        return e.response();
                     }
                     Err(_) => {
                         let _ = kill_tx.send(());
@@ -451,7 +469,7 @@ async fn rpc(
                 && !matches!(e, PumpError::Child)
             {
                 let _ = kill_tx.send(());
-                return text(StatusCode::BAD_REQUEST, format!("bot-bottle git gate: {e}\n"));
+                return e.response();
             }
             0
         }
