@@ -525,6 +525,12 @@ pub(crate) fn rev_list_new(dir: &Path, tips: &[Oid]) -> Result<GitCmd, ArgvError
         .args(["--not", "--all"]))
 }
 
+/// The branches and tags of a gate repository, one name a line.
+pub(crate) fn list_refs(dir: &Path) -> Result<GitCmd, ArgvError> {
+    check_path("repository", dir)?;
+    Ok(GitCmd::new(["--git-dir"]).arg(dir).args(["for-each-ref", "--format=%(refname)", "refs/heads/", "refs/tags/"]))
+}
+
 /// Objects' types, sizes and contents, in stdin order.
 pub(crate) fn cat_file_batch(dir: &Path) -> Result<GitCmd, ArgvError> {
     check_path("repository", dir)?;

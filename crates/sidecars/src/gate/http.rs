@@ -170,7 +170,8 @@ async fn info_refs(inner: &Inner, state: &RepoState, service: Service, proto: Op
         }
     }
     if service == Service::Upload {
-        inner.audit(&state.name, "fetch", Vec::new(), "allow", 0, None);
+        let refs = inner.served_refs(state).await;
+        inner.audit(&state.name, "fetch", refs, "allow", 0, None);
     }
     let cmd = match service {
         Service::Upload => argv::upload_pack(&state.dir, true),

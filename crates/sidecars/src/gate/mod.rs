@@ -618,6 +618,24 @@ impl Inner {
         Ok(())
     }
 
+    /// The branches and tags a fetch may take, for its audit entry: the
+    /// first hundred, named as the detector allows.
+    async fn served_refs(&self, repo: &RepoState) -> Vec<String> {
+        const SHOWN: usize = 100;
+        let det = self.detector.get().await;
+        let Ok(cmd) = argv::list_refs(&repo.dir) else { return Vec::new() };
+        let out = match self.git.output(&cmd, None).await {
+            Ok(o) if o.status.success() => o.stdout,
+            _ => return vec!["(the refs could not be listed)".into()],
+        };
+        let all: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let mut refs: Vec<String> = all.iter().take(SHOWN).map(|r| check::show_path(r, &det)).collect();
+        if all.len() > SHOWN {
+            refs.push(format!("... and {} more", all.len() - SHOWN));
+        }
+        refs
+    }
+
     fn upstream_error(&self, repo: &RepoState, what: &str, out: &std::process::Output) -> GateError {
         GateError::Upstream {
             repo: repo.name.clone(),

@@ -31,7 +31,13 @@ fn clone_and_fetch_go_through_the_gate_and_see_the_upstream_as_it_is_now() {
     // Protocol v2 was spoken (git's default); v0 works too.
     ok(&mut w.in_dir(&work, &["-c", "protocol.version=0", "fetch", "-q", "origin"]));
     let audit = w.audit();
-    assert!(audit.iter().any(|e| e["op"] == "fetch" && e["decision"] == "allow" && e["repo"] == "app"), "{audit:?}");
+    assert!(
+        audit.iter().any(|e| e["op"] == "fetch"
+            && e["decision"] == "allow"
+            && e["repo"] == "app"
+            && e["refs"] == serde_json::json!(["refs/heads/main"])),
+        "{audit:?}"
+    );
     // The gate serves only git, only its repositories.
     let out = ok(std::process::Command::new("curl")
         .args(["-s", &format!("{}/nope.git/info/refs?service=git-upload-pack", w.gate_url)]));
