@@ -43,6 +43,8 @@ use bot_bottle_manifest::Plan;
 
 /// The port of the egress proxy inside every bottle.
 pub const PROXY_PORT: u16 = 3128;
+/// The port of the git gate inside every bottle.
+pub const GATE_PORT: u16 = 9420;
 
 /// What a backend is asked to build.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +86,14 @@ impl Endpoint {
         match self {
             Endpoint::Unix { .. } => format!("http://127.0.0.1:{PROXY_PORT}"),
             Endpoint::Tcp { addr, .. } => format!("http://{addr}:{PROXY_PORT}"),
+        }
+    }
+
+    /// The git gate's URL as the agent reaches it.
+    pub fn gate_url(&self) -> String {
+        match self {
+            Endpoint::Unix { .. } => format!("http://127.0.0.1:{GATE_PORT}"),
+            Endpoint::Tcp { addr, .. } => format!("http://{addr}:{GATE_PORT}"),
         }
     }
 }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
-    Backend, BackendError, Bottle, DiskWatch, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
+    Backend, BackendError, Bottle, DiskWatch, Exec, Owner, Target, Teardown, detect, pause_point,
 };
-use bot_bottle_manifest::{BackendKind, Egress, Plan, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
-use bot_bottle_sidecars::{Proxy, ProxyConfig};
+use bot_bottle_sidecars::{Bundle, BundleConfig, bundle_cleanup};
 
 use crate::{Failure, chain, failure};
 
@@ -149,13 +149,17 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     }
 }
 
-/// Removes what a killed launcher left of bottle `m` (state dir `state`).
+/// Removes what a killed launcher left of bottle `m` (state dir `state`):
+/// the backend's leftovers, then the sidecars' (deploy keys on forges).
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
-    match BackendKind::parse(&m.backend) {
+    let mut did = match BackendKind::parse(&m.backend) {
         Some(BackendKind::Native) => native().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
         Some(BackendKind::Smolmachines) => smolmachines().map(|b| b.cleanup(&m.slug, state)).unwrap_or_default(),
         _ => Vec::new(),
-    }
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    did.extend(bundle_cleanup(state, &env, upstream_ca().as_deref()));
+    did
 }
 
 fn native() -> Result<Native, Failure> {
@@ -240,44 +244,57 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     let mut teardown = Teardown::new();
     let endpoint = backend.reserve(&prepared, &mut teardown).map_err(err("reserving the bottle"))?;
 
-    // The sidecar bundle: the egress proxy.
-    let proxy = Proxy::new(ProxyConfig {
-        bottle: slug.to_owned(),
-        state_dir: state.join("proxy"),
-        egress: Egress { routes: plan.egress.routes.clone(), dlp: plan.egress.dlp },
-        upstream_ca: std::env::var_os("BOT_BOTTLE_UPSTREAM_CA").map(PathBuf::from),
-        audit_log: Some(state.join("audit.jsonl")),
-        env: Box::new(|name| std::env::var(name).ok()),
-        known_secrets: Vec::new(),
-    })
-    .map_err(|e| failure(format!("error: starting the egress proxy: {}", chain(&e))))?;
+    // The sidecar bundle: every service the plan needs, on the endpoint.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| failure(format!("error: runtime: {e}")))?;
-    match &endpoint {
-        Endpoint::Unix { dir, .. } => {
-            let sock = dir.join("proxy.sock");
-            let listener = rt
-                .block_on(async { tokio::net::UnixListener::bind(&sock) })
-                .map_err(|e| failure(format!("error: listening on {}: {e}", sock.display())))?;
-            endpoint.secure(&sock).map_err(|e| failure(format!("error: securing {}: {e}", sock.display())))?;
-            let p = proxy.clone();
-            rt.spawn(async move { p.serve_unix(listener).await });
-        }
-        Endpoint::Tcp { addr, listener } => {
-            let bound = || -> std::io::Result<tokio::net::TcpListener> {
-                let l = listener.try_clone()?;
-                l.set_nonblocking(true)?;
-                let _guard = rt.enter();
-                tokio::net::TcpListener::from_std(l)
-            };
-            let listener = bound().map_err(|e| failure(format!("error: listening on {addr}:{PROXY_PORT}: {e}")))?;
-            let p = proxy.clone();
-            rt.spawn(async move { p.serve(listener).await });
-        }
+    let bundle = Bundle::start(
+        BundleConfig {
+            slug,
+            plan,
+            state,
+            project: &opts.request.project,
+            endpoint: &endpoint,
+            env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
+            upstream_ca: upstream_ca(),
+        },
+        rt.handle(),
+    )
+    .map_err(|e| failure(format!("error: starting the sidecars: {}", chain(&e))))?;
+    // Whatever happens in the bottle, the sidecars are finished after it:
+    // its deploy keys deleted, what it left uncommitted landed.
+    let ran = in_bottle(backend, plan, opts, slug, state, &prepared, &endpoint, &bundle, &rt, teardown);
+    let workspace = (ran.is_ok() && plan.workspace == WorkspaceMode::Copy).then(|| state.join("workspace"));
+    let report = bundle.finish(workspace.as_deref());
+    if plan.workspace == WorkspaceMode::Copy {
+        say(opts, &format!("the agent's workspace is kept at {}", state.join("workspace").display()));
     }
+    let summary = crate::render::session_report(&report, &opts.request.project, slug);
+    if !summary.is_empty() {
+        let _ = std::io::stderr().write_all(summary.as_bytes());
+    }
+    drop(rt);
+    ran
+}
+
+/// The bottle itself, from launch to the agent's exit; its teardown runs
+/// before this returns, whatever happens.
+#[expect(clippy::too_many_arguments, reason = "one launch's parts, passed once")]
+fn in_bottle<B: Backend>(
+    backend: &B,
+    plan: &Plan,
+    opts: &Options,
+    slug: &str,
+    state: &Path,
+    prepared: &B::Prepared,
+    endpoint: &bot_bottle_backend::Endpoint,
+    bundle: &Bundle,
+    rt: &tokio::runtime::Runtime,
+    mut teardown: Teardown,
+) -> Result<i32, Failure> {
+    let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
     // Ctrl-C reaches the agent through the terminal; the launcher stays to
     // tear down. SIGTERM is for the launcher: it ends the bottle.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -305,10 +322,10 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             say(opts, &format!("copying {} into the bottle's workspace", opts.request.project.display()));
         }
     }
-    let mut bottle = backend.launch(&prepared, &endpoint, &mut teardown).map_err(err("the bottle failed"))?;
+    let mut bottle = backend.launch(prepared, endpoint, &mut teardown).map_err(err("the bottle failed"))?;
 
     // Provisioning, as data, applied through the bottle.
-    let ca_pem = std::fs::read_to_string(proxy.ca_cert_path())
+    let ca_pem = std::fs::read_to_string(bundle.ca_cert_path())
         .map_err(|e| failure(format!("error: reading the bottle CA: {e}")))?;
     let roots = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").ok();
     let prompt = read_prompt(plan)?;
@@ -320,11 +337,12 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             home: "/home/agent",
             workspace: "/workspace",
             state_dir: "/run/bot-bottle",
-            proxy_url: &endpoint.proxy_url(),
+            proxy_url: &bundle.addresses().proxy_url,
             ca_pem: &ca_pem,
             system_roots_pem: roots.as_deref(),
             prompt: &prompt,
-            git_gate_url: None,
+            git_gate_url: bundle.addresses().git_gate_url.as_deref(),
+            git_gate_local: bundle.addresses().git_gate_local,
             supervise_url: None,
             interactive,
         },
@@ -363,11 +381,12 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     }
     drop(bottle);
     drop(teardown);
-    if plan.workspace == WorkspaceMode::Copy {
-        say(opts, &format!("the agent's workspace is kept at {}", state.join("workspace").display()));
-    }
-    drop(rt);
     Ok(code)
+}
+
+/// An extra CA for upstreams and forge APIs (tests, corporate CAs).
+fn upstream_ca() -> Option<PathBuf> {
+    std::env::var_os("BOT_BOTTLE_UPSTREAM_CA").map(PathBuf::from)
 }
 
 /// The agent's prompt: its file from the body's first line on.

@@ -85,8 +85,8 @@ pub(crate) fn plan_text(p: &Plan) -> String {
         for (name, repo) in &p.git_gate.repos {
             let key = match &repo.key {
                 KeySource::Static { path } => format!("key {}", path.display()),
-                KeySource::Github { forge_token_env } => format!("github deploy key via ${forge_token_env}"),
-                KeySource::Gitea { forge_token_env } => format!("gitea deploy key via ${forge_token_env}"),
+                KeySource::Github { forge_token_env, .. } => format!("github deploy key via ${forge_token_env}"),
+                KeySource::Gitea { forge_token_env, .. } => format!("gitea deploy key via ${forge_token_env}"),
                 KeySource::Token { env } => format!("token ${env}"),
             };
             let _ = writeln!(s, "  {name:<8} {} ({key}), branches {}", repo.url, repo.branches.join(" "));
@@ -119,6 +119,54 @@ pub(crate) fn listing_text(l: &Listing) -> String {
     }
     if !l.skills.is_empty() {
         let _ = writeln!(s, "skills\n  {}", l.skills.join(", "));
+    }
+    s
+}
+
+/// What the bottle's sidecars did, for the end of a session: the branches
+/// landed in the user's repository and how to look at them there, what was
+/// pushed upstream, what was refused, and anything left undone. Never a
+/// command to run inside the kept workspace: its `.git` is the agent's.
+pub(crate) fn session_report(r: &bot_bottle_sidecars::BundleReport, project: &std::path::Path, slug: &str) -> String {
+    let mut s = String::new();
+    let g = &r.gate;
+    let mut landed: Vec<&bot_bottle_sidecars::Landing> = g.landed.iter().collect();
+    if let Some(u) = r.uncommitted.as_ref().filter(|u| !landed.iter().any(|l| l.branch == u.branch)) {
+        landed.push(u);
+    }
+    if !landed.is_empty() {
+        let _ = writeln!(s, "bot-bottle: the bottle's work is in your repository {}:", project.display());
+        for l in &landed {
+            let short = l.commit.get(..10).unwrap_or(&l.commit);
+            let what = if r.uncommitted.as_ref().is_some_and(|u| u.branch == l.branch) {
+                " (what the workspace held uncommitted)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  {} at {short}{what}", l.branch);
+        }
+        let first = &landed[0].branch;
+        let _ = writeln!(
+            s,
+            "  look at it there: git -C {} log {first}   (every branch: git -C {} branch --list 'bot-bottle/{slug}/*')",
+            project.display(),
+            project.display()
+        );
+    }
+    for p in &g.pushed {
+        let short = p.commit.get(..10).unwrap_or(&p.commit);
+        let _ = writeln!(s, "bot-bottle: pushed {} to {} at {short}", p.branch, p.repo);
+    }
+    for f in &g.refused {
+        let secrets = match f.findings {
+            0 => String::new(),
+            1 => " (1 secret)".to_owned(),
+            n => format!(" ({n} secrets)"),
+        };
+        let _ = writeln!(s, "bot-bottle: refused a push to {} ({}): {}{secrets}", f.repo, f.refs.join(", "), f.reason);
+    }
+    for p in &g.problems {
+        let _ = writeln!(s, "bot-bottle: warning: {p}");
     }
     s
 }

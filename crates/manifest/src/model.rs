@@ -556,9 +556,20 @@ pub enum KeySource {
     /// A deploy key file on the host (ssh remotes).
     Static { path: PathBuf },
     /// A deploy key minted through the GitHub API with a host token (ssh remotes).
-    Github { forge_token_env: EnvName },
+    /// `api` is the REST base URL; default `https://api.github.com` for
+    /// github.com, else `https://HOST/api/v3` (GitHub Enterprise).
+    Github {
+        forge_token_env: EnvName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api: Option<String>,
+    },
     /// A deploy key minted through a Gitea API with a host token (ssh remotes).
-    Gitea { forge_token_env: EnvName },
+    /// `api` is the REST base URL; default `https://HOST/api/v1`.
+    Gitea {
+        forge_token_env: EnvName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        api: Option<String>,
+    },
     /// An HTTPS token from the host environment (https remotes).
     Token { env: EnvName },
 }
@@ -667,6 +678,41 @@ pub struct Repo {
     pub key: KeySource,
     pub host_key: Option<HostKey>,
     pub branches: Vec<String>,
+    /// Whether the agent may rewrite a branch (a push that is not a fast-forward).
+    pub allow_force_push: bool,
+    /// Whether the agent may delete a branch.
+    pub allow_delete: bool,
+}
+
+/// Checks a forge's REST base URL: https, a host, no credentials, no query.
+/// Returned without a trailing `/`.
+pub(crate) fn check_api_url(raw: &str) -> Result<String, Invalid> {
+    let help = "the forge's REST base URL, e.g. `https://gitea.example.com/api/v1`";
+    let Some(rest) = raw.strip_prefix("https://") else {
+        return Err(invalid(format!("forge API URL `{raw}` is not https"), help));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(invalid(
+            "forge API URL carries credentials",
+            "never put credentials in a URL; the token comes from `forge_token_env`",
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && (host.parse::<IpAddr>().is_ok()
+            || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
+            || check_dns_name(&host.to_ascii_lowercase(), raw).is_ok());
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let path_ok = rest[authority.len()..].chars().all(|c| c.is_ascii_graphic() && !"?#\\'\"`$;|&<>@".contains(c));
+    if host_ok && port_ok && path_ok {
+        Ok(raw.trim_end_matches('/').to_owned())
+    } else {
+        Err(invalid(format!("invalid forge API URL `{raw}`"), help))
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -284,7 +284,7 @@ fn secret_refs(spec: &BottleSpec, env_is_set: &dyn Fn(&str) -> bool) -> Vec<Secr
     }
     for (name, repo) in &spec.repos {
         match &repo.key {
-            KeySource::Github { forge_token_env: e } | KeySource::Gitea { forge_token_env: e } => {
+            KeySource::Github { forge_token_env: e, .. } | KeySource::Gitea { forge_token_env: e, .. } => {
                 add(e, format!("git-gate repo {name} forge token"))
             }
             KeySource::Token { env } => add(env, format!("git-gate repo {name} token")),

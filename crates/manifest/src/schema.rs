@@ -718,6 +718,18 @@ fn git_gate(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleS
                     ck.push(Severity::Error, &rp, Target::Key, e.message, e.help, false);
                     continue;
                 }
+                if name == "local" {
+                    // The gate serves the project's own repository under this name.
+                    ck.push(
+                        Severity::Error,
+                        &rp,
+                        Target::Key,
+                        "`local` is the gate's name for the project's own repository".to_owned(),
+                        Some("give this upstream another name".to_owned()),
+                        false,
+                    );
+                    continue;
+                }
                 if let Some(r) = repo(ck, &rp, rv, dir, home) {
                     spec.repos.insert(name.to_owned(), r);
                 }
@@ -734,7 +746,7 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
             return None;
         }
     };
-    ck.keys(path, m, &["url", "key", "host_key", "branches"], "repo");
+    ck.keys(path, m, &["url", "key", "host_key", "branches", "allow_force_push", "allow_delete"], "repo");
     let before = ck.diags.len();
     let url = match get(m, "url") {
         Some(v) => {
@@ -786,6 +798,8 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
     } else {
         branches.push("bot/*".to_owned());
     }
+    let allow_force_push = get(m, "allow_force_push").and_then(|v| ck.bool(&path.key("allow_force_push"), v));
+    let allow_delete = get(m, "allow_delete").and_then(|v| ck.bool(&path.key("allow_delete"), v));
     if let (Some(url), Some(key)) = (&url, &key) {
         let ssh_key = !matches!(key, KeySource::Token { .. });
         if url.is_ssh() != ssh_key {
@@ -814,7 +828,14 @@ fn repo(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Opti
     if ck.diags.len() > before {
         return None;
     }
-    Some(Repo { url: url?, key: key?, host_key, branches })
+    Some(Repo {
+        url: url?,
+        key: key?,
+        host_key,
+        branches,
+        allow_force_push: allow_force_push.unwrap_or(false),
+        allow_delete: allow_delete.unwrap_or(false),
+    })
 }
 
 fn key_source(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home: Option<&Path>) -> Option<KeySource> {
@@ -837,12 +858,27 @@ fn key_source(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, dir: &Path, home
             Some(KeySource::Static { path: expand_path(s, dir, home) })
         }
         "github" | "gitea" => {
-            ck.keys(path, m, &["provider", "forge_token_env"], "forge key");
+            ck.keys(path, m, &["provider", "forge_token_env", "api"], "forge key");
+            let api = match get(m, "api") {
+                Some(v) => {
+                    let p = path.key("api");
+                    let s = ck.str(&p, v)?;
+                    match check_api_url(s) {
+                        Ok(u) => Some(u),
+                        Err(e) => {
+                            let redact = e.message.contains("credentials");
+                            ck.push(Severity::Error, &p, Target::Value, e.message, e.help, redact);
+                            return None;
+                        }
+                    }
+                }
+                None => None,
+            };
             let env = env_ref(ck, path, m, "forge_token_env")?;
             Some(if provider == "github" {
-                KeySource::Github { forge_token_env: env }
+                KeySource::Github { forge_token_env: env, api }
             } else {
-                KeySource::Gitea { forge_token_env: env }
+                KeySource::Gitea { forge_token_env: env, api }
             })
         }
         _ => {

@@ -40,6 +40,9 @@ pub struct Launch<'a> {
     pub prompt: &'a str,
     /// The git gate's base URL inside the bottle, when it runs.
     pub git_gate_url: Option<&'a str>,
+    /// Whether the gate serves the project's repository as `local` (the
+    /// workspace copy's `origin`).
+    pub git_gate_local: bool,
     /// The supervise MCP endpoint inside the bottle, when enabled.
     pub supervise_url: Option<&'a str>,
     /// `true` when the agent is attached to a terminal; `false` for

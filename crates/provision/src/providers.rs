@@ -1,6 +1,6 @@
 //! One function per provider, each adding to what `common` set up.
 
-use bot_bottle_manifest::{GitUrl, Plan};
+use bot_bottle_manifest::{GitUrl, Plan, WorkspaceMode};
 
 use crate::{Command, Content, Dir, File, Launch, Owner, Provision};
 
@@ -80,35 +80,99 @@ pub(crate) fn common(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
         env(p, k.as_str(), v.clone());
     }
     file(p, format!("{}/.gitconfig", l.home), 0o644, Owner::Agent, text(gitconfig(plan, l)));
+    if let Some(gate) = l.git_gate_url.filter(|_| l.git_gate_local && plan.workspace != WorkspaceMode::None) {
+        origin(p, l, gate);
+    }
 }
+
+/// The identity commits get when the bottle sets none, so `git commit`
+/// works out of the box.
+const DEFAULT_NAME: &str = "bot-bottle agent";
+const DEFAULT_EMAIL: &str = "agent@bot-bottle.invalid";
 
 fn gitconfig(plan: &Plan, l: &Launch<'_>) -> String {
     let mut g = String::new();
     let user = &plan.git_gate.user;
-    if user.name.is_some() || user.email.is_some() {
-        g.push_str("[user]\n");
-        if let Some(n) = &user.name {
-            g.push_str(&format!("\tname = {}\n", quote(n)));
-        }
-        if let Some(e) = &user.email {
-            g.push_str(&format!("\temail = {}\n", quote(e)));
-        }
-    }
+    g.push_str("[user]\n");
+    g.push_str(&format!("\tname = {}\n", quote(user.name.as_deref().unwrap_or(DEFAULT_NAME))));
+    g.push_str(&format!("\temail = {}\n", quote(user.email.as_deref().unwrap_or(DEFAULT_EMAIL))));
     g.push_str(&format!("[http]\n\tproxy = {}\n\tsslCAInfo = {}\n", l.proxy_url, bundle_path(l)));
     g.push_str(&format!("[safe]\n\tdirectory = {}\n", l.workspace));
     // Pushes and fetches of the bottle's repos go to the git gate, which
-    // holds the real credentials; both spellings of an ssh URL are mapped.
+    // holds the real credentials. Every spelling of an upstream the agent
+    // may know (ssh://, scp-like, https://, with or without `.git`) is
+    // mapped; git picks the longest match, so the `.git` forms win where
+    // both fit.
     if let Some(gate) = l.git_gate_url {
+        let gate = gate.trim_end_matches('/');
+        // The gate is reached directly, never through the egress proxy.
+        g.push_str(&format!("[http \"{gate}/\"]\n\tproxy = \"\"\n"));
         for (name, repo) in &plan.git_gate.repos {
-            g.push_str(&format!("[url \"{}/{name}.git\"]\n", gate.trim_end_matches('/')));
-            g.push_str(&format!("\tinsteadOf = {}\n", repo.url));
-            if let GitUrl::Ssh { user, host, port: None, path } = &repo.url {
-                let at = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
-                g.push_str(&format!("\tinsteadOf = {at}{host}:{path}\n"));
+            g.push_str(&format!("[url \"{gate}/{name}.git\"]\n"));
+            for form in url_forms(&repo.url) {
+                g.push_str(&format!("\tinsteadOf = {form}\n"));
             }
         }
     }
     g
+}
+
+/// The spellings of one upstream an agent may use.
+fn url_forms(url: &GitUrl) -> Vec<String> {
+    let (host, port, path, user) = match url {
+        GitUrl::Ssh { user, host, port, path } => (host, *port, path, user.clone()),
+        GitUrl::Https { host, port, path } => (host, *port, path, Some("git".to_owned())),
+    };
+    let stem = path.strip_suffix(".git").unwrap_or(path);
+    let paths = [format!("{stem}.git"), stem.to_owned()];
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |s: String| {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    };
+    let users: Vec<String> = user.iter().map(|u| format!("{u}@")).chain([String::new()]).collect();
+    for p in &paths {
+        let hp = match (url, port) {
+            (GitUrl::Ssh { .. }, Some(n)) => format!("{host}:{n}"),
+            _ => host.clone(),
+        };
+        for u in &users {
+            add(format!("ssh://{u}{hp}/{p}"));
+            if !(url.is_ssh() && port.is_some()) {
+                add(format!("{u}{host}:{p}"));
+            }
+        }
+        let https_host = match (url, port) {
+            (GitUrl::Https { .. }, Some(n)) => format!("{host}:{n}"),
+            _ => host.clone(),
+        };
+        add(format!("https://{https_host}/{p}"));
+    }
+    out
+}
+
+/// Points the workspace copy's `origin` at the gate's `local`: a push
+/// there lands as `bot-bottle/<slug>/<branch>` in the user's repository.
+/// Runs inside the bottle, as the agent, on the agent's own copy.
+fn origin(p: &mut Provision, l: &Launch<'_>, gate: &str) {
+    let url = format!("{}/local.git", gate.trim_end_matches('/'));
+    p.commands.push(Command {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            // Without git in the bottle, or a repository in the copy,
+            // there is no origin to set.
+            "cd \"$1\" && command -v git >/dev/null && git rev-parse --git-dir >/dev/null 2>&1 || exit 0; \
+             git remote set-url origin \"$2\" 2>/dev/null || git remote add origin \"$2\""
+                .into(),
+            "sh".into(),
+            l.workspace.to_owned(),
+            url,
+        ],
+        user: Owner::Agent,
+        why: "pointing the workspace's `origin` at the git gate".into(),
+    });
 }
 
 /// A git config value, quoted when it has characters git would misread.
@@ -287,6 +351,29 @@ mod tests {
         assert_eq!(quote("a;b"), "\"a;b\"");
         assert_eq!(quote("x\"y"), "\"x\\\"y\"");
         assert_eq!(quote("evil\n[core]\n\tsshCommand = x"), "\"evil[core]sshCommand = x\"");
+    }
+
+    #[test]
+    fn every_spelling_of_an_upstream_goes_to_the_gate() {
+        let https = GitUrl::Https { host: "git.example.com".into(), port: Some(8443), path: "org/app".into() };
+        assert_eq!(
+            url_forms(&https),
+            [
+                "ssh://git@git.example.com/org/app.git",
+                "git@git.example.com:org/app.git",
+                "ssh://git.example.com/org/app.git",
+                "git.example.com:org/app.git",
+                "https://git.example.com:8443/org/app.git",
+                "ssh://git@git.example.com/org/app",
+                "git@git.example.com:org/app",
+                "ssh://git.example.com/org/app",
+                "git.example.com:org/app",
+                "https://git.example.com:8443/org/app",
+            ]
+        );
+        // With a port, an ssh remote has no scp-like spelling.
+        let ssh = GitUrl::Ssh { user: None, host: "h".into(), port: Some(2222), path: "a.git".into() };
+        assert_eq!(url_forms(&ssh), ["ssh://h:2222/a.git", "https://h/a.git", "ssh://h:2222/a", "https://h/a"]);
     }
 
     #[test]

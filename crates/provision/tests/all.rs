@@ -34,7 +34,8 @@ fn launch<'a>(prompt: &'a str, interactive: bool) -> Launch<'a> {
         ca_pem: CA,
         system_roots_pem: Some("-----BEGIN CERTIFICATE-----\nsystem roots\n-----END CERTIFICATE-----\n"),
         prompt,
-        git_gate_url: Some("http://127.0.0.1:9418"),
+        git_gate_url: Some("http://127.0.0.1:9420"),
+        git_gate_local: true,
         supervise_url: Some("http://127.0.0.1:9419/mcp"),
         interactive,
     }

@@ -1,15 +1,28 @@
 //! The per-bottle sidecar bundle: the host-side services that are a
 //! bottle's only way out.
 //!
-//! Today this is the egress proxy ([`Proxy`]): an HTTP/1.1 forward proxy
-//! that decrypts HTTPS with a per-bottle CA, allows only what the bottle's
-//! routes name, injects real tokens from the host environment, blocks
-//! secrets on the way out, and writes an audit log of every decision. The
-//! git gate and supervise join it with their issues.
+//! [`Bundle`] starts what a bottle's plan needs on the backend's endpoint
+//! and ends it:
+//! - the egress proxy ([`Proxy`]): an HTTP/1.1 forward proxy that decrypts
+//!   HTTPS with a per-bottle CA, allows only what the bottle's routes name,
+//!   injects real tokens from the host environment, blocks secrets on the way
+//!   out, and writes an audit log of every decision;
+//! - the git gate ([`Gate`]): the only way the agent's commits leave, as
+//!   secret-scanned pushes to upstreams (with deploy keys the agent never
+//!   sees) or as branches in the user's own repository.
 //!
-//! Not for: deciding policy (routes come from `bot-bottle-manifest`) or
-//! finding secrets (that is `bot-bottle-detect`).
+//! Supervise joins them with its issue.
+//!
+//! Not for: deciding policy (routes and repos come from
+//! `bot-bottle-manifest`) or finding secrets (that is `bot-bottle-detect`).
 
+mod bundle;
+mod gate;
 mod proxy;
 
+pub use bundle::{Addresses, Bundle, BundleConfig, BundleError, BundleReport, SharedEnv, cleanup as bundle_cleanup};
+pub use gate::{
+    ArgvError, ForgeError, Gate, GateConfig, GateError, GateReport, HttpsError, Landing, Refusal,
+    cleanup as gate_cleanup, landing_prefix,
+};
 pub use proxy::{Ca, EnvLookup, Policy, Proxy, ProxyConfig, ProxyError};

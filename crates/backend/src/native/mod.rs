@@ -148,7 +148,10 @@ impl Backend for Native {
             workspace,
             root_dir: t.state.join("root"),
             sockets_dir: Some(t.state.join("sockets")),
-            forwards: vec![Forward { port: PROXY_PORT, socket: "proxy.sock".into() }],
+            forwards: vec![
+                Forward { port: PROXY_PORT, socket: "proxy.sock".into() },
+                Forward { port: crate::GATE_PORT, socket: "gate.sock".into() },
+            ],
             limits: Limits {
                 pids: t.plan.resources.pids.map(u64::from).or(Some(4096)),
                 memory: t.plan.resources.memory.map(|m| m.0),

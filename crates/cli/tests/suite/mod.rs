@@ -5,6 +5,7 @@ mod cli;
 mod doors;
 mod dry_run;
 mod escape;
+mod gate;
 mod malformed;
 mod native;
 mod proxy_cmd;
