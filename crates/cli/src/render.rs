@@ -37,7 +37,11 @@ pub(crate) fn plan_text(p: &Plan) -> String {
         None => {}
     }
     let ws = serde_json::to_value(p.workspace).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let _ = writeln!(s, "workspace  {ws}");
+    if p.workspace_include_ignored.is_empty() {
+        let _ = writeln!(s, "workspace  {ws}");
+    } else {
+        let _ = writeln!(s, "workspace  {ws}, with ignored files matching {}", p.workspace_include_ignored.join(" "));
+    }
     let r = &p.resources;
     let mut res = Vec::new();
     if let Some(c) = r.cpus {

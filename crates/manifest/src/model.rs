@@ -330,6 +330,47 @@ pub(crate) fn check_path_prefix(p: &str) -> Result<(), Invalid> {
     }
 }
 
+/// Checks one `workspace.include-ignored` pattern: `.gitignore` syntax,
+/// relative to the project, naming ignored files to copy in anyway.
+pub(crate) fn check_include_pattern(p: &str) -> Result<(), Invalid> {
+    let help = "write a `.gitignore`-style pattern relative to the project, e.g. `.env.example` or `vendor/`";
+    if p.trim().is_empty() {
+        return Err(invalid("empty pattern", help));
+    }
+    if p.starts_with('#') {
+        return Err(invalid(format!("`{p}` is a comment in `.gitignore` syntax"), "escape a leading `#` as `\\#`"));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err(invalid("a pattern holds a control character", help));
+    }
+    let body = p.strip_prefix('!').unwrap_or(p);
+    let body = body.strip_prefix('/').unwrap_or(body);
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        return Err(invalid(format!("`{p}` names no file"), help));
+    }
+    if body.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
+        return Err(invalid(
+            format!("`{p}` has an empty, `.` or `..` segment"),
+            "patterns name paths inside the project, e.g. `config/local.toml`",
+        ));
+    }
+    if body.split('/').any(|seg| seg == ".git") {
+        return Err(invalid(
+            format!("`{p}` reaches into `.git`"),
+            "the repository's `.git` is copied as a repository (objects and refs), never by pattern; remove this entry",
+        ));
+    }
+    // The same glob dialect the copy compiles these with (the `ignore` crate's).
+    let glob = if body.contains('/') { body.to_owned() } else { format!("**/{body}") };
+    globset::GlobBuilder::new(&glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| invalid(format!("invalid pattern `{p}`: {}", e.kind()), help))?;
+    Ok(())
+}
+
 /// Whether the proxy decrypts and inspects a route's traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -796,6 +837,10 @@ pub struct BottleSpec {
     pub backend: Option<BackendKind>,
     pub image: Option<ImageSource>,
     pub workspace: Option<WorkspaceMode>,
+    /// `workspace.include-ignored`: `.gitignore`-style patterns of ignored
+    /// files a copy brings in anyway. Later layers append; a later `!pattern`
+    /// takes one back, as in `.gitignore`.
+    pub include_ignored: Vec<String>,
     pub env: IndexMap<EnvName, String>,
     pub resources: Resources,
     /// Keyed by the host pattern's text (`api.example.com`, `*.x.com:8443`).
