@@ -29,7 +29,10 @@ mod workspace;
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
 pub use detect::{Detected, detect};
 pub use teardown::Teardown;
-pub use workspace::prepare_workspace;
+pub use workspace::{
+    CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,
+    check_project, copy_owner, copy_project, find_project, partial_path, prepare_workspace, workdir_in,
+};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -124,6 +127,9 @@ pub enum BackendError {
     },
     #[error(transparent)]
     Native(#[from] native::NativeError),
+    /// The workspace copy failed; nothing of it is left.
+    #[error("copying the project into the workspace")]
+    Workspace(#[from] WorkspaceError),
     #[error(transparent)]
     Smolvm(#[from] bot_bottle_smolvm::SmolvmError),
     #[error(transparent)]

@@ -113,7 +113,7 @@ pub(crate) fn is_reserved_env(name: &str) -> bool {
 /// Whether a plain `env:` value looks like a credential. Bottle env is
 /// written into the sandbox and shown in plans, so a secret there would leak;
 /// secrets belong in the host environment, referenced by name.
-pub(crate) fn looks_like_secret(name: &str, value: &str) -> Option<&'static str> {
+pub fn looks_like_secret(name: &str, value: &str) -> Option<&'static str> {
     const PREFIXES: &[(&str, &str)] = &[
         ("sk-ant-", "an Anthropic API key"),
         ("sk-proj-", "an OpenAI API key"),
