@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
-    Backend, BackendError, Bottle, Endpoint, Exec, Owner, PROXY_PORT, Target, Teardown, detect, pause_point,
+    Backend, BackendError, Bottle, CopyOptions, CopyReport, Endpoint, Exec, Guarded, Owner, PROXY_PORT, Progress,
+    Project, ProjectQuery, ProjectSource, Target, Teardown, copy_owner, copy_project, detect, find_project,
+    partial_path, pause_point, workdir_in,
 };
 use bot_bottle_manifest::{BackendKind, Egress, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
 use bot_bottle_sidecars::{Proxy, ProxyConfig};
 
-use crate::{Failure, chain, failure};
+use crate::{Failure, chain, failure, usage};
 
 pub(crate) struct Options {
     pub(crate) quiet: bool,
@@ -33,6 +35,9 @@ pub(crate) struct Stored {
     pub(crate) args: Vec<String>,
     pub(crate) manifest: PathBuf,
     pub(crate) project: PathBuf,
+    /// Where the agent starts, relative to the project.
+    #[serde(default)]
+    pub(crate) workdir: PathBuf,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -78,6 +83,42 @@ pub(crate) fn state_home() -> Option<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+}
+
+fn config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+}
+
+/// bot-bottle's own directories, which no project may hold.
+pub(crate) fn guarded() -> Vec<Guarded> {
+    let mut g = Vec::new();
+    if let Some(s) = state_home() {
+        g.push(Guarded { what: "bot-bottle's state directory", path: s.join("bot-bottle") });
+    }
+    if let Some(c) = config_home() {
+        g.push(Guarded { what: "bot-bottle's config directory", path: c.join("bot-bottle") });
+    }
+    g
+}
+
+/// The project `plan` would work on, refused (exit 2) if it may not be
+/// one. With `workspace: none` nothing of it enters the bottle, so the
+/// current directory is recorded and nothing is refused.
+pub(crate) fn project(
+    plan: &Plan,
+    cwd: &Path,
+    home: Option<&Path>,
+    workspace: Option<&Path>,
+) -> Result<Project, Failure> {
+    if plan.workspace == WorkspaceMode::None && workspace.is_none() {
+        return Ok(Project { root: cwd.to_path_buf(), subdir: PathBuf::new(), source: ProjectSource::Cwd });
+    }
+    let guarded = guarded();
+    find_project(&ProjectQuery { cwd, workspace, home, guarded: &guarded })
+        .map_err(|e| usage(format!("error: cannot start `{}`: {}", plan.agent.name, chain(&e))))
 }
 
 /// `start --detach`: the same command again, minus `--detach`, in a process
@@ -146,11 +187,20 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
 
 /// Removes what a killed launcher left of bottle `m` (state dir `state`).
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
-    match BackendKind::parse(&m.backend) {
+    let mut did = match BackendKind::parse(&m.backend) {
         Some(BackendKind::Native) => native().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
         Some(BackendKind::Smolmachines) => smolmachines().map(|b| b.cleanup(&m.slug, state)).unwrap_or_default(),
         _ => Vec::new(),
+    };
+    // A copy the launcher was killed in the middle of.
+    let partial = partial_path(&state.join("workspace"));
+    if std::fs::symlink_metadata(&partial).is_ok() {
+        match std::fs::remove_dir_all(&partial) {
+            Ok(()) => did.push("removed an unfinished workspace copy".into()),
+            Err(e) => did.push(format!("could not remove {}: {e}", partial.display())),
+        }
     }
+    did
 }
 
 fn native() -> Result<Native, Failure> {
@@ -165,10 +215,10 @@ pub(crate) fn smolmachines() -> Result<Smolmachines, Failure> {
 
 /// What the backend would build for `plan`, for `--dry-run`: nothing is
 /// created; the slug is a placeholder.
-pub(crate) fn dry_run(plan: &Plan, project: &Path) -> Result<serde_json::Value, Failure> {
+pub(crate) fn dry_run(plan: &Plan, project: &Project) -> Result<serde_json::Value, Failure> {
     let slug = format!("{}-dryrun", plan.agent.name);
     let state = bottles_dir().unwrap_or_default().join(&slug);
-    let target = Target { slug: &slug, plan, state: &state, project, resume: false };
+    let target = Target { slug: &slug, plan, state: &state, project: &project.root, resume: false };
     match detect(plan.backend.requested) {
         Ok(d) if d.kind == BackendKind::Smolmachines => describe(&smolmachines()?, &target),
         Ok(d) if d.kind == BackendKind::Native => describe(&native()?, &target),
@@ -285,11 +335,14 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     });
     pause_point("sidecars");
 
+    let workspace = state.join("workspace");
     if plan.workspace == WorkspaceMode::Copy {
-        if opts.resume.is_some() && state.join("workspace").is_dir() {
-            say(opts, &format!("resuming with the workspace at {}", state.join("workspace").display()));
+        if opts.resume.is_some() && workspace.is_dir() {
+            say(opts, &format!("resuming with the workspace at {}", workspace.display()));
         } else {
             say(opts, &format!("copying {} into the bottle's workspace", opts.request.project.display()));
+            let report = copy(backend.name(), plan, opts, &workspace)?;
+            tell(opts, &report);
         }
     }
     let mut bottle = backend.launch(&prepared, &endpoint, &mut teardown).map_err(err("the bottle failed"))?;
@@ -318,9 +371,34 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     )
     .map_err(|e| failure(format!("error: provisioning: {e}")))?;
     let mut prov = prov;
-    if plan.workspace == WorkspaceMode::None {
-        prov.workdir = "/home/agent".into();
-    }
+    let at = match plan.workspace {
+        WorkspaceMode::None => None,
+        WorkspaceMode::Copy => Some(workspace.as_path()),
+        WorkspaceMode::Mount => Some(opts.request.project.as_path()),
+    };
+    prov.workdir = match at {
+        None => "/home/agent".into(),
+        // The agent starts where `start` ran, inside the project; in a copy
+        // that directory may be missing (ignored), then its nearest parent.
+        Some(root) => {
+            let sub = workdir_in(root, &opts.request.workdir);
+            if sub != opts.request.workdir {
+                say(
+                    opts,
+                    &format!(
+                        "{} is not in the workspace; the agent starts in /workspace/{}",
+                        opts.request.workdir.display(),
+                        sub.display()
+                    ),
+                );
+            }
+            if sub.as_os_str().is_empty() {
+                prov.workdir
+            } else {
+                Path::new(&prov.workdir).join(sub).display().to_string()
+            }
+        }
+    };
     bot_bottle_backend::provision(&mut bottle, &prov).map_err(err("provisioning"))?;
 
     say(opts, &format!("starting {} in bottle {slug} ({})", plan.agent.name, backend.name()));
@@ -341,6 +419,52 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     }
     drop(rt);
     Ok(code)
+}
+
+/// Copies the project into `dst`, with a progress line on stderr when it
+/// takes more than a second.
+fn copy(backend: &str, plan: &Plan, opts: &Options, dst: &Path) -> Result<CopyReport, Failure> {
+    let tty = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+    let last = std::sync::Mutex::new(None::<std::time::Instant>);
+    let progress = |p: Progress| {
+        let line = format!("bot-bottle: copying the project: {} files, {}", p.files, crate::render::size(p.bytes));
+        let mut err = std::io::stderr().lock();
+        // A terminal gets one line rewritten in place; a log a line every few seconds.
+        let _ = if tty {
+            write!(err, "\r{line}{}", if p.done { "\n" } else { "" })
+        } else {
+            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if p.done || last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+                *last = Some(std::time::Instant::now());
+                writeln!(err, "{line}")
+            } else {
+                Ok(())
+            }
+        };
+    };
+    let guarded: Vec<PathBuf> = guarded().into_iter().map(|g| g.path).collect();
+    let copy_opts = CopyOptions {
+        owner: copy_owner(backend),
+        include_ignored: &plan.workspace_include_ignored,
+        guarded: &guarded,
+        progress: (!opts.quiet).then_some(&progress as &(dyn Fn(Progress) + Sync)),
+        ..CopyOptions::default()
+    };
+    copy_project(&opts.request.project, dst, &copy_opts).map_err(|e| {
+        failure(format!("error: copying {} into the workspace: {}", opts.request.project.display(), chain(&e)))
+    })
+}
+
+/// What the copy did: what it removed always (names only), the rest
+/// unless quiet.
+fn tell(opts: &Options, r: &CopyReport) {
+    let (always, verbose) = crate::render::copy_report(r);
+    for line in verbose {
+        say(opts, &line);
+    }
+    for line in always {
+        let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+    }
 }
 
 /// The agent's prompt: its file from the body's first line on.

@@ -92,6 +92,10 @@ struct StartArgs {
     /// Less progress output on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The project to work on, instead of the git repository around the
+    /// current directory (or the current directory outside one).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
     /// Run in the background; print the bottle's slug and return. Output goes
     /// to `agent.log` in the bottle's state dir; `stop SLUG` ends it.
     #[arg(long, conflicts_with = "dry_run")]
@@ -256,17 +260,18 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         }
         other => usage(format!("error: {other}")),
     })?;
+    let project = launch::project(&plan, &env.cwd, env.home.as_deref(), args.workspace.as_deref())?;
     if args.dry_run {
         // The plan, and what its backend would build (`launch`).
         let full = || -> Result<serde_json::Value, Failure> {
             let mut v = serde_json::to_value(&plan).map_err(|e| failure(e.to_string()))?;
             if let Some(o) = v.as_object_mut() {
-                o.insert("launch".into(), launch::dry_run(&plan, &env.cwd)?);
+                o.insert("launch".into(), launch::dry_run(&plan, &project)?);
             }
             Ok(v)
         };
         let out = match args.format {
-            Format::Text => render::plan_text(&plan),
+            Format::Text => render::plan_text(&plan) + &render::project_text(&plan, &project),
             Format::Json => {
                 serde_json::to_string_pretty(&full()?).map(|s| s + "\n").map_err(|e| failure(e.to_string()))?
             }
@@ -292,7 +297,8 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         backend: req.backend.map(BackendKind::as_str).map(str::to_owned),
         args: req.args.clone(),
         manifest: manifest.root().to_path_buf(),
-        project: env.cwd.clone(),
+        project: project.root.clone(),
+        workdir: project.subdir.clone(),
     };
     if args.detach {
         return launch::detach(&plan.agent.name);

@@ -25,6 +25,8 @@ pub enum ProjectSource {
     Git,
     /// The current directory, outside any repository.
     Cwd,
+    /// The project a bottle was started on (`resume`).
+    Stored,
 }
 
 /// The project of a `start`.
@@ -94,6 +96,7 @@ fn how(source: ProjectSource) -> &'static str {
         ProjectSource::Flag => " (from --workspace)",
         ProjectSource::Git => " (the git repository around the current directory)",
         ProjectSource::Cwd => " (the current directory)",
+        ProjectSource::Stored => " (the bottle's project)",
     }
 }
 

@@ -10,3 +10,4 @@ mod proxy_cmd;
 mod scan;
 mod smolmachines;
 mod start_native;
+mod workspace;
