@@ -362,9 +362,9 @@ pub(crate) fn sanitize(entries: Vec<Entry>, layout: Layout) -> (Vec<Entry>, Vec<
                 e.value = Some(clean);
             }
             let text = String::from_utf8_lossy(e.value.as_deref().unwrap_or_default()).into_owned();
-            if bot_bottle_manifest::looks_like_secret(&key, &text).is_some()
-                || bot_bottle_manifest::looks_like_secret(&e.name(), &text).is_some()
-            {
+            // By its value, or by its section and key (`github.token`); not
+            // by a subsection, which is a URL or a name of the user's.
+            if bot_bottle_manifest::looks_like_secret(&format!("{section}.{key}"), &text).is_some() {
                 note(format!("{} (looks like a secret)", e.name()));
                 continue;
             }

@@ -384,3 +384,38 @@ fn modes_and_times_are_kept_and_set_id_bits_dropped() {
     let mtime = |p: &Path| std::fs::metadata(p).expect("meta").mtime_nsec();
     assert_eq!(mtime(&dst.join("run.sh")), mtime(&d.path().join("run.sh")));
 }
+
+#[test]
+fn nothing_in_the_repository_runs_on_the_host() {
+    if !has_git() {
+        return;
+    }
+    let host = tempfile::tempdir().expect("tempdir");
+    let marker = host.path().join("ran");
+    let repo = messy_repo(Path::new("/nonexistent"));
+    let run = format!("touch {}", marker.display());
+    // Every way a repository's own files make git run a program.
+    for (key, value) in [
+        ("core.fsmonitor", run.as_str()),
+        ("core.pager", run.as_str()),
+        ("core.hooksPath", ".githooks"),
+        ("diff.external", run.as_str()),
+        ("filter.x.clean", run.as_str()),
+        ("filter.x.smudge", run.as_str()),
+        ("filter.x.process", run.as_str()),
+    ] {
+        git(repo.path(), &["config", key, value]);
+    }
+    write(&repo.path().join(".gitattributes"), "* filter=x diff=x\n");
+    for hook in ["post-checkout", "pre-commit", "fsmonitor-watchman", "post-index-change"] {
+        let p = repo.path().join(".githooks").join(hook);
+        write(&p, &format!("#!/bin/sh\n{run}\n"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let (_s, dst, _) = copy(repo.path(), &CopyOptions::default());
+    assert!(!marker.exists(), "the copy ran a program of the repository's");
+    // The project's own behaviour is kept for git inside the bottle.
+    let cfg = std::fs::read_to_string(dst.join(".git/config")).expect("config");
+    assert!(cfg.contains("fsmonitor") && cfg.contains("[filter \"x\"]"), "{cfg}");
+}

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use ignore::gitignore::Gitignore;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use super::gitconfig::{self, Layout};
@@ -358,8 +358,8 @@ impl<'a> Walk<'a> {
             How::Git(g) => {
                 let is_root = entries.iter().any(|(n, _)| n == "HEAD");
                 let merge = !matches!(g.part, Part::Whole);
-                for (name, st) in &entries {
-                    let kind = FileType::from_raw_mode(st.st_mode);
+                for (name, kind) in &entries {
+                    let kind = *kind;
                     match self.classify_git(&g, is_root, name, kind, &rel) {
                         GitEntry::Skip => {}
                         GitEntry::Dir(h) => self.push(subdir(name, How::Git(h), merge)),
@@ -373,8 +373,8 @@ impl<'a> Walk<'a> {
                 }
             }
             How::All => {
-                for (name, st) in &entries {
-                    let kind = FileType::from_raw_mode(st.st_mode);
+                for (name, kind) in &entries {
+                    let kind = *kind;
                     let child = rel.join(name);
                     if name == ".git" {
                         self.git_entry(&src, &dst, &rel, kind, &mut files)?;
@@ -391,11 +391,11 @@ impl<'a> Walk<'a> {
                 }
             }
             How::Search { repo } => {
-                for (name, st) in &entries {
+                for (name, kind) in &entries {
                     if name == ".git" {
                         continue;
                     }
-                    let kind = FileType::from_raw_mode(st.st_mode);
+                    let kind = *kind;
                     let child = rel.join(name);
                     let rpath = repo.path(&child);
                     let tracked = repo.tracked.is_tracked(rpath.as_os_str().as_bytes());
@@ -429,9 +429,7 @@ impl<'a> Walk<'a> {
                     (repo, stack)
                 };
                 let own = |file: &str| -> Result<Option<Gitignore>, WorkspaceError> {
-                    let regular = entries
-                        .iter()
-                        .any(|(n, st)| n == file && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+                    let regular = entries.iter().any(|(n, kind)| n == file && *kind == FileType::RegularFile);
                     if !regular {
                         return Ok(None);
                     }
@@ -439,8 +437,8 @@ impl<'a> Walk<'a> {
                     Ok(rules::matcher(&text))
                 };
                 let stack = Stack::push(&stack, repo.path(&rel), own(".ignore")?, own(".gitignore")?);
-                for (name, st) in &entries {
-                    let kind = FileType::from_raw_mode(st.st_mode);
+                for (name, kind) in &entries {
+                    let kind = *kind;
                     let is_dir = kind == FileType::Directory;
                     let child = rel.join(name);
                     if name == ".git" {
@@ -635,7 +633,7 @@ impl<'a> Walk<'a> {
         let from = File::from(from);
         let mut to = File::from(to);
         let size = match item.transform {
-            Transform::None => self.clone_or_copy(&from, &to, path)?,
+            Transform::None => self.clone_or_copy(&from, &to, st.st_size as u64, path)?,
             t => {
                 let mut data = Vec::new();
                 (&from).take(64 << 20).read_to_end(&mut data).map_err(ioerr(path, "reading"))?;
@@ -659,12 +657,12 @@ impl<'a> Walk<'a> {
 
     /// Clones the file's extents where the filesystem can; copies in the
     /// kernel otherwise. Returns the bytes copied.
-    fn clone_or_copy(&self, from: &File, to: &File, path: &Path) -> Result<u64, WorkspaceError> {
+    fn clone_or_copy(&self, from: &File, to: &File, size: u64, path: &Path) -> Result<u64, WorkspaceError> {
         if self.reflink.load(Ordering::Relaxed) {
             match rustix::fs::ioctl_ficlone(to, from) {
                 Ok(()) => {
                     self.reflinked.fetch_add(1, Ordering::Relaxed);
-                    return from.metadata().map(|m| m.len()).map_err(ioerr(path, "reading"));
+                    return Ok(size);
                 }
                 // Not here (another filesystem, or one without shared
                 // extents): stop trying.
@@ -674,8 +672,22 @@ impl<'a> Walk<'a> {
                 Err(e) => return Err(errno(path, "cloning")(e)),
             }
         }
-        // std copies between files with copy_file_range where it can.
-        std::io::copy(&mut &*from, &mut &*to).map_err(ioerr(path, "copying"))
+        // In the kernel, the size `fstat` gave (one call for most files);
+        // where copy_file_range cannot, std's copy (which falls back to
+        // read and write).
+        let mut done = 0u64;
+        while done < size {
+            let want = usize::try_from(size - done).unwrap_or(usize::MAX).min(1 << 30);
+            match rustix::fs::copy_file_range(from, None, to, None, want) {
+                Ok(0) => return Ok(done),
+                Ok(n) => done += n as u64,
+                Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if done == 0 => {
+                    return std::io::copy(&mut &*from, &mut &*to).map_err(ioerr(path, "copying"));
+                }
+                Err(e) => return Err(errno(path, "copying")(e)),
+            }
+        }
+        Ok(done)
     }
 
     fn transform(&self, t: Transform, data: &[u8], path: &Path) -> Result<Vec<u8>, WorkspaceError> {
@@ -710,8 +722,10 @@ enum GitEntry {
     File(Transform),
 }
 
-/// A directory's entries, each with its `lstat`, in no particular order.
-fn read_dir(dir: &OwnedFd, rel: &Path) -> Result<Vec<(OsString, Stat)>, WorkspaceError> {
+/// A directory's entries, each with its type (from the directory itself;
+/// `lstat` only where the filesystem does not say), in no particular order.
+/// Whatever is opened later is checked again on its descriptor.
+fn read_dir(dir: &OwnedFd, rel: &Path) -> Result<Vec<(OsString, FileType)>, WorkspaceError> {
     let mut d = rustix::fs::Dir::read_from(dir).map_err(errno(rel, "listing"))?;
     let mut out = Vec::new();
     while let Some(e) = d.read() {
@@ -721,9 +735,15 @@ fn read_dir(dir: &OwnedFd, rel: &Path) -> Result<Vec<(OsString, Stat)>, Workspac
             continue;
         }
         let name = OsStr::from_bytes(name).to_owned();
-        let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(errno(&rel.join(&name), "reading"))?;
-        out.push((name, st));
+        let kind = match e.file_type() {
+            FileType::Unknown => {
+                let st = rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(errno(&rel.join(&name), "reading"))?;
+                FileType::from_raw_mode(st.st_mode)
+            }
+            t => t,
+        };
+        out.push((name, kind));
     }
     Ok(out)
 }
