@@ -32,14 +32,14 @@ cases = {(b, mode): ([path, "start", "a", "--quiet"], project(mode))
 
 def once(argv, cwd):
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          stdin=subprocess.DEVNULL)
     line = p.stdout.readline()
     t1 = time.perf_counter()
-    p.wait()
+    _, err = p.communicate()
     t2 = time.perf_counter()
     if line.strip() != b"go" or p.returncode != 0:
-        raise SystemExit(f"{argv[0]}: unexpected output {line!r} exit {p.returncode}")
+        raise SystemExit(f"{argv[0]} in {cwd}: unexpected output {line!r} exit {p.returncode}: {err.decode()}")
     return (t1 - t0) * 1000, (t2 - t0) * 1000
 
 

@@ -143,7 +143,7 @@ pub(crate) fn resume(slug: &str, quiet: bool) -> Result<(), Failure> {
     // moved into it since).
     if plan.workspace == WorkspaceMode::Mount {
         let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
-        check_project(&r.project, ProjectSource::Stored, home.as_deref(), &launch::guarded())
+        check_project(&r.project, ProjectSource::Stored, home.as_deref(), &launch::guarded_for(&plan))
             .map_err(|e| usage(format!("error: cannot resume `{slug}`: {}", crate::chain(&e))))?;
     }
     let unset: Vec<String> = plan.secrets.iter().filter(|s| !s.set).map(|s| s.env.to_string()).collect();

@@ -12,7 +12,7 @@ use bot_bottle_backend::{
     Project, ProjectQuery, ProjectSource, Target, Teardown, copy_owner, copy_project, detect, find_project,
     partial_path, pause_point, workdir_in,
 };
-use bot_bottle_manifest::{BackendKind, Egress, Plan, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, Egress, KeySource, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
 use bot_bottle_sidecars::{Proxy, ProxyConfig};
 
@@ -96,12 +96,37 @@ fn config_home() -> Option<PathBuf> {
 pub(crate) fn guarded() -> Vec<Guarded> {
     let mut g = Vec::new();
     if let Some(s) = state_home() {
-        g.push(Guarded { what: "bot-bottle's state directory", path: s.join("bot-bottle") });
+        g.push(Guarded {
+            what: "bot-bottle's state directory".into(),
+            path: s.join("bot-bottle"),
+            fix: "set XDG_STATE_HOME to a directory outside it",
+        });
     }
     if let Some(c) = config_home() {
-        g.push(Guarded { what: "bot-bottle's config directory", path: c.join("bot-bottle") });
+        g.push(Guarded {
+            what: "bot-bottle's config directory".into(),
+            path: c.join("bot-bottle"),
+            fix: "set XDG_CONFIG_HOME to a directory outside it",
+        });
     }
     g
+}
+
+/// What no project of `plan`'s may hold: bot-bottle's directories, and
+/// the deploy keys the git gate holds for the agent (never the agent's to
+/// read).
+pub(crate) fn guarded_for(plan: &Plan) -> Vec<Guarded> {
+    let mut guarded = guarded();
+    for (name, repo) in &plan.git_gate.repos {
+        if let KeySource::Static { path } = &repo.key {
+            guarded.push(Guarded {
+                what: format!("the deploy key of git-gate repo `{name}`"),
+                path: path.clone(),
+                fix: "keep the key outside the project",
+            });
+        }
+    }
+    guarded
 }
 
 /// The project `plan` would work on, refused (exit 2) if it may not be
@@ -116,7 +141,7 @@ pub(crate) fn project(
     if plan.workspace == WorkspaceMode::None && workspace.is_none() {
         return Ok(Project { root: cwd.to_path_buf(), subdir: PathBuf::new(), source: ProjectSource::Cwd });
     }
-    let guarded = guarded();
+    let guarded = guarded_for(plan);
     find_project(&ProjectQuery { cwd, workspace, home, guarded: &guarded })
         .map_err(|e| usage(format!("error: cannot start `{}`: {}", plan.agent.name, chain(&e))))
 }

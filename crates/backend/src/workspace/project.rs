@@ -5,14 +5,17 @@ use std::path::{Path, PathBuf};
 
 use super::gitdir;
 
-/// A directory of bot-bottle's own that no project may hold: its copy
-/// would carry other bottles' state (their workspaces, their proxies'
-/// keys) into this one, and copy the copy into itself.
+/// A path no project may hold: bot-bottle's state directory (other
+/// bottles' workspaces and their proxies' keys; a copy would copy itself
+/// into it), its config directory, or a secret the manifest names (a git
+/// gate's deploy key).
 #[derive(Clone, Debug)]
 pub struct Guarded {
     /// What it is, for the error: `bot-bottle's state directory`.
-    pub what: &'static str,
+    pub what: String,
     pub path: PathBuf,
+    /// How to move it out: `set XDG_STATE_HOME`.
+    pub fix: &'static str,
 }
 
 /// How `start` asked for the project.
@@ -85,10 +88,10 @@ pub enum ProjectError {
     )]
     HoldsHome { path: PathBuf, home: PathBuf, from: ProjectSource },
     #[error(
-        "the project {}{} holds {} ({}), which would be copied into the bottle and into itself; move it out of the project (set XDG_STATE_HOME or XDG_CONFIG_HOME), start from another directory, or name one with --workspace DIR",
-        .path.display(), how(*.from), .what, .dir.display()
+        "the project {}{} holds {} ({}), which no bottle may see; {}, start from another directory, or name one with --workspace DIR",
+        .path.display(), how(*.from), .what, .dir.display(), .fix
     )]
-    Holds { path: PathBuf, what: &'static str, dir: PathBuf, from: ProjectSource },
+    Holds { path: PathBuf, what: String, dir: PathBuf, fix: &'static str, from: ProjectSource },
 }
 
 fn how(source: ProjectSource) -> &'static str {
@@ -172,7 +175,13 @@ pub fn check_project(
     for g in guarded {
         let dir = resolve(&g.path);
         if dir.starts_with(root) {
-            return Err(ProjectError::Holds { path: root.to_path_buf(), what: g.what, dir, from: source });
+            return Err(ProjectError::Holds {
+                path: root.to_path_buf(),
+                what: g.what.clone(),
+                dir,
+                fix: g.fix,
+                from: source,
+            });
         }
     }
     Ok(())
@@ -210,7 +219,11 @@ mod tests {
         let t = t.path().canonicalize().expect("canonical");
         let home = t.join("home");
         std::fs::create_dir_all(home.join("proj")).expect("mkdir");
-        let guarded = [Guarded { what: "bot-bottle's state directory", path: t.join("st/not/yet/bot-bottle") }];
+        let guarded = [Guarded {
+            what: "bot-bottle's state directory".into(),
+            path: t.join("st/not/yet/bot-bottle"),
+            fix: "set XDG_STATE_HOME elsewhere",
+        }];
         let check = |root: &Path| check_project(root, ProjectSource::Cwd, Some(&home), &guarded);
         assert!(matches!(check(Path::new("/")), Err(ProjectError::Root { .. })));
         assert!(matches!(check(Path::new("/etc")), Err(ProjectError::System { .. })));

@@ -104,6 +104,15 @@ fn each_refused_project_exits_2_and_creates_nothing() {
     m.manifest(&config_in_proj.join("bot-bottle"), "echo ran", "");
     let mount = m.path("mount-manifest");
     m.manifest(&mount, "echo ran", "workspace: mount\n");
+    // A git gate's deploy key kept in the project (and ignored by git, so a
+    // copy would leave it out; a mount would not).
+    write(&proj.join("keys/deploy"), "-----BEGIN OPENSSH PRIVATE KEY-----\n");
+    let keyed = m.path("keyed-manifest");
+    let key = format!(
+        "git-gate:\n  repos:\n    app:\n      url: git@github.com:org/app.git\n      key: {{ provider: static, path: {} }}\n      host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\n",
+        proj.join("keys/deploy").display()
+    );
+    m.manifest(&keyed, "echo ran", &key);
     // (what, where start runs, extra flags, environment, what the error says)
     type Case<'a> = (&'a str, PathBuf, Vec<&'a str>, Vec<(&'a str, PathBuf)>, &'a str);
     let cases: Vec<Case<'_>> = vec![
@@ -126,6 +135,13 @@ fn each_refused_project_exits_2_and_creates_nothing() {
             vec![],
             vec![("BOT_BOTTLE_MANIFEST", mount.clone())],
             "your home directory",
+        ),
+        (
+            "a deploy key inside",
+            proj.clone(),
+            vec![],
+            vec![("BOT_BOTTLE_MANIFEST", keyed.clone())],
+            "deploy key of git-gate repo `app`",
         ),
         ("a missing --workspace", work.clone(), vec!["--workspace", "nope"], vec![], "name an existing directory"),
         ("a file as --workspace", work.clone(), vec!["--workspace", "/etc/hostname"], vec![], "not a directory"),
