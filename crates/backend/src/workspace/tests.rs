@@ -419,3 +419,66 @@ fn nothing_in_the_repository_runs_on_the_host() {
     let cfg = std::fs::read_to_string(dst.join(".git/config")).expect("config");
     assert!(cfg.contains("fsmonitor") && cfg.contains("[filter \"x\"]"), "{cfg}");
 }
+
+/// A loop-mounted XFS with reflinks, unmounted when dropped.
+struct Xfs {
+    dir: tempfile::TempDir,
+}
+
+impl Xfs {
+    fn new() -> Option<Xfs> {
+        if !nix::unistd::geteuid().is_root() {
+            // Unprivileged runs cannot mount; the root run covers this.
+            return None;
+        }
+        if Command::new("mkfs.xfs").arg("-V").output().is_err() {
+            skip("mkfs.xfs is not installed (xfsprogs)");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("img");
+        std::fs::File::create(&img).and_then(|f| f.set_len(400 << 20)).expect("image");
+        let mkfs = Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img).status().expect("mkfs");
+        assert!(mkfs.success());
+        std::fs::create_dir(dir.path().join("mnt")).expect("mkdir");
+        let mount = Command::new("mount").args(["-o", "loop"]).arg(&img).arg(dir.path().join("mnt")).status();
+        assert!(mount.expect("mount").success(), "mounting a loop XFS");
+        Some(Xfs { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        // Lazily, so a failing test still leaves no mount behind.
+        let ok = Command::new("umount").arg("-l").arg(self.path()).status().is_ok_and(|s| s.success());
+        assert!(ok || std::thread::panicking(), "unmounting {}", self.path().display());
+    }
+}
+
+#[test]
+fn files_are_cloned_where_the_filesystem_shares_extents() {
+    let Some(xfs) = Xfs::new() else { return };
+    let project = xfs.path().join("project");
+    for i in 0..20 {
+        write(&project.join(format!("src/{i}.bin")), &format!("{i}").repeat(100_000));
+    }
+    let dst = xfs.path().join("state/workspace");
+    std::fs::create_dir_all(xfs.path().join("state")).expect("mkdir");
+    let report = copy_project(&project, &dst, &CopyOptions::default()).expect("copy");
+    assert_eq!((report.files, report.reflinked), (20, 20), "every file cloned");
+    for i in 0..20 {
+        let p = format!("src/{i}.bin");
+        assert_eq!(std::fs::read(dst.join(&p)).expect("copy"), std::fs::read(project.join(&p)).expect("orig"));
+    }
+    // The clone is a copy: writing it leaves the project as it was.
+    std::fs::write(dst.join("src/0.bin"), "changed").expect("write");
+    assert_eq!(std::fs::read_to_string(project.join("src/0.bin")).expect("orig"), "0".repeat(100_000));
+    // Across filesystems there is nothing to share: copied, not cloned.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let report = copy_project(&project, &elsewhere.path().join("w"), &CopyOptions::default()).expect("copy");
+    assert_eq!((report.files, report.reflinked), (20, 0));
+}
