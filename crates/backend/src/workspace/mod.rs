@@ -51,6 +51,8 @@ pub enum WorkspaceError {
     GitDir { path: PathBuf, git: PathBuf, why: String },
     #[error("{} exists already", .0.display())]
     Exists(PathBuf),
+    #[error("{} is over {max} bytes, too large to take credentials out of; shrink it (`git reflog expire`, `git gc`)", .path.display())]
+    TooLarge { path: PathBuf, max: u64 },
 }
 
 /// How far a copy has got.

@@ -28,6 +28,8 @@ use super::{CopyReport, WorkspaceError};
 
 /// How many entries of what was left out the report names.
 const LEFT_OUT_NAMED: usize = 100;
+/// The largest git file the copy rewrites (a config, a reflog).
+const TRANSFORM_MAX: u64 = 1 << 30;
 /// Files are handed to workers in batches of this many.
 const BATCH: usize = 32;
 
@@ -635,8 +637,13 @@ impl<'a> Walk<'a> {
         let size = match item.transform {
             Transform::None => self.clone_or_copy(&from, &to, st.st_size as u64, path)?,
             t => {
+                // Rewritten whole, so read whole; a file this size in `.git`
+                // (a config, a reflog) is not one git wrote.
                 let mut data = Vec::new();
-                (&from).take(64 << 20).read_to_end(&mut data).map_err(ioerr(path, "reading"))?;
+                (&from).take(TRANSFORM_MAX + 1).read_to_end(&mut data).map_err(ioerr(path, "reading"))?;
+                if data.len() as u64 > TRANSFORM_MAX {
+                    return Err(WorkspaceError::TooLarge { path: path.to_path_buf(), max: TRANSFORM_MAX });
+                }
                 let out = self.transform(t, &data, path)?;
                 to.write_all(&out).map_err(ioerr(path, "writing the copy of"))?;
                 out.len() as u64
