@@ -31,7 +31,7 @@ pub use detect::{Detected, detect};
 pub use teardown::Teardown;
 pub use workspace::{
     CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,
-    check_project, copy_owner, copy_project, find_project, partial_path, prepare_workspace, workdir_in,
+    check_project, copy_owner, copy_project, find_project, guarded, partial_path, prepare_workspace, workdir_in,
 };
 
 use std::net::Ipv4Addr;

@@ -9,10 +9,10 @@ use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
     Backend, BackendError, Bottle, CopyOptions, CopyReport, Endpoint, Exec, Guarded, Owner, PROXY_PORT, Progress,
-    Project, ProjectQuery, ProjectSource, Target, Teardown, copy_owner, copy_project, detect, find_project,
+    Project, ProjectQuery, ProjectSource, Target, Teardown, copy_owner, copy_project, detect, find_project, guarded,
     partial_path, pause_point, workdir_in,
 };
-use bot_bottle_manifest::{BackendKind, Egress, KeySource, Plan, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, Egress, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
 use bot_bottle_sidecars::{Proxy, ProxyConfig};
 
@@ -92,41 +92,10 @@ fn config_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
 }
 
-/// bot-bottle's own directories, which no project may hold.
-pub(crate) fn guarded() -> Vec<Guarded> {
-    let mut g = Vec::new();
-    if let Some(s) = state_home() {
-        g.push(Guarded {
-            what: "bot-bottle's state directory".into(),
-            path: s.join("bot-bottle"),
-            fix: "set XDG_STATE_HOME to a directory outside it",
-        });
-    }
-    if let Some(c) = config_home() {
-        g.push(Guarded {
-            what: "bot-bottle's config directory".into(),
-            path: c.join("bot-bottle"),
-            fix: "set XDG_CONFIG_HOME to a directory outside it",
-        });
-    }
-    g
-}
-
-/// What no project of `plan`'s may hold: bot-bottle's directories, and
-/// the deploy keys the git gate holds for the agent (never the agent's to
-/// read).
+/// What no project of `plan`'s may hold (see [`guarded`]), from this
+/// user's state and config directories.
 pub(crate) fn guarded_for(plan: &Plan) -> Vec<Guarded> {
-    let mut guarded = guarded();
-    for (name, repo) in &plan.git_gate.repos {
-        if let KeySource::Static { path } = &repo.key {
-            guarded.push(Guarded {
-                what: format!("the deploy key of git-gate repo `{name}`"),
-                path: path.clone(),
-                fix: "keep the key outside the project",
-            });
-        }
-    }
-    guarded
+    guarded(state_home().as_deref(), config_home().as_deref(), plan)
 }
 
 /// The project `plan` would work on, refused (exit 2) if it may not be
@@ -467,7 +436,7 @@ fn copy(backend: &str, plan: &Plan, opts: &Options, dst: &Path) -> Result<CopyRe
             }
         };
     };
-    let guarded: Vec<PathBuf> = guarded().into_iter().map(|g| g.path).collect();
+    let guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
     let copy_opts = CopyOptions {
         owner: copy_owner(backend),
         include_ignored: &plan.workspace_include_ignored,

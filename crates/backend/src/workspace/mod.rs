@@ -27,7 +27,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::BackendError;
 use walk::{Dest, DirTask, How, Source, Walk};
 
-pub use project::{Guarded, Project, ProjectError, ProjectQuery, ProjectSource, check_project, find_project};
+pub use project::{Guarded, Project, ProjectError, ProjectQuery, ProjectSource, check_project, find_project, guarded};
 
 /// Why a copy failed. The partial copy is gone when this is returned.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bot_bottle_manifest::{KeySource, Plan};
+
 use super::gitdir;
 
 /// A path no project may hold: bot-bottle's state directory (other
@@ -16,6 +18,38 @@ pub struct Guarded {
     pub path: PathBuf,
     /// How to move it out: `set XDG_STATE_HOME`.
     pub fix: &'static str,
+}
+
+/// What no project of `plan`'s may hold: bot-bottle's state directory
+/// (`STATE_HOME/bot-bottle`) and config directory (`CONFIG_HOME/bot-bottle`),
+/// and the deploy keys the git gate holds for the agent, which must never
+/// be the agent's to read.
+pub fn guarded(state_home: Option<&Path>, config_home: Option<&Path>, plan: &Plan) -> Vec<Guarded> {
+    let mut g = Vec::new();
+    if let Some(s) = state_home {
+        g.push(Guarded {
+            what: "bot-bottle's state directory".into(),
+            path: s.join("bot-bottle"),
+            fix: "set XDG_STATE_HOME to a directory outside it",
+        });
+    }
+    if let Some(c) = config_home {
+        g.push(Guarded {
+            what: "bot-bottle's config directory".into(),
+            path: c.join("bot-bottle"),
+            fix: "set XDG_CONFIG_HOME to a directory outside it",
+        });
+    }
+    for (name, repo) in &plan.git_gate.repos {
+        if let KeySource::Static { path } = &repo.key {
+            g.push(Guarded {
+                what: format!("the deploy key of git-gate repo `{name}`"),
+                path: path.clone(),
+                fix: "keep the key outside the project",
+            });
+        }
+    }
+    g
 }
 
 /// How `start` asked for the project.
