@@ -269,8 +269,23 @@ fn a_submodule_as_the_project_brings_its_git_dir_and_one_inside_stays_relative()
     git(sup.path(), &["init", "-q"]);
     git(sup.path(), &["submodule", "add", "-q", lib.path().to_str().expect("utf8"), "vendor/lib"]);
     git(sup.path(), &["commit", "-qm", "super"]);
+    // A credential in the submodule's own config, which lives in the
+    // superproject's `.git/modules`.
+    git(
+        &sup.path().join("vendor/lib"),
+        &["remote", "set-url", "origin", &format!("https://u:{TOKEN}@example.com/lib.git")],
+    );
     // The superproject: the submodule's .git file keeps pointing inside.
-    let (_s, dst, _) = copy(sup.path(), &CopyOptions::default());
+    let (_s, dst, report) = copy(sup.path(), &CopyOptions::default());
+    assert!(!contains(&all_bytes(&dst), TOKEN), "the submodule's credential is in the copy");
+    assert!(
+        report
+            .removed
+            .iter()
+            .any(|(f, w)| f == Path::new(".git/modules/vendor/lib/config") && w.contains("remote.origin.url")),
+        "{:?}",
+        report.removed
+    );
     assert_eq!(
         std::fs::read_to_string(dst.join("vendor/lib/.git")).expect("gitfile"),
         "gitdir: ../../.git/modules/vendor/lib\n"
@@ -280,6 +295,7 @@ fn a_submodule_as_the_project_brings_its_git_dir_and_one_inside_stays_relative()
     // The submodule alone: its git dir is the superproject's, outside.
     let (_s2, dst2, _) = copy(&sup.path().join("vendor/lib"), &CopyOptions::default());
     assert!(dst2.join(".git").is_dir());
+    assert!(!contains(&all_bytes(&dst2), TOKEN));
     assert_eq!(git(&dst2, &["status", "--porcelain"]), "");
     assert_eq!(git(&dst2, &["log", "--format=%s"]), "lib\n");
 }
@@ -481,4 +497,48 @@ fn files_are_cloned_where_the_filesystem_shares_extents() {
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let report = copy_project(&project, &elsewhere.path().join("w"), &CopyOptions::default()).expect("copy");
     assert_eq!((report.files, report.reflinked), (20, 0));
+}
+
+#[test]
+fn a_sparse_checkout_copies_what_is_checked_out_and_git_agrees() {
+    if !has_git() {
+        return;
+    }
+    let repo = messy_repo(Path::new("/nonexistent"));
+    std::fs::remove_file(repo.path().join(".git/index.lock")).expect("unlock");
+    git(repo.path(), &["sparse-checkout", "set", "--cone", "src"]);
+    assert!(!repo.path().join("sub").exists(), "git left sub/ out of the worktree");
+    let (_s, dst, _) = copy(repo.path(), &CopyOptions::default());
+    assert!(dst.join("src/main.rs").is_file() && !dst.join("sub").exists());
+    assert_eq!(git(&dst, &["sparse-checkout", "list"]), "src\n");
+    assert_eq!(git(&dst, &["status", "--porcelain", "--untracked-files=no"]), "");
+    assert_eq!(git(&dst, &["ls-files"]).lines().count(), git(repo.path(), &["ls-files"]).lines().count());
+}
+
+#[test]
+fn a_nested_repository_keeps_its_own_rules_and_loses_its_credentials() {
+    if !has_git() {
+        return;
+    }
+    let outer = tempfile::tempdir().expect("tempdir");
+    let p = outer.path();
+    write(&p.join(".gitignore"), "*.tmp\n");
+    write(&p.join("a.txt"), "a");
+    git(p, &["init", "-q"]);
+    // A clone inside the project that is not a submodule: its .gitignore
+    // decides inside it, the outer one does not reach in.
+    let inner = p.join("tools/inner");
+    std::fs::create_dir_all(&inner).expect("mkdir");
+    git(&inner, &["init", "-q"]);
+    write(&inner.join(".gitignore"), "secret.txt\n");
+    write(&inner.join("secret.txt"), TOKEN);
+    write(&inner.join("keep.tmp"), "the outer *.tmp does not apply here");
+    write(&inner.join("code.rs"), "x");
+    git(&inner, &["remote", "add", "origin", &format!("https://{TOKEN}@example.com/inner.git")]);
+    let (_s, dst, _) = copy(p, &CopyOptions::default());
+    let got = tree(&dst);
+    assert!(got.contains("tools/inner/keep.tmp") && got.contains("tools/inner/code.rs"), "{got:?}");
+    assert!(!got.contains("tools/inner/secret.txt"), "{got:?}");
+    assert!(!contains(&all_bytes(&dst), TOKEN));
+    assert_eq!(git(&dst.join("tools/inner"), &["remote", "get-url", "origin"]), "https://example.com/inner.git\n");
 }
