@@ -95,7 +95,8 @@ fn config_home() -> Option<PathBuf> {
 /// What no project of `plan`'s may hold (see [`guarded`]), from this
 /// user's state and config directories.
 pub(crate) fn guarded_for(plan: &Plan) -> Vec<Guarded> {
-    guarded(state_home().as_deref(), config_home().as_deref(), plan)
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    guarded(state_home().as_deref(), config_home().as_deref(), home.as_deref(), plan)
 }
 
 /// The project `plan` would work on, refused (exit 2) if it may not be
@@ -436,7 +437,10 @@ fn copy(backend: &str, plan: &Plan, opts: &Options, dst: &Path) -> Result<CopyRe
             }
         };
     };
-    let guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
+    // The walk refuses to enter any of these, and home itself, whatever path
+    // (a bind mount) leads there.
+    let mut guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
+    guarded.extend(std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from));
     let copy_opts = CopyOptions {
         owner: copy_owner(backend),
         include_ignored: &plan.workspace_include_ignored,

@@ -237,7 +237,7 @@ fn copy_into(
     walk.guards.push((dst_meta.dev(), dst_meta.ino(), "the workspace copy being made".into()));
     for g in opts.guarded {
         if let Ok(m) = std::fs::metadata(g) {
-            walk.guards.push((m.dev(), m.ino(), format!("bot-bottle's own directory {}", g.display())));
+            walk.guards.push((m.dev(), m.ino(), format!("{}, which no bottle may see", g.display())));
         }
     }
     // The repository the project is in: its own, or one around it when the

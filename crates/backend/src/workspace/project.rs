@@ -18,19 +18,58 @@ pub struct Guarded {
     pub path: PathBuf,
     /// How to move it out: `set XDG_STATE_HOME`.
     pub fix: &'static str,
+    /// A project inside it is refused too (a credential directory's
+    /// subdirectories hold credentials as well).
+    pub within: bool,
+}
+
+/// Where credentials live in a home directory, by convention: a project
+/// that is or holds one of these (`start` run in `~/.config`) would hand
+/// them to the agent as surely as home itself.
+const HOME_SECRETS: &[&str] = &[
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".kube",
+    ".docker",
+    ".password-store",
+    ".config/gcloud",
+    ".config/gh",
+    ".local/share/keyrings",
+];
+
+fn home_secrets(home: &Path) -> Vec<Guarded> {
+    HOME_SECRETS
+        .iter()
+        .map(|d| home.join(d))
+        .map(|dir| Guarded {
+            what: format!("{}, where credentials are kept", dir.display()),
+            path: dir,
+            fix: "start from a project's own directory",
+            within: true,
+        })
+        .collect()
 }
 
 /// What no project of `plan`'s may hold: bot-bottle's state directory
 /// (`STATE_HOME/bot-bottle`) and config directory (`CONFIG_HOME/bot-bottle`),
-/// and the deploy keys the git gate holds for the agent, which must never
-/// be the agent's to read.
-pub fn guarded(state_home: Option<&Path>, config_home: Option<&Path>, plan: &Plan) -> Vec<Guarded> {
-    let mut g = Vec::new();
+/// the places a home directory keeps credentials in, and the deploy keys
+/// the git gate holds for the agent, which must never be the agent's to
+/// read.
+pub fn guarded(
+    state_home: Option<&Path>,
+    config_home: Option<&Path>,
+    home: Option<&Path>,
+    plan: &Plan,
+) -> Vec<Guarded> {
+    let mut g = home.map(home_secrets).unwrap_or_default();
     if let Some(s) = state_home {
         g.push(Guarded {
             what: "bot-bottle's state directory".into(),
             path: s.join("bot-bottle"),
             fix: "set XDG_STATE_HOME to a directory outside it",
+            within: false,
         });
     }
     if let Some(c) = config_home {
@@ -38,6 +77,7 @@ pub fn guarded(state_home: Option<&Path>, config_home: Option<&Path>, plan: &Pla
             what: "bot-bottle's config directory".into(),
             path: c.join("bot-bottle"),
             fix: "set XDG_CONFIG_HOME to a directory outside it",
+            within: false,
         });
     }
     for (name, repo) in &plan.git_gate.repos {
@@ -46,6 +86,7 @@ pub fn guarded(state_home: Option<&Path>, config_home: Option<&Path>, plan: &Pla
                 what: format!("the deploy key of git-gate repo `{name}`"),
                 path: path.clone(),
                 fix: "keep the key outside the project",
+                within: false,
             });
         }
     }
@@ -208,7 +249,7 @@ pub fn check_project(
     }
     for g in guarded {
         let dir = resolve(&g.path);
-        if dir.starts_with(root) {
+        if dir.starts_with(root) || (g.within && root.starts_with(&dir)) {
             return Err(ProjectError::Holds {
                 path: root.to_path_buf(),
                 what: g.what.clone(),
@@ -257,6 +298,7 @@ mod tests {
             what: "bot-bottle's state directory".into(),
             path: t.join("st/not/yet/bot-bottle"),
             fix: "set XDG_STATE_HOME elsewhere",
+            within: false,
         }];
         let check = |root: &Path| check_project(root, ProjectSource::Cwd, Some(&home), &guarded);
         assert!(matches!(check(Path::new("/")), Err(ProjectError::Root { .. })));
@@ -265,6 +307,14 @@ mod tests {
         assert!(matches!(check(&t), Err(ProjectError::HoldsHome { .. })));
         std::fs::create_dir_all(t.join("st")).expect("mkdir");
         assert!(matches!(check(&t.join("st")), Err(ProjectError::Holds { .. })), "a guarded dir not created yet");
+        assert!(check(&home.join("proj")).is_ok());
+        // The places home keeps credentials in, and anything inside them.
+        let plan_free = [&guarded[..], &home_secrets(&home)].concat();
+        let check = |root: &Path| check_project(root, ProjectSource::Cwd, Some(&home), &plan_free);
+        for secret in [".ssh", ".ssh/keys", ".config", ".config/gcloud/legacy", ".aws"] {
+            std::fs::create_dir_all(home.join(secret)).expect("mkdir");
+            assert!(matches!(check(&home.join(secret)), Err(ProjectError::Holds { .. })), "{secret}");
+        }
         assert!(check(&home.join("proj")).is_ok());
     }
 

@@ -91,6 +91,8 @@ fn text(b: &[u8]) -> String {
 fn each_refused_project_exits_2_and_creates_nothing() {
     let m = Machine::new("echo ran");
     let work = m.path("work");
+    std::fs::create_dir_all(m.path("home/.ssh/keys")).expect("mkdir");
+    std::fs::create_dir_all(m.path("home/.config")).expect("mkdir");
     let proj = m.path("work/proj");
     std::fs::create_dir_all(proj.join("src")).expect("mkdir");
     git(&proj, &["init", "-q"]);
@@ -117,6 +119,8 @@ fn each_refused_project_exits_2_and_creates_nothing() {
     type Case<'a> = (&'a str, PathBuf, Vec<&'a str>, Vec<(&'a str, PathBuf)>, &'a str);
     let cases: Vec<Case<'_>> = vec![
         ("home", m.path("home"), vec![], vec![], "your home directory"),
+        ("a credential directory in home", m.path("home/.ssh/keys"), vec![], vec![], "where credentials are kept"),
+        ("~/.config", m.path("home/.config"), vec![], vec![], "where credentials are kept"),
         ("root via --workspace", work.clone(), vec!["--workspace", "/"], vec![], "would be /"),
         ("a system directory", work.clone(), vec!["--workspace", "/etc"], vec![], "a system directory"),
         ("above home", m.path(""), vec![], vec![], "holds your home directory"),
