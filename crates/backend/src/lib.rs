@@ -34,7 +34,10 @@ pub use detect::{Detected, detect};
 pub use disk::{DEFAULT_DISK, DiskWatch};
 pub use fds::close_inherited as close_inherited_fds;
 pub use teardown::Teardown;
-pub use workspace::prepare_workspace;
+pub use workspace::{
+    CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,
+    check_project, copy_owner, copy_project, find_project, guarded, partial_path, prepare_workspace, workdir_in,
+};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -143,6 +146,9 @@ pub enum BackendError {
     },
     #[error(transparent)]
     Native(#[from] native::NativeError),
+    /// The workspace copy failed; nothing of it is left.
+    #[error("copying the project into the workspace")]
+    Workspace(#[from] WorkspaceError),
     #[error(transparent)]
     Smolvm(#[from] bot_bottle_smolvm::SmolvmError),
     #[error(transparent)]

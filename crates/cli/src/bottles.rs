@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bot_bottle_manifest::{BackendKind, Manifest, Request};
+use bot_bottle_backend::{ProjectSource, check_project};
+use bot_bottle_manifest::{BackendKind, Manifest, Request, WorkspaceMode};
 use serde::Serialize;
 
 use crate::launch::{self, Meta, bottles_dir, now, read_meta};
@@ -137,6 +138,14 @@ pub(crate) fn resume(slug: &str, quiet: bool) -> Result<(), Failure> {
     let plan = manifest
         .resolve(&req, &is_set)
         .map_err(|e| usage(format!("error: the manifest changed and no longer resolves: {e}")))?;
+    // The stored project was checked when the bottle started; a mount
+    // exposes it again, so it is checked again (the state dir may have
+    // moved into it since).
+    if plan.workspace == WorkspaceMode::Mount {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        check_project(&r.project, ProjectSource::Stored, home.as_deref(), &launch::guarded_for(&plan))
+            .map_err(|e| usage(format!("error: cannot resume `{slug}`: {}", crate::chain(&e))))?;
+    }
     let unset: Vec<String> = plan.secrets.iter().filter(|s| !s.set).map(|s| s.env.to_string()).collect();
     if !unset.is_empty() {
         return Err(failure(format!("error: host environment variables not set: {}", unset.join(", "))));

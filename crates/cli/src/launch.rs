@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
-    Backend, BackendError, Bottle, DiskWatch, Exec, Owner, Target, Teardown, detect, pause_point,
+    Backend, BackendError, Bottle, CopyOptions, CopyReport, DiskWatch, Exec, Guarded, Owner, Progress, Project,
+    ProjectQuery, ProjectSource, Target, Teardown, copy_owner, copy_project, detect, find_project, guarded,
+    partial_path, pause_point, workdir_in,
 };
 use bot_bottle_manifest::{BackendKind, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
 use bot_bottle_sidecars::{Bundle, BundleConfig, bundle_cleanup};
 
-use crate::{Failure, chain, failure};
+use crate::{Failure, chain, failure, usage};
 
 pub(crate) struct Options {
     pub(crate) quiet: bool,
@@ -33,6 +35,9 @@ pub(crate) struct Stored {
     pub(crate) args: Vec<String>,
     pub(crate) manifest: PathBuf,
     pub(crate) project: PathBuf,
+    /// Where the agent starts, relative to the project.
+    #[serde(default)]
+    pub(crate) workdir: PathBuf,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -78,6 +83,37 @@ pub(crate) fn state_home() -> Option<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+}
+
+fn config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+}
+
+/// What no project of `plan`'s may hold (see [`guarded`]), from this
+/// user's state and config directories.
+pub(crate) fn guarded_for(plan: &Plan) -> Vec<Guarded> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    guarded(state_home().as_deref(), config_home().as_deref(), home.as_deref(), plan)
+}
+
+/// The project `plan` would work on, refused (exit 2) if it may not be
+/// one. With `workspace: none` nothing of it enters the bottle, so the
+/// current directory is recorded and nothing is refused.
+pub(crate) fn project(
+    plan: &Plan,
+    cwd: &Path,
+    home: Option<&Path>,
+    workspace: Option<&Path>,
+) -> Result<Project, Failure> {
+    if plan.workspace == WorkspaceMode::None && workspace.is_none() {
+        return Ok(Project { root: cwd.to_path_buf(), subdir: PathBuf::new(), source: ProjectSource::Cwd });
+    }
+    let guarded = guarded_for(plan);
+    find_project(&ProjectQuery { cwd, workspace, home, guarded: &guarded })
+        .map_err(|e| usage(format!("error: cannot start `{}`: {}", plan.agent.name, chain(&e))))
 }
 
 /// Set for the detached launcher: it leaves the terminal's session before
@@ -159,6 +195,14 @@ pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     };
     let env = |name: &str| std::env::var(name).ok();
     did.extend(bundle_cleanup(state, &env, upstream_ca().as_deref()));
+    // A copy the launcher was killed in the middle of.
+    let partial = partial_path(&state.join("workspace"));
+    if std::fs::symlink_metadata(&partial).is_ok() {
+        match std::fs::remove_dir_all(&partial) {
+            Ok(()) => did.push("removed an unfinished workspace copy".into()),
+            Err(e) => did.push(format!("could not remove {}: {e}", partial.display())),
+        }
+    }
     did
 }
 
@@ -174,10 +218,10 @@ pub(crate) fn smolmachines() -> Result<Smolmachines, Failure> {
 
 /// What the backend would build for `plan`, for `--dry-run`: nothing is
 /// created; the slug is a placeholder.
-pub(crate) fn dry_run(plan: &Plan, project: &Path) -> Result<serde_json::Value, Failure> {
+pub(crate) fn dry_run(plan: &Plan, project: &Project) -> Result<serde_json::Value, Failure> {
     let slug = format!("{}-dryrun", plan.agent.name);
     let state = bottles_dir().unwrap_or_default().join(&slug);
-    let target = Target { slug: &slug, plan, state: &state, project, resume: false };
+    let target = Target { slug: &slug, plan, state: &state, project: &project.root, resume: false };
     match detect(plan.backend.requested) {
         Ok(d) if d.kind == BackendKind::Smolmachines => describe(&smolmachines()?, &target),
         Ok(d) if d.kind == BackendKind::Native => describe(&native()?, &target),
@@ -315,11 +359,14 @@ fn in_bottle<B: Backend>(
     });
     pause_point("sidecars");
 
+    let workspace = state.join("workspace");
     if plan.workspace == WorkspaceMode::Copy {
-        if opts.resume.is_some() && state.join("workspace").is_dir() {
-            say(opts, &format!("resuming with the workspace at {}", state.join("workspace").display()));
+        if opts.resume.is_some() && workspace.is_dir() {
+            say(opts, &format!("resuming with the workspace at {}", workspace.display()));
         } else {
             say(opts, &format!("copying {} into the bottle's workspace", opts.request.project.display()));
+            let report = copy(backend.name(), plan, opts, &workspace)?;
+            tell(opts, &report);
         }
     }
     let mut bottle = backend.launch(prepared, endpoint, &mut teardown).map_err(err("the bottle failed"))?;
@@ -349,9 +396,34 @@ fn in_bottle<B: Backend>(
     )
     .map_err(|e| failure(format!("error: provisioning: {e}")))?;
     let mut prov = prov;
-    if plan.workspace == WorkspaceMode::None {
-        prov.workdir = "/home/agent".into();
-    }
+    let at = match plan.workspace {
+        WorkspaceMode::None => None,
+        WorkspaceMode::Copy => Some(workspace.as_path()),
+        WorkspaceMode::Mount => Some(opts.request.project.as_path()),
+    };
+    prov.workdir = match at {
+        None => "/home/agent".into(),
+        // The agent starts where `start` ran, inside the project; in a copy
+        // that directory may be missing (ignored), then its nearest parent.
+        Some(root) => {
+            let sub = workdir_in(root, &opts.request.workdir);
+            if sub != opts.request.workdir {
+                say(
+                    opts,
+                    &format!(
+                        "{} is not in the workspace; the agent starts in /workspace/{}",
+                        opts.request.workdir.display(),
+                        sub.display()
+                    ),
+                );
+            }
+            if sub.as_os_str().is_empty() {
+                prov.workdir
+            } else {
+                Path::new(&prov.workdir).join(sub).display().to_string()
+            }
+        }
+    };
     bot_bottle_backend::provision(&mut bottle, &prov).map_err(err("provisioning"))?;
 
     say(opts, &format!("starting {} in bottle {slug} ({})", plan.agent.name, backend.name()));
@@ -387,6 +459,55 @@ fn in_bottle<B: Backend>(
 /// An extra CA for upstreams and forge APIs (tests, corporate CAs).
 fn upstream_ca() -> Option<PathBuf> {
     std::env::var_os("BOT_BOTTLE_UPSTREAM_CA").map(PathBuf::from)
+}
+
+/// Copies the project into `dst`, with a progress line on stderr when it
+/// takes more than a second.
+fn copy(backend: &str, plan: &Plan, opts: &Options, dst: &Path) -> Result<CopyReport, Failure> {
+    let tty = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+    let last = std::sync::Mutex::new(None::<std::time::Instant>);
+    let progress = |p: Progress| {
+        let line = format!("bot-bottle: copying the project: {} files, {}", p.files, crate::render::size(p.bytes));
+        let mut err = std::io::stderr().lock();
+        // A terminal gets one line rewritten in place; a log a line every few seconds.
+        let _ = if tty {
+            write!(err, "\r{line}{}", if p.done { "\n" } else { "" })
+        } else {
+            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if p.done || last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+                *last = Some(std::time::Instant::now());
+                writeln!(err, "{line}")
+            } else {
+                Ok(())
+            }
+        };
+    };
+    // The walk refuses to enter any of these, and home itself, whatever path
+    // (a bind mount) leads there.
+    let mut guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
+    guarded.extend(std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from));
+    let copy_opts = CopyOptions {
+        owner: copy_owner(backend),
+        include_ignored: &plan.workspace_include_ignored,
+        guarded: &guarded,
+        progress: (!opts.quiet).then_some(&progress as &(dyn Fn(Progress) + Sync)),
+        ..CopyOptions::default()
+    };
+    copy_project(&opts.request.project, dst, &copy_opts).map_err(|e| {
+        failure(format!("error: copying {} into the workspace: {}", opts.request.project.display(), chain(&e)))
+    })
+}
+
+/// What the copy did: what it removed always (names only), the rest
+/// unless quiet.
+fn tell(opts: &Options, r: &CopyReport) {
+    let (always, verbose) = crate::render::copy_report(r);
+    for line in verbose {
+        say(opts, &line);
+    }
+    for line in always {
+        let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+    }
 }
 
 /// The agent's prompt: its file from the body's first line on.

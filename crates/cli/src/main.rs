@@ -92,6 +92,10 @@ struct StartArgs {
     /// Less progress output on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The project to work on, instead of the git repository around the
+    /// current directory (or the current directory outside one).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
     /// Run in the background; print the bottle's slug and return. Output goes
     /// to `agent.log` in the bottle's state dir; `stop SLUG` ends it.
     #[arg(long, conflicts_with = "dry_run")]
@@ -271,10 +275,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         }
         other => usage(format!("error: {other}")),
     })?;
+    let project = launch::project(&plan, &env.cwd, env.home.as_deref(), args.workspace.as_deref())?;
     if args.dry_run {
         // The plan, and what its backend would build (`launch`).
         // What the backend cannot enforce here joins the plan's warnings.
-        let launch = launch::dry_run(&plan, &env.cwd)?;
+        let launch = launch::dry_run(&plan, &project)?;
         let mut plan = plan;
         plan.warnings.extend(
             launch
@@ -292,7 +297,7 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
             Ok(v)
         };
         let out = match args.format {
-            Format::Text => render::plan_text(&plan),
+            Format::Text => render::plan_text(&plan) + &render::project_text(&plan, &project),
             Format::Json => {
                 serde_json::to_string_pretty(&full()?).map(|s| s + "\n").map_err(|e| failure(e.to_string()))?
             }
@@ -318,7 +323,8 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         backend: req.backend.map(BackendKind::as_str).map(str::to_owned),
         args: req.args.clone(),
         manifest: manifest.root().to_path_buf(),
-        project: env.cwd.clone(),
+        project: project.root.clone(),
+        workdir: project.subdir.clone(),
     };
     if args.detach {
         return launch::detach(&plan.agent.name);

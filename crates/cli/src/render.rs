@@ -1,8 +1,63 @@
 //! Human-readable text for plans and listings.
 
 use std::fmt::Write;
+use std::path::Path;
 
-use bot_bottle_manifest::{ImageSource, KeySource, Listing, Plan, TlsMode};
+use bot_bottle_backend::{CopyReport, Project};
+use bot_bottle_manifest::{ImageSource, KeySource, Listing, Plan, TlsMode, WorkspaceMode};
+
+/// The project line of a text plan: what becomes `/workspace`, and where
+/// the agent starts.
+pub(crate) fn project_text(plan: &Plan, project: &Project) -> String {
+    match plan.workspace {
+        WorkspaceMode::None => String::new(),
+        _ => format!(
+            "project    {} (the agent starts in {})\n",
+            project.root.display(),
+            Path::new("/workspace").join(&project.subdir).display()
+        ),
+    }
+}
+
+/// What a workspace copy did, as lines: those to say always (what was
+/// removed, by name; notes), and those to say unless `--quiet`.
+pub(crate) fn copy_report(r: &CopyReport) -> (Vec<String>, Vec<String>) {
+    let mut verbose = Vec::new();
+    let reflinked = if r.reflinked > 0 { format!(", {} reflinked", r.reflinked) } else { String::new() };
+    verbose.push(format!("copied {} files, {} in {:.2} s{reflinked}", r.files, size(r.bytes), r.elapsed.as_secs_f64()));
+    if r.left_out_count > 0 {
+        let mut shown: Vec<String> = r.left_out.iter().take(8).map(|p| p.display().to_string()).collect();
+        if r.left_out_count > shown.len() as u64 {
+            shown.push(format!("and {} more", r.left_out_count - shown.len() as u64));
+        }
+        verbose.push(format!(
+            "left out what git ignores: {} (workspace.include-ignored brings files in)",
+            shown.join(", ")
+        ));
+    }
+    let mut always = Vec::new();
+    let mut files: Vec<&Path> = Vec::new();
+    for (f, _) in &r.removed {
+        if !files.contains(&f.as_path()) {
+            files.push(f);
+        }
+    }
+    for f in files {
+        let what: Vec<&str> = r.removed.iter().filter(|(g, _)| g == f).map(|(_, w)| w.as_str()).collect();
+        always.push(format!("removed from the copy's {}: {}", f.display(), what.join(", ")));
+    }
+    always.extend(r.notes.iter().cloned());
+    (always, verbose)
+}
+
+/// A byte count for people.
+pub(crate) fn size(bytes: u64) -> String {
+    match bytes {
+        0..1_000_000 => format!("{:.1} kB", bytes as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", bytes as f64 / 1e6),
+        _ => format!("{:.2} GB", bytes as f64 / 1e9),
+    }
+}
 
 pub(crate) fn plan_text(p: &Plan) -> String {
     let mut s = String::new();
@@ -37,7 +92,11 @@ pub(crate) fn plan_text(p: &Plan) -> String {
         None => {}
     }
     let ws = serde_json::to_value(p.workspace).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let _ = writeln!(s, "workspace  {ws}");
+    if p.workspace_include_ignored.is_empty() {
+        let _ = writeln!(s, "workspace  {ws}");
+    } else {
+        let _ = writeln!(s, "workspace  {ws}, with ignored files matching {}", p.workspace_include_ignored.join(" "));
+    }
     let r = &p.resources;
     let mut res = Vec::new();
     if let Some(c) = r.cpus {

@@ -30,6 +30,7 @@ pub use merge::{merge, merge_all};
 pub use model::{
     BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, EnvName, GitUrl, GitUser, HostKey, HostKind,
     HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode, WorkspaceMode,
+    looks_like_secret,
 };
 pub use plan::{
     PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanSkill, PromptRef, Request,

@@ -6,6 +6,10 @@
 //!   replaces the earlier one whole, keeping its position;
 //! - `git-gate.repos` are keyed by name and likewise replaced whole, so a
 //!   child can never pair its own URL with a parent's deploy key.
+//! - `workspace.include-ignored` patterns are appended in order, each kept at
+//!   its last place only. The last matching pattern decides, as in
+//!   `.gitignore`, so an earlier copy of a pattern that also comes later never
+//!   decides anything and dropping it changes nothing.
 //!
 //! Every rule is "later wins per key" on an ordered map, so `merge` is
 //! associative; the property tests hold it to that.
@@ -20,6 +24,7 @@ pub fn merge(base: &BottleSpec, over: &BottleSpec) -> BottleSpec {
         backend: over.backend.or(base.backend),
         image: over.image.clone().or_else(|| base.image.clone()),
         workspace: over.workspace.or(base.workspace),
+        include_ignored: appended(&base.include_ignored, &over.include_ignored),
         env: keyed(&base.env, &over.env),
         resources: Resources {
             cpus: over.resources.cpus.or(base.resources.cpus),
@@ -46,6 +51,12 @@ fn keyed<K: Clone + std::hash::Hash + Eq, V: Clone>(base: &IndexMap<K, V>, over:
         out.insert(k.clone(), v.clone());
     }
     out
+}
+
+/// `base` then `over`, each entry kept only at its last place.
+fn appended(base: &[String], over: &[String]) -> Vec<String> {
+    let all: Vec<&String> = base.iter().chain(over).collect();
+    all.iter().enumerate().filter(|(i, p)| !all[i + 1..].contains(p)).map(|(_, p)| (*p).clone()).collect()
 }
 
 /// Folds layers left to right.

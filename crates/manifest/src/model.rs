@@ -113,7 +113,7 @@ pub(crate) fn is_reserved_env(name: &str) -> bool {
 /// Whether a plain `env:` value looks like a credential. Bottle env is
 /// written into the sandbox and shown in plans, so a secret there would leak;
 /// secrets belong in the host environment, referenced by name.
-pub(crate) fn looks_like_secret(name: &str, value: &str) -> Option<&'static str> {
+pub fn looks_like_secret(name: &str, value: &str) -> Option<&'static str> {
     const PREFIXES: &[(&str, &str)] = &[
         ("sk-ant-", "an Anthropic API key"),
         ("sk-proj-", "an OpenAI API key"),
@@ -328,6 +328,47 @@ pub(crate) fn check_path_prefix(p: &str) -> Result<(), Invalid> {
             "path prefixes start with `/` and hold no spaces, `?`, `#` or `..` segments (e.g. `/v1/`)",
         ))
     }
+}
+
+/// Checks one `workspace.include-ignored` pattern: `.gitignore` syntax,
+/// relative to the project, naming ignored files to copy in anyway.
+pub(crate) fn check_include_pattern(p: &str) -> Result<(), Invalid> {
+    let help = "write a `.gitignore`-style pattern relative to the project, e.g. `.env.example` or `vendor/`";
+    if p.trim().is_empty() {
+        return Err(invalid("empty pattern", help));
+    }
+    if p.starts_with('#') {
+        return Err(invalid(format!("`{p}` is a comment in `.gitignore` syntax"), "escape a leading `#` as `\\#`"));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err(invalid("a pattern holds a control character", help));
+    }
+    let body = p.strip_prefix('!').unwrap_or(p);
+    let body = body.strip_prefix('/').unwrap_or(body);
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        return Err(invalid(format!("`{p}` names no file"), help));
+    }
+    if body.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
+        return Err(invalid(
+            format!("`{p}` has an empty, `.` or `..` segment"),
+            "patterns name paths inside the project, e.g. `config/local.toml`",
+        ));
+    }
+    if body.split('/').any(|seg| seg == ".git") {
+        return Err(invalid(
+            format!("`{p}` reaches into `.git`"),
+            "the repository's `.git` is copied as a repository (objects and refs), never by pattern; remove this entry",
+        ));
+    }
+    // The same glob dialect the copy compiles these with (the `ignore` crate's).
+    let glob = if body.contains('/') { body.to_owned() } else { format!("**/{body}") };
+    globset::GlobBuilder::new(&glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| invalid(format!("invalid pattern `{p}`: {}", e.kind()), help))?;
+    Ok(())
 }
 
 /// Whether the proxy decrypts and inspects a route's traffic.
@@ -850,6 +891,10 @@ pub struct BottleSpec {
     pub backend: Option<BackendKind>,
     pub image: Option<ImageSource>,
     pub workspace: Option<WorkspaceMode>,
+    /// `workspace.include-ignored`: `.gitignore`-style patterns of ignored
+    /// files a copy brings in anyway. Later layers append; a later `!pattern`
+    /// takes one back, as in `.gitignore`.
+    pub include_ignored: Vec<String>,
     pub env: IndexMap<EnvName, String>,
     pub resources: Resources,
     /// Keyed by the host pattern's text (`api.example.com`, `*.x.com:8443`).

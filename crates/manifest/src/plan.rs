@@ -61,6 +61,10 @@ pub struct Plan {
     pub backend: PlanBackend,
     pub image: Option<ImageSource>,
     pub workspace: WorkspaceMode,
+    /// Ignored files a copy brings in anyway (`.gitignore` patterns, relative
+    /// to the project); only with `workspace: copy`, and only shown when set.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workspace_include_ignored: Vec<String>,
     pub resources: Resources,
     /// Plain values written into the bottle (never secrets: validation refuses those).
     pub env: IndexMap<EnvName, String>,
@@ -214,6 +218,13 @@ impl Manifest {
         if backend == BackendKind::Native && spec.image.is_some() {
             warnings.push("the native backend runs on the host's system directories; `image`/`dockerfile` apply to docker and smolmachines only".into());
         }
+        let workspace = spec.workspace.unwrap_or(WorkspaceMode::Copy);
+        if workspace != WorkspaceMode::Copy && !spec.include_ignored.is_empty() {
+            warnings.push(format!(
+                "`workspace.include-ignored` does nothing with `workspace: {}` (it chooses what a copy brings in)",
+                if workspace == WorkspaceMode::Mount { "mount" } else { "none" }
+            ));
+        }
         let secrets = secret_refs(&spec, env_is_set);
         for s in secrets.iter().filter(|s| !s.set) {
             warnings.push(format!(
@@ -251,7 +262,8 @@ impl Manifest {
             },
             backend: PlanBackend { requested: backend, from },
             image: spec.image,
-            workspace: spec.workspace.unwrap_or(WorkspaceMode::Copy),
+            workspace,
+            workspace_include_ignored: if workspace == WorkspaceMode::Copy { spec.include_ignored } else { Vec::new() },
             resources: spec.resources,
             env: spec.env,
             secrets,

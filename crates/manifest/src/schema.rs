@@ -374,12 +374,7 @@ pub(crate) fn bottle(ck: &mut Checker<'_>, root: &Value, dir: &Path, home: Optio
         (None, None) => {}
     }
     if let Some(v) = get(m, "workspace") {
-        spec.workspace = ck.one_of(&top.key("workspace"), v, &["copy", "mount", "none"], |s| match s {
-            "copy" => Some(WorkspaceMode::Copy),
-            "mount" => Some(WorkspaceMode::Mount),
-            "none" => Some(WorkspaceMode::None),
-            _ => None,
-        });
+        workspace(ck, &top.key("workspace"), v, spec);
     }
     if let Some(v) = get(m, "env") {
         env(ck, &top.key("env"), v, spec);
@@ -397,6 +392,56 @@ pub(crate) fn bottle(ck: &mut Checker<'_>, root: &Value, dir: &Path, home: Optio
         spec.supervise = ck.bool(&top.key("supervise"), v);
     }
     out
+}
+
+const WORKSPACE_MODES: &[&str] = &["copy", "mount", "none"];
+
+fn workspace_mode(s: &str) -> Option<WorkspaceMode> {
+    match s {
+        "copy" => Some(WorkspaceMode::Copy),
+        "mount" => Some(WorkspaceMode::Mount),
+        "none" => Some(WorkspaceMode::None),
+        _ => None,
+    }
+}
+
+/// `workspace: copy`, or the long form `{ mode, include-ignored }`.
+fn workspace(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec) {
+    let m = match v {
+        Value::Mapping(m) => m,
+        Value::String(_) => {
+            spec.workspace = ck.one_of(path, v, WORKSPACE_MODES, workspace_mode);
+            return;
+        }
+        other => {
+            ck.wrong_type(path, "`copy`, `mount`, `none` or a mapping with `mode` and `include-ignored`", other);
+            return;
+        }
+    };
+    ck.keys(path, m, &["mode", "include-ignored"], "workspace");
+    if let Some(v) = get(m, "mode") {
+        spec.workspace = ck.one_of(&path.key("mode"), v, WORKSPACE_MODES, workspace_mode);
+    }
+    let Some(v) = get(m, "include-ignored") else { return };
+    let p = path.key("include-ignored");
+    if let Some(mode @ (WorkspaceMode::Mount | WorkspaceMode::None)) = spec.workspace {
+        let mode = if mode == WorkspaceMode::Mount { "mount" } else { "none" };
+        ck.error(
+            &p,
+            format!("`include-ignored` does nothing with `mode: {mode}`"),
+            "it chooses ignored files for a copy: use `mode: copy`, or remove `include-ignored`",
+        );
+        return;
+    }
+    for (ip, pattern) in ck.str_list(&p, v) {
+        if let Err(e) = check_include_pattern(pattern) {
+            ck.invalid(&ip, e);
+        } else if spec.include_ignored.iter().any(|q| q == pattern) {
+            ck.error(&ip, format!("`{pattern}` is listed twice"), "list each pattern once");
+        } else {
+            spec.include_ignored.push(pattern.to_owned());
+        }
+    }
 }
 
 fn env(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec) {

@@ -2,8 +2,13 @@
 
 use super::cli::{Env, examples};
 
+/// Paths of this checkout and this machine replaced: the examples' folder,
+/// and the repository around it (the project when starting from there).
 fn redact(s: &str) -> String {
-    s.replace(env!("CARGO_BIN_EXE_bot-bottle"), "[BOT-BOTTLE]").replace(&examples().display().to_string(), "[EXAMPLES]")
+    let repo = examples().parent().expect("repo").display().to_string();
+    s.replace(env!("CARGO_BIN_EXE_bot-bottle"), "[BOT-BOTTLE]")
+        .replace(&examples().display().to_string(), "[EXAMPLES]")
+        .replace(&repo, "[REPO]")
 }
 
 #[test]
@@ -101,8 +106,9 @@ fn usage_errors_exit_2_with_a_pointer() {
 fn manifest_directory_discovery_from_the_environment() {
     let env = Env::new();
     let m = examples().join(".bot-bottle");
-    let r =
-        env.run(env.path(), &["start", "hello", "--dry-run"], &[("BOT_BOTTLE_MANIFEST", m.to_str().expect("utf-8"))]);
+    let project = env.path().join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    let r = env.run(&project, &["start", "hello", "--dry-run"], &[("BOT_BOTTLE_MANIFEST", m.to_str().expect("utf-8"))]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // A subdirectory finds the nearest .bot-bottle/ above it.
     let r = env.run(&m.join("agents"), &["manifest", "check"], &[]);

@@ -13,3 +13,4 @@ mod scan;
 mod smolmachines;
 mod start_native;
 mod terminal;
+mod workspace;

@@ -120,8 +120,18 @@ fn plan(bottles: &[(&str, String)], select: &[&str]) -> String {
     let req =
         Request { agent: "x".into(), bottles: select.iter().map(|s| s.to_string()).collect(), ..Request::default() };
     let p: Plan = manifest.resolve(&req, &|_| true).unwrap_or_else(|e| panic!("{e:?}\n{bottles:?}"));
-    serde_json::to_string(&(p.backend, p.image, p.workspace, p.resources, p.env, p.egress, p.git_gate, p.supervise))
-        .expect("json")
+    serde_json::to_string(&(
+        p.backend,
+        p.image,
+        p.workspace,
+        p.workspace_include_ignored,
+        p.resources,
+        p.env,
+        p.egress,
+        p.git_gate,
+        p.supervise,
+    ))
+    .expect("json")
 }
 
 /// A random bottle layer from a small vocabulary, so that layers collide on
@@ -151,9 +161,10 @@ fn layer() -> impl Strategy<Value = String> {
             prop::option::of(prop::sample::select(vec!["node:22-slim", "debian:12"])),
             prop::option::of(prop::sample::select(vec!["Bot A", "Bot B"])),
             prop::option::of(prop::sample::select(vec!["a@example.com", "b@example.com"])),
+            prop::collection::btree_set(prop::sample::select(vec![".env.example", "vendor/", "!vendor/", "*.pem"]), 0..3),
         ),
     )
-        .prop_map(|(backend, ws, env, cpus, pids, routes, repos, supervise, dlp, (image, user, email))| {
+        .prop_map(|(backend, ws, env, cpus, pids, routes, repos, supervise, dlp, (image, user, email, include))| {
             let mut s = String::new();
             if let Some(i) = image {
                 s += &format!("image: \"{i}\"\n");
@@ -161,8 +172,16 @@ fn layer() -> impl Strategy<Value = String> {
             if let Some(b) = backend {
                 s += &format!("backend: {b}\n");
             }
-            if let Some(w) = ws {
-                s += &format!("workspace: {w}\n");
+            // Patterns only where this layer's mode is a copy (elsewhere they
+            // are an error in the same file).
+            let include: Vec<String> = include.into_iter().map(|p| format!("\"{p}\"")).collect();
+            match ws {
+                Some(w) if w != "copy" || include.is_empty() => s += &format!("workspace: {w}\n"),
+                Some(w) => s += &format!("workspace: {{ mode: {w}, include-ignored: [{}] }}\n", include.join(", ")),
+                None if !include.is_empty() => {
+                    s += &format!("workspace: {{ include-ignored: [{}] }}\n", include.join(", "))
+                }
+                _ => {}
             }
             if !env.is_empty() {
                 s += "env:\n";
