@@ -226,7 +226,8 @@ fn a_copied_repository_brings_in_no_credentials_and_no_ignored_files() {
     assert_eq!(lines[7], host.display().to_string(), "the symlink is kept as a symlink");
     assert!(lines[8].contains("No such file"), "the symlink resolves inside the bottle, not on the host: {stdout}");
     assert!(!stdout.contains("the host's secret") && !stdout.contains(TOKEN) && !stdout.contains(HEADER), "{stdout}");
-    assert_eq!(&lines[10..], ["?? secret-link", "https://github.com/org/app.git", "first"], "{stdout}");
+    // origin now leads to the git gate's `local` (the project's repository).
+    assert_eq!(&lines[10..], ["?? secret-link", "http://127.0.0.1:9420/local.git", "first"], "{stdout}");
     // `start` says what it removed, by name only.
     for said in [
         "removed from the copy's .git/config: remote.origin.url (credentials in its URL), http.https://github.com/.extraheader, credential.helper, include.path",
