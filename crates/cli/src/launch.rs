@@ -298,6 +298,7 @@ fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, F
 fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
     let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
     let target = Target { slug, plan, state, project: &opts.request.project, resume: opts.resume.is_some() };
+    tracing::debug!(%slug, backend = backend.name(), "preparing the bottle");
     let prepared = backend.prepare(&target).map_err(err("preparing the bottle"))?;
     for w in backend.warnings(&prepared) {
         // Shown even with --quiet: a limit that does not hold is not progress.
@@ -305,6 +306,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     }
     let mut teardown = Teardown::new();
     let endpoint = backend.reserve(&prepared, &mut teardown).map_err(err("reserving the bottle"))?;
+    tracing::debug!(%slug, "reserved the bottle's endpoint; starting the sidecars");
 
     // The sidecar bundle: every service the plan needs, on the endpoint.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -329,6 +331,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     // its deploy keys deleted, what it left uncommitted landed.
     let ran = in_bottle(backend, plan, opts, slug, state, &prepared, &endpoint, &bundle, &rt, teardown);
     let workspace = (ran.is_ok() && plan.workspace == WorkspaceMode::Copy).then(|| state.join("workspace"));
+    tracing::debug!(%slug, ok = ran.is_ok(), "the bottle is down; finishing the sidecars");
     let report = bundle.finish(workspace.as_deref());
     if plan.workspace == WorkspaceMode::Copy {
         say(opts, &format!("the agent's workspace is kept at {}", state.join("workspace").display()));
@@ -387,6 +390,7 @@ fn in_bottle<B: Backend>(
             tell(opts, &report);
         }
     }
+    tracing::debug!(%slug, "launching the bottle");
     let mut bottle = backend.launch(prepared, endpoint, &mut teardown).map_err(err("the bottle failed"))?;
 
     // Provisioning, as data, applied through the bottle.
@@ -471,7 +475,9 @@ fn in_bottle<B: Backend>(
         .map(|w| DiskWatch::start(&w, budget, stop.clone()))
         .transpose()
         .map_err(|e| failure(format!("error: measuring the workspace: {e}")))?;
+    tracing::debug!(%slug, argv = ?agent.argv, "running the agent");
     let code = bottle.run_agent(&agent, &stop).map_err(err("the bottle failed"))?;
+    tracing::debug!(%slug, code, "the agent exited");
     let over = watch.and_then(|w| w.exceeded());
     if let Some(why) = &over {
         let _ = writeln!(std::io::stderr(), "bot-bottle: stopped: {why}");
