@@ -29,6 +29,8 @@ mod teardown;
 mod terminal;
 mod workspace;
 
+/// Whether a process is still the one that was recorded: pid plus start time.
+pub use bot_bottle_loopback::start_token;
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
 pub use detect::{Detected, detect};
 pub use disk::{DEFAULT_DISK, DiskWatch};

@@ -1,14 +1,33 @@
-//! `list`, `stop`, `resume` and `cleanup`: bottles by their state dirs.
+//! `list`, `stop`, `resume`, `rm` and `cleanup`: bottles by their state
+//! dirs. Every one of them takes a bottle's lock before it changes the
+//! bottle, and says "stopped", "removed" or "purged" only after checking.
 
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bot_bottle_backend::{ProjectSource, check_project};
 use bot_bottle_manifest::{BackendKind, Manifest, Request, WorkspaceMode};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::launch::{self, Meta, bottles_dir, now, read_meta};
+use crate::launch::{self, Meta, bottles_dir, now, read_meta, write_meta};
+use crate::state::{Lock, alive, lock_within, try_lock};
 use crate::{Failure, ListFormat, failure, print, usage};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Show every bottle, not only running ones.
+    #[arg(long, short)]
+    all: bool,
+    /// Print only the slugs.
+    #[arg(long, short, conflicts_with = "format")]
+    quiet: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+    format: ListFormat,
+}
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -21,17 +40,16 @@ struct Row {
     dir: PathBuf,
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("bot-bottle"))
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-}
-
 fn state_of(m: &Meta) -> String {
     match m.exit {
         Some(c) => format!("exited ({c})"),
-        None if alive(m.pid) => "running".into(),
+        None if alive(m) => "running".into(),
         None => "crashed".into(),
     }
+}
+
+fn running(m: &Meta) -> bool {
+    m.exit.is_none() && alive(m)
 }
 
 fn all() -> Vec<(PathBuf, Meta)> {
@@ -46,9 +64,18 @@ fn all() -> Vec<(PathBuf, Meta)> {
     v
 }
 
-pub(crate) fn list(format: ListFormat) -> Result<(), Failure> {
+/// The bottle named `slug`, or a usage error that says where to look.
+pub(crate) fn find(slug: &str) -> Result<(PathBuf, Meta), Failure> {
+    all()
+        .into_iter()
+        .find(|(_, m)| m.slug == slug)
+        .ok_or_else(|| usage(format!("error: no bottle named `{slug}` (see `bot-bottle list -a`)")))
+}
+
+pub(crate) fn list(args: &ListArgs) -> Result<(), Failure> {
     let rows: Vec<Row> = all()
         .into_iter()
+        .filter(|(_, m)| args.all || running(m))
         .map(|(dir, m)| Row {
             state: state_of(&m),
             age_secs: now().saturating_sub(m.started),
@@ -58,7 +85,8 @@ pub(crate) fn list(format: ListFormat) -> Result<(), Failure> {
             dir,
         })
         .collect();
-    let out = match format {
+    let out = match args.format {
+        _ if args.quiet => rows.iter().map(|r| format!("{}\n", r.slug)).collect(),
         ListFormat::Json => serde_json::to_string_pretty(&rows).map_err(|e| failure(e.to_string()))? + "\n",
         ListFormat::Text => {
             let mut s = format!("{:<22} {:<14} {:<8} {:<12} {}\n", "SLUG", "AGENT", "BACKEND", "STATE", "AGE");
@@ -87,42 +115,69 @@ fn age(s: u64) -> String {
     }
 }
 
-pub(crate) fn stop(slug: Option<String>, every: bool) -> Result<(), Failure> {
-    let targets: Vec<(PathBuf, Meta)> =
-        all().into_iter().filter(|(_, m)| every || slug.as_deref() == Some(m.slug.as_str())).collect();
-    if targets.is_empty() {
-        return match slug {
-            Some(s) => Err(usage(format!("error: no bottle named `{s}` (see `bot-bottle list`)"))),
-            None => Ok(()),
-        };
+/// Signals the launcher of `m`, if it is still that process.
+fn signal(m: &Meta, sig: Signal) -> Result<(), Failure> {
+    if !alive(m) {
+        return Ok(());
     }
-    let mut out = String::new();
-    for (dir, m) in targets {
-        if state_of(&m) != "running" {
-            if !every {
-                out.push_str(&format!("{}: not running ({})\n", m.slug, state_of(&m)));
-            }
-            continue;
-        }
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid as i32), nix::sys::signal::Signal::SIGTERM);
-        // The launcher tears the bottle down and records its exit.
-        for _ in 0..200 {
-            if read_meta(&dir).is_some_and(|m| m.exit.is_some()) || !alive(m.pid) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        out.push_str(&format!("{}: stopped\n", m.slug));
+    let pid = i32::try_from(m.pid).map_err(|_| failure(format!("error: bad pid {} for {}", m.pid, m.slug)))?;
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(failure(format!("error: sending {sig} to bottle {} (pid {pid}): {e}", m.slug))),
     }
-    print(&out)
 }
 
-pub(crate) fn resume(slug: &str, quiet: bool) -> Result<(), Failure> {
-    let (_, meta) = all()
-        .into_iter()
-        .find(|(_, m)| m.slug == slug)
-        .ok_or_else(|| usage(format!("error: no bottle named `{slug}` (see `bot-bottle list`)")))?;
-    if state_of(&meta) == "running" {
+/// Stops one running bottle and returns its lock, taken once its launcher
+/// is gone: SIGTERM, which tears the bottle down; SIGKILL after `grace`,
+/// then what the killed launcher left is cleaned up here.
+fn stop_one(dir: &Path, m: &Meta, grace: Duration) -> Result<(Lock, String), Failure> {
+    tracing::debug!(slug = %m.slug, pid = m.pid, "stop: SIGTERM");
+    signal(m, Signal::SIGTERM)?;
+    if let Some(lock) = lock_within(dir, grace)? {
+        return Ok((lock, "stopped".into()));
+    }
+    tracing::debug!(slug = %m.slug, pid = m.pid, "stop: SIGKILL after the grace period");
+    signal(m, Signal::SIGKILL)?;
+    let lock = lock_within(dir, Duration::from_secs(10))?
+        .ok_or_else(|| failure(format!("error: {}: still running after SIGKILL", m.slug)))?;
+    let mut did = launch::cleanup(m, dir);
+    let mut m = m.clone();
+    m.exit = Some(137);
+    write_meta(dir, &m).map_err(|e| failure(format!("error: {}: recording its exit: {e}", m.slug)))?;
+    did.insert(0, format!("killed after {} s", grace.as_secs()));
+    Ok((lock, format!("stopped ({})", did.join(", "))))
+}
+
+pub(crate) fn stop(slugs: &[String], every: bool, grace: Duration) -> Result<(), Failure> {
+    let mut targets = Vec::new();
+    if every {
+        targets.extend(all().into_iter().filter(|(_, m)| running(m)));
+    } else {
+        for s in slugs {
+            targets.push(find(s)?);
+        }
+    }
+    let mut errors = Vec::new();
+    for (dir, m) in targets {
+        if !running(&m) {
+            print(&format!("{}: not running ({})\n", m.slug, state_of(&m)))?;
+            continue;
+        }
+        match stop_one(&dir, &m, grace) {
+            // Holding the lock: the launcher is gone, and nothing restarted it.
+            Ok((_lock, what)) if !read_meta(&dir).is_some_and(|m| running(&m)) => {
+                print(&format!("{}: {what}\n", m.slug))?;
+            }
+            Ok(_) => errors.push(format!("error: {}: still running", m.slug)),
+            Err(f) => errors.push(f.message),
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(failure(errors.join("\n"))) }
+}
+
+pub(crate) fn resume(slug: &str, quiet: bool, detach: bool) -> Result<(), Failure> {
+    let (_, meta) = find(slug)?;
+    if running(&meta) {
         return Err(usage(format!("error: `{slug}` is running")));
     }
     let r = &meta.request;
@@ -150,37 +205,163 @@ pub(crate) fn resume(slug: &str, quiet: bool) -> Result<(), Failure> {
     if !unset.is_empty() {
         return Err(failure(format!("error: host environment variables not set: {}", unset.join(", "))));
     }
-    let code = launch::run(&plan, &launch::Options { quiet, request: r.clone(), resume: Some(slug.to_owned()) })?;
-    if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
+    if detach {
+        return launch::detach(&plan.agent.name, Some(slug));
+    }
+    // The launcher takes the bottle's lock: a concurrent `resume`,
+    // `cleanup` or `rm` of this bottle fails or leaves it alone.
+    crate::agent_exit(launch::run(
+        &plan,
+        &launch::Options { quiet, request: r.clone(), resume: Some(slug.to_owned()) },
+    )?)
 }
 
-pub(crate) fn cleanup(purge: bool) -> Result<(), Failure> {
-    let mut out = String::new();
-    for (dir, m) in all() {
-        if state_of(&m) == "running" {
-            continue;
+/// Deletes a bottle's state dir (its lock held) and checks it is gone.
+fn remove(dir: &Path, _lock: &Lock) -> Result<(), String> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) if std::fs::symlink_metadata(dir).is_err() => Ok(()),
+        Ok(()) => Err(format!("{} is still there", dir.display())),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    }
+}
+
+pub(crate) fn rm(slugs: &[String], force: bool) -> Result<(), Failure> {
+    let mut errors = Vec::new();
+    for slug in slugs {
+        let (dir, m) = match find(slug) {
+            Ok(x) => x,
+            Err(f) => {
+                errors.push(f);
+                continue;
+            }
+        };
+        let lock = if running(&m) {
+            if !force {
+                errors.push(usage(format!(
+                    "error: `{slug}` is running: stop it first (`bot-bottle stop {slug}`) or use `rm -f`"
+                )));
+                continue;
+            }
+            match stop_one(&dir, &m, Duration::from_secs(10)) {
+                Ok((lock, _)) => lock,
+                Err(f) => {
+                    errors.push(f);
+                    continue;
+                }
+            }
+        } else {
+            match try_lock(&dir) {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    errors.push(failure(format!("error: `{slug}` is in use by another bot-bottle")));
+                    continue;
+                }
+                Err(f) => {
+                    errors.push(f);
+                    continue;
+                }
+            }
+        };
+        // What a crashed launcher left outside the state dir (cgroups,
+        // leases, deploy keys) goes first; then the state dir itself.
+        for what in launch::cleanup(&m, &dir) {
+            tracing::debug!(%slug, what, "rm: cleanup");
         }
+        match remove(&dir, &lock) {
+            Ok(()) => print(&format!("{slug}: removed\n"))?,
+            Err(e) => errors.push(failure(format!("error: {slug}: {e}"))),
+        }
+    }
+    match errors.iter().map(|f| f.code).max() {
+        None => Ok(()),
+        Some(code) => {
+            Err(Failure { code, message: errors.into_iter().map(|f| f.message).collect::<Vec<_>>().join("\n") })
+        }
+    }
+}
+
+/// The bytes under `path`, symlinks not followed.
+fn size(path: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(path) else { return 0 };
+    if !md.is_dir() {
+        return md.len();
+    }
+    std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| size(&e.path())).sum()
+}
+
+/// Whether `--purge` may go ahead: `--yes`, or "y" typed on a terminal.
+fn confirmed(n: usize, bytes: u64) -> Result<bool, Failure> {
+    if !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        return Err(usage(format!(
+            "error: cleanup --purge would delete {n} stopped bottle(s) ({}), workspace copies included; pass --yes to confirm",
+            crate::render::size(bytes)
+        )));
+    }
+    let mut err = std::io::stderr().lock();
+    write!(
+        err,
+        "delete {n} stopped bottle(s) ({}), workspace copies and audit logs included? [y/N] ",
+        crate::render::size(bytes)
+    )
+    .and_then(|()| err.flush())
+    .map_err(|e| failure(format!("error: {e}")))?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(|e| failure(format!("error: reading the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub(crate) fn cleanup(purge: bool, yes: bool) -> Result<(), Failure> {
+    let mut out = String::new();
+    let mut kept = Vec::new();
+    let mut errors = Vec::new();
+    // Locked first: a bottle whose launcher runs (or that another command
+    // is changing) is never touched.
+    let mut stopped = Vec::new();
+    for (dir, m) in all() {
+        match try_lock(&dir)? {
+            Some(lock) if !running(&m) => stopped.push((dir, m, lock)),
+            _ => tracing::debug!(slug = %m.slug, "cleanup: running or in use, left alone"),
+        }
+    }
+    if purge && !stopped.is_empty() && !yes {
+        let bytes = stopped.iter().map(|(d, _, _)| size(d)).sum();
+        if !confirmed(stopped.len(), bytes)? {
+            return print("nothing deleted\n");
+        }
+    }
+    for (dir, m, lock) in stopped {
         let mut did = launch::cleanup(&m, &dir);
         if m.exit.is_none() {
             let mut m = m.clone();
             m.exit = Some(-1);
-            if let Ok(j) = serde_json::to_vec_pretty(&m) {
-                let _ = std::fs::write(dir.join("launch.json"), j);
+            match write_meta(&dir, &m) {
+                Ok(()) => did.push("marked crashed".into()),
+                Err(e) => errors.push(format!("error: {}: recording it as crashed: {e}", m.slug)),
             }
-            did.push("marked crashed".into());
         }
         if purge {
-            let _ = std::fs::remove_dir_all(&dir);
-            did.push("purged".into());
-        } else if dir.join("workspace").exists() && !did.is_empty() {
-            did.push(format!("kept {}", dir.join("workspace").display()));
+            let bytes = size(&dir);
+            match remove(&dir, &lock) {
+                Ok(()) => did.push(format!("purged ({})", crate::render::size(bytes))),
+                Err(e) => errors.push(format!("error: {}: {e}", m.slug)),
+            }
+        } else {
+            kept.push(format!("{}: {}, holds {}", m.slug, state_of(&m), crate::render::size(size(&dir))));
         }
         if !did.is_empty() {
             out.push_str(&format!("{}: {}\n", m.slug, did.join(", ")));
         }
     }
     if out.is_empty() {
-        out.push_str("nothing to clean up\n");
+        out.push_str("nothing left behind to remove\n");
     }
-    print(&out)
+    if !kept.is_empty() {
+        out.push_str("kept (workspace copies and audit logs):\n");
+        for k in &kept {
+            out.push_str(&format!("  {k}\n"));
+        }
+        out.push_str("remove one with `bot-bottle rm SLUG`, all with `bot-bottle cleanup --purge`\n");
+    }
+    print(&out)?;
+    if errors.is_empty() { Ok(()) } else { Err(failure(errors.join("\n"))) }
 }

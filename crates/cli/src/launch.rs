@@ -2,7 +2,7 @@
 //! bottle around the agent, and teardown whatever happens.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bot_bottle_backend::native::Native;
@@ -47,6 +47,10 @@ pub(crate) struct Meta {
     pub(crate) request: Stored,
     /// The launcher's pid while it runs.
     pub(crate) pid: u32,
+    /// The launcher's start token (see `state::alive`): with the pid, it
+    /// names that one process, never a later one with the same pid.
+    #[serde(default)]
+    pub(crate) pid_start: Option<String>,
     pub(crate) started: u64,
     pub(crate) exit: Option<i32>,
 }
@@ -59,13 +63,13 @@ pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn write_meta(state: &Path, meta: &Meta) {
-    if let Ok(j) = serde_json::to_vec_pretty(meta) {
-        let tmp = state.join("launch.json.tmp");
-        if std::fs::write(&tmp, j).is_ok() {
-            let _ = std::fs::rename(tmp, state.join("launch.json"));
-        }
-    }
+/// Replaces the bottle's `launch.json` atomically (a reader sees the old
+/// record or the new one, never half of one).
+pub(crate) fn write_meta(state: &Path, meta: &Meta) -> std::io::Result<()> {
+    let j = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
+    let tmp = state.join("launch.json.tmp");
+    std::fs::write(&tmp, j)?;
+    std::fs::rename(tmp, state.join("launch.json"))
 }
 
 pub(crate) fn read_meta(state: &Path) -> Option<Meta> {
@@ -120,14 +124,22 @@ pub(crate) fn project(
 /// anything else.
 pub(crate) const DETACHED: &str = "BOT_BOTTLE_DETACHED";
 
-/// `start --detach`: the same command again, minus `--detach`, in a session
-/// of its own with no terminal, its output in the bottle's `agent.log`;
-/// prints the slug and returns.
-pub(crate) fn detach(agent: &str) -> Result<(), Failure> {
-    let slug = slug(agent);
-    let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?.join(&slug);
-    std::fs::create_dir_all(&dir).map_err(|e| failure(format!("error: creating {}: {e}", dir.display())))?;
-    let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| failure(format!("error: agent.log: {e}")))?;
+/// `start --detach` and `resume --detach`: the same command again, minus
+/// `--detach`, in a session of its own with no terminal, its output in the
+/// bottle's `agent.log`; prints the slug and returns. `resume` names its
+/// bottle; `start` claims a new one here.
+pub(crate) fn detach(agent: &str, resume: Option<&str>) -> Result<(), Failure> {
+    let bottles = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
+    let (slug, dir) = match resume {
+        Some(s) => (s.to_owned(), bottles.join(s)),
+        None => crate::state::claim_slug(agent, &bottles)?,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join("agent.log"))
+        .map_err(|e| failure(format!("error: agent.log: {e}")))?;
     let err = log.try_clone().map_err(|e| failure(format!("error: agent.log: {e}")))?;
     let exe = std::env::current_exe().map_err(|e| failure(format!("error: locating bot-bottle: {e}")))?;
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
@@ -151,13 +163,6 @@ fn valid_slug(s: &str) -> bool {
         && !s.starts_with('.')
         && s.len() <= 100
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
-
-/// A short name for this bottle: the agent and a random suffix.
-fn slug(agent: &str) -> String {
-    let mut b = [0u8; 3];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    format!("{agent}-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
 }
 
 /// Fails unless the plan's backend is in this build.
@@ -243,26 +248,36 @@ fn describe<B: Backend>(backend: &B, target: &Target<'_>) -> Result<serde_json::
 /// The bottle's state dir and launch record around one session.
 fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
-    let slug = match &opts.resume {
-        Some(s) if valid_slug(s) => s.clone(),
+    let (slug, state) = match &opts.resume {
+        Some(s) if valid_slug(s) => (s.clone(), dir.join(s)),
         Some(s) => return Err(failure(format!("error: invalid bottle name `{s}`"))),
-        None => slug(&plan.agent.name),
+        None => crate::state::claim_slug(&plan.agent.name, &dir)?,
     };
-    let state = dir.join(&slug);
-    std::fs::create_dir_all(&state).map_err(|e| failure(format!("error: creating {}: {e}", state.display())))?;
+    if !state.is_dir() {
+        return Err(failure(format!("error: bottle `{slug}` has no state dir (removed?)")));
+    }
     // Private to the launcher: the bottle reaches what it needs through
     // mounts and open files, never by traversing this path.
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| failure(format!("error: securing {}: {e}", state.display())))?;
+    // Held until this launcher exits: `stop`, `rm`, `cleanup` and another
+    // `resume` wait for it or leave the bottle alone. The descriptor is
+    // close-on-exec, so nothing in the bottle inherits it.
+    let _lock = crate::state::try_lock(&state)?.ok_or_else(|| {
+        failure(format!("error: bottle `{slug}` is in use by another bot-bottle (see `bot-bottle list`)"))
+    })?;
+    let pid = std::process::id();
     let mut meta = Meta {
         slug: slug.clone(),
         backend: backend.name().into(),
         request: opts.request.clone(),
-        pid: std::process::id(),
+        pid,
+        pid_start: bot_bottle_backend::start_token(pid),
         started: now(),
         exit: None,
     };
-    write_meta(&state, &meta);
+    write_meta(&state, &meta).map_err(|e| failure(format!("error: writing {}/launch.json: {e}", state.display())))?;
+    tracing::debug!(%slug, state = %state.display(), "bottle state claimed and locked");
     pause_point("state");
     // Teardown runs inside, whatever happens; the workspace copy and the
     // audit log stay, so nothing the agent did is lost.
@@ -271,7 +286,10 @@ fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, F
         Ok(c) => *c,
         Err(f) => i32::from(f.code),
     });
-    write_meta(&state, &meta);
+    if let Err(e) = write_meta(&state, &meta) {
+        // The session is over either way; `list` will show it as crashed.
+        tracing::warn!(%slug, error = %e, "recording the bottle's exit");
+    }
     result
 }
 
@@ -280,6 +298,7 @@ fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, F
 fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
     let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
     let target = Target { slug, plan, state, project: &opts.request.project, resume: opts.resume.is_some() };
+    tracing::debug!(%slug, backend = backend.name(), "preparing the bottle");
     let prepared = backend.prepare(&target).map_err(err("preparing the bottle"))?;
     for w in backend.warnings(&prepared) {
         // Shown even with --quiet: a limit that does not hold is not progress.
@@ -287,6 +306,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     }
     let mut teardown = Teardown::new();
     let endpoint = backend.reserve(&prepared, &mut teardown).map_err(err("reserving the bottle"))?;
+    tracing::debug!(%slug, "reserved the bottle's endpoint; starting the sidecars");
 
     // The sidecar bundle: every service the plan needs, on the endpoint.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -311,6 +331,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
     // its deploy keys deleted, what it left uncommitted landed.
     let ran = in_bottle(backend, plan, opts, slug, state, &prepared, &endpoint, &bundle, &rt, teardown);
     let workspace = (ran.is_ok() && plan.workspace == WorkspaceMode::Copy).then(|| state.join("workspace"));
+    tracing::debug!(%slug, ok = ran.is_ok(), "the bottle is down; finishing the sidecars");
     let report = bundle.finish(workspace.as_deref());
     if plan.workspace == WorkspaceMode::Copy {
         say(opts, &format!("the agent's workspace is kept at {}", state.join("workspace").display()));
@@ -369,6 +390,7 @@ fn in_bottle<B: Backend>(
             tell(opts, &report);
         }
     }
+    tracing::debug!(%slug, "launching the bottle");
     let mut bottle = backend.launch(prepared, endpoint, &mut teardown).map_err(err("the bottle failed"))?;
 
     // Provisioning, as data, applied through the bottle.
@@ -424,7 +446,16 @@ fn in_bottle<B: Backend>(
             }
         }
     };
-    bot_bottle_backend::provision(&mut bottle, &prov).map_err(err("provisioning"))?;
+    bot_bottle_backend::provision(&mut bottle, &prov).map_err(|e| {
+        // The agent's program missing from the bottle is 127, as a shell
+        // (and `docker run`) reports a command that is not found.
+        let missing = matches!(&e, BackendError::Provision { why, .. } if why.starts_with("the agent's program"));
+        let mut f = err("provisioning")(e);
+        if missing {
+            f.code = 127;
+        }
+        f
+    })?;
 
     say(opts, &format!("starting {} in bottle {slug} ({})", plan.agent.name, backend.name()));
     let agent = Exec {
@@ -444,7 +475,9 @@ fn in_bottle<B: Backend>(
         .map(|w| DiskWatch::start(&w, budget, stop.clone()))
         .transpose()
         .map_err(|e| failure(format!("error: measuring the workspace: {e}")))?;
+    tracing::debug!(%slug, argv = ?agent.argv, "running the agent");
     let code = bottle.run_agent(&agent, &stop).map_err(err("the bottle failed"))?;
+    tracing::debug!(%slug, code, "the agent exited");
     let over = watch.and_then(|w| w.exceeded());
     if let Some(why) = &over {
         let _ = writeln!(std::io::stderr(), "bot-bottle: stopped: {why}");

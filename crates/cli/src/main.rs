@@ -1,12 +1,16 @@
 //! The `bot-bottle` command. It parses flags, calls the libraries, prints
-//! their results and maps failures to exit codes: 0 ok, 2 usage or manifest
-//! error, 1 anything else. Nothing here decides policy.
+//! their results and maps failures to exit codes, as `docker run` does: 2
+//! bad usage or manifest, 125 bot-bottle itself failed, 126 the agent's
+//! program cannot be run, 127 it is not there, otherwise the agent's own
+//! code. Nothing here decides policy.
 
 mod bottles;
 mod launch;
+mod logs;
 mod proxy;
 mod render;
 mod scan;
+mod state;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -15,15 +19,33 @@ use std::process::ExitCode;
 use bot_bottle_manifest::{BackendKind, DiscoverError, DiscoverFrom, Manifest, Request, ResolveError, discover};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
+const EXIT_CODES: &str = "\
+Exit status:
+  0    success (or the agent exited 0)
+  2    bad usage or an invalid manifest; nothing was created
+  125  bot-bottle itself failed (the bottle, its sidecars, the host)
+  126  the agent's program exists in the bottle but cannot be run
+  127  the agent's program is not in the bottle
+  N    otherwise, the agent's own exit status
+
+Logging: RUST_LOG (e.g. RUST_LOG=debug) or -v/-vv; messages for you stay plain lines on stderr.";
+
 #[derive(Debug, Parser)]
-#[command(name = "bot-bottle", version, about, propagate_version = true)]
+#[command(name = "bot-bottle", version, about, propagate_version = true, after_help = EXIT_CODES)]
 struct Cli {
-    /// Manifest directory (default: $BOT_BOTTLE_MANIFEST, the nearest .bot-bottle/, or ~/.config/bot-bottle/).
-    #[arg(long, global = true, value_name = "DIR")]
-    manifest: Option<PathBuf>,
+    /// More diagnostics on stderr: -v debug, -vv trace (RUST_LOG overrides).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ManifestArg {
+    /// Manifest directory (default: $BOT_BOTTLE_MANIFEST, the nearest .bot-bottle/, or ~/.config/bot-bottle/).
+    #[arg(long, value_name = "DIR")]
+    manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,35 +61,58 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Check that this host can run bottles, and which hardening layers are active.
     Doctor,
-    /// List bottles: running, exited, or left behind by a crash.
-    List {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
-        format: ListFormat,
-    },
-    /// Stop a running bottle (or all of them); its teardown runs.
+    /// List running bottles (-a: also exited and crashed ones).
+    #[command(visible_alias = "ps")]
+    List(bottles::ListArgs),
+    /// Print a detached bottle's agent output (its `agent.log`).
+    Logs(logs::LogsArgs),
+    /// Stop running bottles: SIGTERM to the launcher, which tears the bottle
+    /// down; SIGKILL after the grace period.
     Stop {
-        /// The bottle's slug, as `list` shows it.
-        #[arg(required_unless_present = "all")]
-        slug: Option<String>,
-        #[arg(long)]
+        /// The bottles' slugs, as `list` shows them.
+        #[arg(required_unless_present = "all", value_name = "SLUG")]
+        slugs: Vec<String>,
+        /// Stop every running bottle.
+        #[arg(long, conflicts_with = "slugs")]
         all: bool,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(long, short = 't', value_name = "SECS", default_value_t = 10)]
+        time: u64,
     },
     /// Start an exited bottle again: same request, same workspace copy.
     Resume {
+        /// The bottle's slug, as `list -a` shows it.
         slug: String,
+        /// Less progress output on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// Run in the background; output is appended to the bottle's `agent.log`.
+        #[arg(long, short)]
+        detach: bool,
     },
-    /// Remove what exited or crashed bottles left: processes, runtime dirs,
-    /// sockets. Workspace copies are kept unless --purge.
+    /// Remove stopped bottles: their state dir and workspace copy.
+    Rm {
+        /// The bottles' slugs, as `list -a` shows them.
+        #[arg(required = true, value_name = "SLUG")]
+        slugs: Vec<String>,
+        /// Stop a running bottle first (SIGTERM, then SIGKILL after 10 s).
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Remove what exited or crashed bottles left (processes, runtime dirs,
+    /// sockets) and report what they still hold. Workspace copies are kept
+    /// unless --purge.
     Cleanup {
-        /// Also delete the bottles' state, workspace copies included.
+        /// Also delete every stopped bottle's state, workspace copies included (asks first).
         #[arg(long)]
         purge: bool,
+        /// Do not ask before --purge deletes.
+        #[arg(long, short, requires = "purge")]
+        yes: bool,
     },
     /// Print shell completions.
     Completions {
+        /// The shell to print completions for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -75,6 +120,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct StartArgs {
+    #[command(flatten)]
+    manifest: ManifestArg,
     /// The agent to start (agents/AGENT.md).
     agent: Option<String>,
     /// Bottle to use, replacing the agent's `bottle:` list; repeat to merge several in order.
@@ -109,12 +156,16 @@ struct StartArgs {
 enum ManifestCommand {
     /// Check every file in the manifest directory and report all problems.
     Check {
+        #[command(flatten)]
+        manifest: ManifestArg,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
     /// List agents with their bottle lineage, and bottles with their parents.
     List {
+        #[command(flatten)]
+        manifest: ManifestArg,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
@@ -123,22 +174,31 @@ enum ManifestCommand {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
+    /// The bottle's `backend:`, else the first that works here.
     Auto,
+    /// Linux namespaces on this host.
     Native,
+    /// Docker containers (not in this build yet).
     Docker,
+    /// Micro-VMs through the smolvm CLI.
     Smolmachines,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
+    /// For people.
     Text,
+    /// For programs.
     Json,
+    /// For programs and people.
     Yaml,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum ListFormat {
+    /// For people.
     Text,
+    /// For programs.
     Json,
 }
 
@@ -153,8 +213,19 @@ pub(crate) fn usage(message: impl Into<String>) -> Failure {
     Failure { code: 2, message: message.into() }
 }
 
+/// bot-bottle itself failed: exit 125, as `docker run` does, so that it is
+/// never mistaken for the agent's own exit status.
 pub(crate) fn failure(message: impl Into<String>) -> Failure {
-    Failure { code: 1, message: message.into() }
+    Failure { code: 125, message: message.into() }
+}
+
+/// The agent's exit status as ours: 0 is success, anything else passes
+/// through (a status outside 1..=255 cannot, and becomes 125).
+pub(crate) fn agent_exit(code: i32) -> Result<(), Failure> {
+    match code {
+        0 => Ok(()),
+        c => Err(Failure { code: u8::try_from(c).ok().filter(|&c| c != 0).unwrap_or(125), message: String::new() }),
+    }
 }
 
 fn main() -> ExitCode {
@@ -168,7 +239,7 @@ fn main() -> ExitCode {
     // needs a descriptor it did not open itself. First, before any thread.
     if let Err(e) = bot_bottle_backend::close_inherited_fds() {
         let _ = writeln!(io::stderr(), "error: closing inherited descriptors: {e}");
-        return ExitCode::from(1);
+        return ExitCode::from(125);
     }
     // `start --detach` runs this again in a session of its own, with no
     // controlling terminal: the bottle then can never reach the terminal
@@ -177,9 +248,10 @@ fn main() -> ExitCode {
         && let Err(e) = nix::unistd::setsid()
     {
         let _ = writeln!(io::stderr(), "error: leaving the terminal's session: {e}");
-        return ExitCode::from(1);
+        return ExitCode::from(125);
     }
     let cli = Cli::parse();
+    logging(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -197,16 +269,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             clap_complete::generate(shell, &mut Cli::command(), "bot-bottle", &mut io::stdout());
             Ok(())
         }
-        Command::Start(args) => start(cli.manifest, args),
+        Command::Start(args) => start(args.manifest.manifest.clone(), args),
         Command::Scan(args) => scan::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Doctor => doctor(),
-        Command::List { format } => bottles::list(format),
-        Command::Stop { slug, all } => bottles::stop(slug, all),
-        Command::Resume { slug, quiet } => bottles::resume(&slug, quiet),
-        Command::Cleanup { purge } => bottles::cleanup(purge),
-        Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
-        Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
+        Command::List(args) => bottles::list(&args),
+        Command::Logs(args) => logs::run(&args),
+        Command::Stop { slugs, all, time } => bottles::stop(&slugs, all, std::time::Duration::from_secs(time)),
+        Command::Resume { slug, quiet, detach } => bottles::resume(&slug, quiet, detach),
+        Command::Rm { slugs, force } => bottles::rm(&slugs, force),
+        Command::Cleanup { purge, yes } => bottles::cleanup(purge, yes),
+        Command::Manifest(ManifestCommand::Check { manifest, format }) => check(manifest.manifest, format),
+        Command::Manifest(ManifestCommand::List { manifest, format }) => list(manifest.manifest, format),
     }
 }
 
@@ -327,11 +401,25 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         workdir: project.subdir.clone(),
     };
     if args.detach {
-        return launch::detach(&plan.agent.name);
+        return launch::detach(&plan.agent.name, None);
     }
     let resume = std::env::var("BOT_BOTTLE_SLUG").ok();
-    let code = launch::run(&plan, &launch::Options { quiet: args.quiet, request, resume })?;
-    if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
+    agent_exit(launch::run(&plan, &launch::Options { quiet: args.quiet, request, resume })?)
+}
+
+/// `tracing` to stderr: RUST_LOG when set, else warnings, or more with -v.
+fn logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // A second subscriber cannot be installed, and only tests would try.
+    if tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).without_time().try_init().is_err() {
+        let _ = writeln!(io::stderr(), "bot-bottle: warning: logging was already set up");
+    }
 }
 
 fn check(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {
@@ -423,5 +511,33 @@ pub(crate) fn print(s: &str) -> Result<(), Failure> {
         // A closed pipe (`| head`) is not an error worth reporting.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(failure(format!("error: cannot write output: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag, argument and subcommand says what it is for.
+    #[test]
+    fn everything_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                let p = format!("{path} {}", s.get_name());
+                if s.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "bot-bottle", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

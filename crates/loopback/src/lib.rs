@@ -28,5 +28,5 @@ mod pool;
 
 pub use alias::ensure_pool;
 pub use allowlist::{AllowlistError, Enforced, Platform, db_path, force_allowlist, verify_allowlist};
-pub use owner::Owner;
+pub use owner::{Owner, start_token};
 pub use pool::{Lease, LeaseInfo, LeaseState, LoopbackError, Pool, leases, release, release_owner};

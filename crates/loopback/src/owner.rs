@@ -57,7 +57,11 @@ impl Owner {
 /// An opaque token that identifies one run of process `pid`: equal tokens
 /// mean the same process. `None` when no such process runs (or it is a
 /// zombie, which will never release anything).
-pub(crate) fn start_token(pid: u32) -> Option<String> {
+///
+/// This is the workspace's one liveness check: loopback leases and the
+/// CLI's bottle records both name their owner by pid plus this token, so a
+/// pid reused after the owner died never counts as the owner.
+pub fn start_token(pid: u32) -> Option<String> {
     platform::start_token(pid)
 }
 

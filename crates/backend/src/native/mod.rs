@@ -370,7 +370,10 @@ impl NativeBottle {
         if result.is_err()
             && let Some(cg) = &cgroup
         {
-            let _ = cg.remove();
+            // Teardown: a failure is reported, and `cleanup` retries it.
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "removing the cgroup of a bottle that failed to start");
+            }
         }
         result
     }
@@ -599,13 +602,19 @@ impl Drop for Signals {
 impl Drop for NativeBottle {
     fn drop(&mut self) {
         if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            if let Err(e) = self.child.kill() {
+                tracing::warn!(error = %e, "killing the bottle's init");
+            }
+            if let Err(e) = self.child.wait() {
+                tracing::warn!(error = %e, "reaping the bottle's init");
+            }
         }
         // The init stages are gone, and with pid 1 everything in its pid
         // namespace; the cgroup makes sure, and goes.
-        if let Some(cg) = &self.cgroup {
-            let _ = cg.remove();
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!(error = %e, "removing the bottle's cgroup; `bot-bottle cleanup` retries");
         }
         cleanup(&self.spec, &self.spec_path);
     }

@@ -255,7 +255,9 @@ impl Backend for Smolmachines {
         };
         let addr = lease.addr();
         teardown.push(format!("the loopback address {addr}"), move || {
-            let _ = lease.release();
+            if let Err(e) = lease.release() {
+                tracing::warn!(%addr, error = %e, "releasing the loopback lease; `bot-bottle cleanup` retries");
+            }
         });
         Ok(Endpoint::Tcp { addr, listener: Arc::new(listener) })
     }
@@ -286,7 +288,9 @@ impl Backend for Smolmachines {
         // Registered first, so a machine half made is deleted too.
         let (smolvm, name) = (self.smolvm.clone(), p.machine.clone());
         teardown.push(format!("the machine {name}"), move || {
-            let _ = smolvm.machine_delete(&name);
+            if let Err(e) = smolvm.machine_delete(&name) {
+                tracing::warn!(machine = %name, error = %e, "deleting the machine; `bot-bottle cleanup` retries");
+            }
         });
         self.smolvm.machine_create(&opts)?;
         pause_point("vm-created");
@@ -394,7 +398,9 @@ impl Bottle for SmolBottle {
         while !done.load(Ordering::SeqCst) {
             if stop.load(Ordering::SeqCst) && !stopped {
                 // Stopping the machine ends every process in it, the agent too.
-                let _ = self.smolvm.machine_stop(&self.name);
+                if let Err(e) = self.smolvm.machine_stop(&self.name) {
+                    tracing::warn!(machine = %self.name, error = %e, "stopping the machine");
+                }
                 stopped = true;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -410,8 +416,9 @@ impl Drop for SmolBottle {
     fn drop(&mut self) {
         if let Ok(Some(m)) = self.smolvm.machine_status(&self.name)
             && m.state == MachineState::Running
+            && let Err(e) = self.smolvm.machine_stop(&self.name)
         {
-            let _ = self.smolvm.machine_stop(&self.name);
+            tracing::warn!(error = %e, "stopping the machine at teardown");
         }
         let _ = std::fs::remove_dir_all(&self.scratch);
     }

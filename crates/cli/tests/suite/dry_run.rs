@@ -73,7 +73,7 @@ fn secret_values_never_reach_the_plan_or_errors() {
 fn start_refuses_before_creating_anything_when_a_secret_is_unset() {
     let env = Env::new();
     let unset = env.run(&examples(), &["start", "reviewer", "--bottle", "claude"], &[]);
-    assert_eq!(unset.code, 1);
+    assert_eq!(unset.code, 125);
     assert!(unset.stderr.contains("GITHUB_TOKEN") && unset.stderr.contains("ANTHROPIC_API_KEY"), "{}", unset.stderr);
     assert!(env.written().is_empty(), "{:?}", env.written());
 }
@@ -88,7 +88,7 @@ fn usage_errors_exit_2_with_a_pointer() {
         (&["start", "reviewer", "--dry-run"], "--bottle"),
         (&["start", "hello", "--bottle", "dve", "--dry-run"], "did you mean `dev`?"),
         (&["start", "hello", "--backend", "podman", "--dry-run"], "invalid value"),
-        (&["--manifest", "/nonexistent/dir", "start", "hello", "--dry-run"], "does not exist"),
+        (&["start", "--manifest", "/nonexistent/dir", "hello", "--dry-run"], "does not exist"),
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, expect) in cases {
@@ -142,7 +142,24 @@ fn completions_for_each_shell() {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    for args in [&["--help"][..], &["start", "--help"], &["manifest", "--help"]] {
+    let every: &[&[&str]] = &[
+        &["--help"],
+        &["start", "--help"],
+        &["manifest", "--help"],
+        &["manifest", "check", "--help"],
+        &["manifest", "list", "--help"],
+        &["proxy", "--help"],
+        &["scan", "--help"],
+        &["doctor", "--help"],
+        &["list", "--help"],
+        &["logs", "--help"],
+        &["stop", "--help"],
+        &["resume", "--help"],
+        &["rm", "--help"],
+        &["cleanup", "--help"],
+        &["completions", "--help"],
+    ];
+    for args in every {
         let r = env.run(env.path(), args, &[]);
         assert_eq!(r.code, 0);
         insta::assert_snapshot!(format!("help-{}", args.join("-").trim_start_matches("-")), r.stdout);

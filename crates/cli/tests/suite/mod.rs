@@ -6,6 +6,7 @@ mod doors;
 mod dry_run;
 mod escape;
 mod gate;
+mod lifecycle;
 mod malformed;
 mod native;
 mod proxy_cmd;

@@ -165,7 +165,7 @@ fn a_launch_whose_allowlist_cannot_be_confirmed_refuses_before_start() {
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let out = s.command(&["start", "a", "--quiet"]).env("BOT_BOTTLE_SMOLVM", &wrapper).output().expect("start");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("refusing to launch") && err.contains("SMOLVM_DATA_DIR"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("must-not-run"));
     let log = std::fs::read_to_string(s.path("elsewhere/.local/share/smolvm/fake-calls.jsonl")).expect("calls");
@@ -197,7 +197,7 @@ fn a_patch_that_does_not_take_refuses_before_start() {
     assert!(Command::new("python3").args(["-c", &py]).status().expect("python3").success());
     let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("refusing to launch") && err.contains("127.0.0."), "{err}");
     assert_eq!(s.called("start"), 0, "never started: {:?}", s.calls());
     assert!(s.machines().is_empty() && s.leases() == 0);

@@ -203,7 +203,7 @@ fn list_stop_resume_and_cleanup() {
     let p = project(port, "echo run >> /workspace/runs; wc -l < /workspace/runs; sleep ${SLEEP_FOR:-0}");
     let (code, out) = cli(&p, &["start", "a", "--quiet"]);
     assert_eq!((code, out.trim()), (0, "1"));
-    let rows: serde_json::Value = serde_json::from_str(&cli(&p, &["list", "--format", "json"]).1).expect("json");
+    let rows: serde_json::Value = serde_json::from_str(&cli(&p, &["list", "-a", "--format", "json"]).1).expect("json");
     let slug = rows[0]["slug"].as_str().expect("slug").to_owned();
     assert_eq!(rows[0]["state"], "exited (0)");
     // A cgroup left under the bottle's name (as by a launcher killed
@@ -229,12 +229,19 @@ fn list_stop_resume_and_cleanup() {
     Command::new("kill").args(["-KILL", &slow.id().to_string()]).status().expect("kill");
     let _ = slow.wait();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(cli(&p, &["list"]).1.contains("crashed"), "{}", cli(&p, &["list"]).1);
+    assert!(cli(&p, &["list", "-a"]).1.contains("crashed"), "{}", cli(&p, &["list", "-a"]).1);
+    assert!(!cli(&p, &["list"]).1.contains("crashed"), "list shows running bottles only");
     let (code, out) = cli(&p, &["cleanup"]);
     assert_eq!(code, 0);
     assert!(out.contains("removed root") && out.contains("kept"), "{out}");
     assert_eq!(leftovers(&p), 0);
-    assert_eq!(cli(&p, &["cleanup"]).1.trim(), "nothing to clean up");
+    // Nothing left behind, but what the exited bottles hold is said.
+    let again = cli(&p, &["cleanup"]).1;
+    assert!(again.starts_with("nothing left behind to remove\nkept"), "{again}");
+    assert!(
+        again.contains(&format!("  {slug}: exited (0), holds ")) && again.contains("bot-bottle rm SLUG"),
+        "{again}"
+    );
     // stop: a running bottle is torn down and recorded as exited.
     let mut running = command(&p, &["start", "slow", "--quiet"]).spawn().expect("start slow");
     let started = Instant::now();
@@ -385,7 +392,7 @@ fn a_missing_agent_program_is_reported_before_the_agent_starts() {
     std::fs::write(&a, "---\nprovider: command\ncommand: [\"no-such-program\", \"--flag\"]\nbottle: b\n---\n")
         .expect("write");
     let out = command(&p, &["start", "a", "--quiet"]).output().expect("start");
-    assert_eq!(out.status.code(), Some(1), "bot-bottle fails before the agent runs");
+    assert_eq!(out.status.code(), Some(127), "a missing agent program is 127, as in a shell");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the agent's program `no-such-program` must exist in the bottle"), "{err}");
     assert_eq!(leftovers(&p), 0);

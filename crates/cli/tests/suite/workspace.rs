@@ -252,7 +252,7 @@ fn the_workspace_flag_names_the_project_and_resume_keeps_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "/workspace\nREADME\n");
     // Resumed from anywhere, the bottle keeps its project and its copy.
-    let list = m.run(&m.path("home"), &["list", "--format", "json"], &[]);
+    let list = m.run(&m.path("home"), &["list", "-a", "--format", "json"], &[]);
     let rows: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
     let slug = rows[0]["slug"].as_str().expect("slug").to_owned();
     let out = m.run(Path::new("/"), &["resume", &slug, "--quiet"], &[]);
@@ -319,7 +319,7 @@ fn a_failed_copy_leaves_nothing_behind() {
         m.run(&proj, &["start", "a"], &[])
     };
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("copying") && !text(&out.stdout).contains("ran"), "{err}");
     let bottles = m.path("state/bot-bottle/bottles");
     let slug = std::fs::read_dir(&bottles).expect("bottles").flatten().next().expect("a bottle").path();
