@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::launch::{self, Meta, bottles_dir, now, read_meta, write_meta};
 use crate::state::{Lock, alive, lock_within, try_lock};
-use crate::{Failure, ListFormat, failure, print, usage};
+use crate::{Failure, ListFormat, chain, failure, print, usage};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ListArgs {
@@ -223,6 +223,20 @@ fn remove(dir: &Path, _lock: &Lock) -> Result<(), String> {
         Ok(()) => Err(format!("{} is still there", dir.display())),
         Err(e) => Err(format!("removing {}: {e}", dir.display())),
     }
+}
+
+/// `exec SLUG -- CMD`: the command's exit code becomes ours.
+pub(crate) fn exec(slug: &str, argv: &[String]) -> Result<(), Failure> {
+    let (dir, m) = find(slug)?;
+    if !running(&m) {
+        return Err(usage(format!("error: bottle `{slug}` is not running ({}); `resume` starts it", state_of(&m))));
+    }
+    if BackendKind::parse(&m.backend) != Some(BackendKind::Native) {
+        return Err(failure(format!("error: `exec` is not available for the {} backend yet", m.backend)));
+    }
+    let code = bot_bottle_backend::native::exec_in(&dir, argv)
+        .map_err(|e| failure(format!("error: exec in `{slug}`: {}", chain(&e))))?;
+    if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
 }
 
 pub(crate) fn rm(slugs: &[String], force: bool) -> Result<(), Failure> {

@@ -90,6 +90,15 @@ enum Command {
         #[arg(long, short)]
         detach: bool,
     },
+    /// Run a command in a running bottle, as its agent, with the agent's
+    /// environment; on a terminal of its own when you are on one.
+    Exec {
+        /// The bottle's slug, as `list` shows it.
+        slug: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
     /// Remove stopped bottles: their state dir and workspace copy.
     Rm {
         /// The bottles' slugs, as `list -a` shows them.
@@ -277,6 +286,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Logs(args) => logs::run(&args),
         Command::Stop { slugs, all, time } => bottles::stop(&slugs, all, std::time::Duration::from_secs(time)),
         Command::Resume { slug, quiet, detach } => bottles::resume(&slug, quiet, detach),
+        Command::Exec { slug, argv } => bottles::exec(&slug, &argv),
         Command::Rm { slugs, force } => bottles::rm(&slugs, force),
         Command::Cleanup { purge, yes } => bottles::cleanup(purge, yes),
         Command::Manifest(ManifestCommand::Check { manifest, format }) => check(manifest.manifest, format),

@@ -38,6 +38,23 @@ pub(crate) enum Request {
     Signal {
         signal: i32,
     },
+    /// Starts a command beside the agent (`bot-bottle exec`), on a terminal
+    /// of its own or pipes. The reply, [`Reply::Started`], carries the
+    /// caller's ends as for the agent, and then the reading end of a pipe
+    /// that gets the command's exit code when it ends.
+    Spawn {
+        cmd: Exec,
+        terminal: Option<Size>,
+    },
+}
+
+/// What `bot-bottle exec` asks a running bottle's launcher for, on the
+/// launcher's private exec socket. The launcher runs `argv` as the agent,
+/// with the agent's environment and working directory.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ExecRequest {
+    pub(crate) argv: Vec<String>,
+    pub(crate) terminal: Option<Size>,
 }
 
 /// A terminal's window size.
@@ -113,7 +130,7 @@ pub(crate) fn send_with_fds<T: Serialize>(
 }
 
 /// The most descriptors one message carries.
-const MAX_FDS: usize = 3;
+const MAX_FDS: usize = 4;
 
 /// Reads one JSON line and the descriptors sent with it. `r` must hold no
 /// buffered bytes: descriptors arrive only through the socket itself.

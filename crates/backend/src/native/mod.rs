@@ -226,7 +226,7 @@ impl Backend for Native {
             Ok(false) => {}
             Err(e) => did.push(format!("could not remove its cgroup: {}", error_chain(&e))),
         }
-        for d in ["root", "sockets", "sync-in", "sync-out", "spec.json", "control.sock"] {
+        for d in ["root", "sockets", "sync-in", "sync-out", "spec.json", "control.sock", EXEC_SOCKET] {
             let p = state.join(d);
             if fs::symlink_metadata(&p).is_ok() {
                 let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
@@ -536,8 +536,16 @@ impl Bottle for NativeBottle {
             (None, Ok([stdin, stdout, stderr])) => Relay::pipes(stdin, stdout, stderr),
         };
         let signals = Signals::register().map_err(io("signal handlers"))?;
+        // `bot-bottle exec` reaches the running bottle through this launcher.
+        let exec = ExecServer::listen(&self.exec_socket()).map_err(io("the bottle's exec socket"))?;
         crate::pause_point("agent");
         let code = loop {
+            if let Some(conn) = exec.accept() {
+                // One caller's failure is theirs to see, not the bottle's end.
+                if let Err(e) = self.serve_exec(conn, cmd) {
+                    tracing::warn!("bot-bottle exec: {e}");
+                }
+            }
             if let Some(s) = self.child.try_wait().map_err(io("waiting for the bottle"))? {
                 break exit_code(s);
             }
@@ -558,8 +566,160 @@ impl Bottle for NativeBottle {
             std::thread::sleep(Duration::from_millis(10));
         };
         relay.finish();
+        drop(exec);
         Ok(code)
     }
+}
+
+impl NativeBottle {
+    /// Where the launcher listens for `bot-bottle exec`, in the bottle's
+    /// state dir (0700): nothing inside the bottle can reach it.
+    fn exec_socket(&self) -> PathBuf {
+        self.spec_path.with_file_name(EXEC_SOCKET)
+    }
+
+    /// Runs one `bot-bottle exec` request: as the agent, with the agent's
+    /// environment and working directory, its streams handed to the caller.
+    fn serve_exec(&mut self, conn: UnixStream, agent: &Exec) -> Result<(), String> {
+        let me = rustix::process::geteuid();
+        let peer = rustix::net::sockopt::socket_peercred(&conn).map_err(|e| format!("peer credentials: {e}"))?;
+        // The socket is 0600 in a 0700 directory; check anyway.
+        if peer.uid != me && !peer.uid.is_root() {
+            return Err(format!("refused a caller with uid {}", peer.uid.as_raw()));
+        }
+        conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(conn.try_clone().map_err(|e| e.to_string())?);
+        let req: control::ExecRequest = match control::recv(&mut reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("reading the request: {e}")),
+        };
+        let reply_err = |message: String| {
+            let mut w = &conn;
+            control::send(&mut w, &Reply::Error { message: message.clone() }).ok();
+            message
+        };
+        if req.argv.is_empty() {
+            return Err(reply_err("no command to run".into()));
+        }
+        let cmd = Exec { argv: req.argv, env: agent.env.clone(), workdir: agent.workdir.clone(), user: Owner::Agent };
+        let sent = control::send(self.ctl.get_mut(), &Request::Spawn { cmd, terminal: req.terminal });
+        match sent.and_then(|()| control::recv_with_fds::<Reply>(&mut self.ctl)) {
+            Ok(Some((Reply::Started, fds))) => {
+                let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+                control::send_with_fds(&conn, &Reply::Started, &borrowed).map_err(|e| format!("answering: {e}"))
+            }
+            Ok(Some((Reply::Error { message }, _))) => Err(reply_err(message)),
+            Ok(Some((other, _))) => Err(reply_err(format!("unexpected reply {other:?}"))),
+            Ok(None) | Err(_) => Err(reply_err("the bottle ended".into())),
+        }
+    }
+}
+
+/// The name of the launcher's exec socket in a bottle's state dir.
+const EXEC_SOCKET: &str = "exec.sock";
+
+/// The launcher's listener for `bot-bottle exec`; removed when dropped.
+struct ExecServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ExecServer {
+    fn listen(path: &Path) -> std::io::Result<ExecServer> {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        Ok(ExecServer { listener, path: path.to_path_buf() })
+    }
+
+    fn accept(&self) -> Option<UnixStream> {
+        let (conn, _) = self.listener.accept().ok()?;
+        conn.set_nonblocking(false).ok()?;
+        Some(conn)
+    }
+}
+
+impl Drop for ExecServer {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// `bot-bottle exec`: runs `argv` in the running bottle whose state dir is
+/// `state`, as its agent, on a terminal of its own when this process is on
+/// one (relayed like the agent's), on pipes otherwise; returns its exit
+/// code.
+pub fn exec_in(state: &Path, argv: &[String]) -> Result<i32, BackendError> {
+    let path = state.join(EXEC_SOCKET);
+    let conn = UnixStream::connect(&path).map_err(|e| {
+        BackendError::Control(format!(
+            "cannot reach the bottle ({}: {e}); is it running? (`bot-bottle list`)",
+            path.display()
+        ))
+    })?;
+    let size = crate::terminal::terminal_size();
+    let terminal = size.map(|w| Size { rows: w.ws_row, cols: w.ws_col });
+    let mut w = &conn;
+    control::send(&mut w, &control::ExecRequest { argv: argv.to_vec(), terminal }).map_err(io("asking the bottle"))?;
+    let mut reader = BufReader::new(conn);
+    let mut fds = match control::recv_with_fds::<Reply>(&mut reader) {
+        Ok(Some((Reply::Started, fds))) => fds,
+        Ok(Some((Reply::Error { message }, _))) => {
+            return Err(BackendError::Inside { what: format!("running `{}`", argv.join(" ")), message });
+        }
+        Ok(Some((other, _))) => return Err(BackendError::Control(format!("unexpected reply {other:?}"))),
+        Ok(None) | Err(_) => return Err(BackendError::Control("the bottle's launcher hung up".into())),
+    };
+    let status = fds.pop().ok_or_else(|| BackendError::Control("no status pipe".into()))?;
+    let relay = match (terminal, <[_; 3]>::try_from(fds)) {
+        (None, Ok([stdin, stdout, stderr])) => Relay::pipes(stdin, stdout, stderr),
+        (Some(_), Err(mut one)) if one.len() == 1 => {
+            Relay::pty(one.remove(0)).map_err(io("putting your terminal in raw mode"))?
+        }
+        _ => return Err(BackendError::Control("the command's streams did not arrive".into())),
+    };
+    let signals = Signals::register().map_err(io("signal handlers"))?;
+    let code = wait_status(status, || {
+        if signals.take(&signals.winch) {
+            relay.resize();
+        }
+    });
+    relay.finish();
+    code.ok_or_else(|| BackendError::Control("the bottle ended before the command".into()))
+}
+
+/// Reads the exit code a status pipe gets, calling `tick` every 50 ms
+/// meanwhile; `None` if the pipe closes without one (the bottle ended).
+fn wait_status(status: std::os::fd::OwnedFd, tick: impl Fn()) -> Option<i32> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut got = Vec::new();
+    let every = Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+    loop {
+        tick();
+        let mut fds = [PollFd::new(&status, PollFlags::IN)];
+        match poll(&mut fds, Some(&every)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        let mut buf = [0u8; 16];
+        match rustix::io::read(&status, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(&got).ok()?.trim().parse().ok()
 }
 
 /// The signals the launcher passes on while the agent runs: window size
@@ -626,6 +786,7 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
 }
 
 fn cleanup(spec: &Spec, spec_path: &Path) {
+    let _ = fs::remove_file(spec_path.with_file_name(EXEC_SOCKET));
     let _ = fs::remove_file(&spec.sync_out);
     let _ = fs::remove_file(&spec.sync_in);
     let _ = fs::remove_file(&spec.control);

@@ -62,6 +62,15 @@ pub(super) fn serve(spec: &Spec, ctl: UnixStream) -> R<i32> {
                 Err(e) => Err(e),
             },
             Request::Agent { .. } => Err("the agent is already running".into()),
+            Request::Spawn { .. } if agent.is_none() => Err("the agent is not running yet".into()),
+            Request::Spawn { cmd, terminal } => match spawn_beside(spec, &reaper, &cmd, terminal) {
+                Ok(fds) => {
+                    let borrowed: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+                    ctx(control::send_with_fds(&ctl_w, &Reply::Started, &borrowed), || "control socket".into())?;
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
             Request::Signal { signal } => match agent {
                 Some(pid) => signal_group(pid, signal).map(|()| Reply::Done),
                 None => Err("no agent runs yet".into()),
@@ -164,6 +173,40 @@ fn start_agent(
 ) -> R<(i32, Vec<std::os::fd::OwnedFd>)> {
     let ro = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     ctx(mount(None::<&str>, RUN, None::<&str>, ro, None::<&str>), || format!("read-only {RUN}"))?;
+    let (pid, theirs) = spawn_on_streams(spec, reaper, cmd, terminal)?;
+    let r = Arc::clone(reaper);
+    std::thread::spawn(move || {
+        let code = r.wait(pid);
+        std::process::exit(code)
+    });
+    Ok((pid as i32, theirs))
+}
+
+/// Starts `cmd` beside the agent on a terminal or pipes of its own; returns
+/// the caller's ends and, last, the reading end of a pipe that gets its
+/// exit code (a decimal line) when it ends.
+fn spawn_beside(spec: &Spec, reaper: &Arc<Reaper>, cmd: &Exec, terminal: Option<Size>) -> R<Vec<std::os::fd::OwnedFd>> {
+    let (status_r, mut status_w) = ctx(std::io::pipe(), || "a status pipe".into())?;
+    let (pid, mut theirs) = spawn_on_streams(spec, reaper, cmd, terminal)?;
+    let r = Arc::clone(reaper);
+    std::thread::spawn(move || {
+        let code = r.wait(pid);
+        // The caller may be gone; the command is over either way.
+        writeln!(status_w, "{code}").ok();
+    });
+    theirs.push(status_r.into());
+    Ok(theirs)
+}
+
+/// Stage c for `cmd` on a new pty (`terminal`: its size) or three pipes;
+/// returns its pid and the other ends: the pty's master, or the writing end
+/// of its stdin and the reading ends of its stdout and stderr.
+fn spawn_on_streams(
+    spec: &Spec,
+    reaper: &Arc<Reaper>,
+    cmd: &Exec,
+    terminal: Option<Size>,
+) -> R<(u32, Vec<std::os::fd::OwnedFd>)> {
     let mut c = stage_c(spec, cmd)?;
     let theirs = match terminal {
         Some(size) => {
@@ -180,15 +223,9 @@ fn start_agent(
         }
     };
     let child = ctx(reaper.spawn(&mut c), || format!("starting `{}`", cmd.argv.join(" ")))?;
-    // `c` holds the agent's ends; pid 1 must not keep them open.
+    // `c` holds the command's ends; pid 1 must not keep them open.
     drop(c);
-    let pid = child.id();
-    let r = Arc::clone(reaper);
-    std::thread::spawn(move || {
-        let code = r.wait(pid);
-        std::process::exit(code)
-    });
-    Ok((pid as i32, theirs))
+    Ok((child.id(), theirs))
 }
 
 /// A new pseudo-terminal in the bottle's own devpts, its window `size` set

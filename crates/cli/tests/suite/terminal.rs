@@ -314,3 +314,61 @@ fn off_a_terminal_the_agent_gets_pipes_and_sigint_is_passed_on() {
     assert_eq!(out.status.code(), Some(6), "SIGINT reached the agent, whose exit code is bot-bottle's");
     assert_eq!(leftovers(&p), 0);
 }
+
+#[test]
+fn exec_runs_a_command_in_a_running_bottle_as_its_agent_on_pipes_or_a_terminal() {
+    if skip_without_bottles() {
+        return;
+    }
+    let p = project(1, "echo from-the-agent > /workspace/marker; sleep 30");
+    let (code, slug) = cli(&p, &["start", "a", "--detach", "--quiet"]);
+    assert_eq!(code, 0, "{slug}");
+    let slug = slug.trim().to_owned();
+    wait_for(|| in_workspace(&p, "marker").is_some(), "the agent to start");
+    // Off a terminal: pipes; the agent's user, environment and directory.
+    let out = command(
+        &p,
+        &[
+            "exec",
+            &slug,
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] || echo no-tty; id -u; echo \"$HTTPS_PROXY\"; pwd; cat marker; \
+           ls /run/bot-bottle; read x; echo \"read=$x\"; exit 7",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .and_then(|mut c| {
+        use std::io::Write;
+        c.stdin.take().expect("stdin").write_all(b"typed\n")?;
+        c.wait_with_output()
+    })
+    .expect("exec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let agent_uid = bot_bottle_backend::native::agent_ids().0.to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..5], ["no-tty", &agent_uid, "http://127.0.0.1:3128", "/workspace", "from-the-agent"], "{stdout}");
+    assert!(
+        !stdout.contains("exec.sock") && !stdout.contains("control"),
+        "the bottle sees its launcher's sockets: {stdout}"
+    );
+    assert!(stdout.contains("read=typed"), "{stdout}");
+    assert_eq!(out.status.code(), Some(7), "the command's exit code: {stdout}");
+    // On a terminal: a pty of its own, with the user's window size.
+    let steps = serde_json::json!([["wait", "size="]]);
+    let (code, shown) = on_a_terminal(
+        &p,
+        &steps,
+        &[BOT_BOTTLE, "exec", &slug, "--", "sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo tty-ok; echo size=$(stty size)"],
+    );
+    assert!(shown.contains("tty-ok") && shown.contains("size=24 80"), "{shown}");
+    assert_eq!(code, 0, "{shown}");
+    // Not running: a usage error.
+    assert_eq!(cli(&p, &["stop", &slug]).0, 0);
+    assert_eq!(cli(&p, &["exec", &slug, "--", "true"]).0, 2);
+    wait_for(|| leftovers(&p) == 0, "the bottle to stop");
+}
