@@ -20,7 +20,8 @@ fn known_secret_in_every_encoding() {
         (format!("token={TOKEN}").into_bytes(), "raw"),
         (b64.encode(format!("user:{TOKEN}")).into_bytes(), "base64"),
         (b64.encode(format!("ab{TOKEN}xyz")).into_bytes(), "base64"),
-        (url.encode(format!("a{TOKEN}")).into_bytes(), "base64url"),
+        // Without `+` or `/`, base64url and base64 are the same bytes.
+        (url.encode(format!("a{TOKEN}")).into_bytes(), "base64"),
         (format!("q={}", hex).into_bytes(), "hex"),
         (format!("q={}", hex.to_uppercase()).into_bytes(), "hex"),
     ];
