@@ -240,6 +240,12 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
         audit_log: Some(state.join("audit.jsonl")),
         env: Box::new(|name| std::env::var(name).ok()),
         known_secrets: Vec::new(),
+        routes_file: plan
+            .bottle
+            .files
+            .last()
+            .map(|f| f.strip_prefix(&opts.request.project).unwrap_or(f).display().to_string()),
+        limits: Default::default(),
     })
     .map_err(|e| failure(format!("error: starting the egress proxy: {}", chain(&e))))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

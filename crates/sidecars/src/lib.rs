@@ -12,4 +12,4 @@
 
 mod proxy;
 
-pub use proxy::{Ca, EnvLookup, Policy, Proxy, ProxyConfig, ProxyError};
+pub use proxy::{Ca, EnvLookup, Limits, Policy, Proxy, ProxyConfig, ProxyError};

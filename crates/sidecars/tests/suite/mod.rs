@@ -1,3 +1,4 @@
 mod clients;
+mod hardening;
 mod harness;
 mod proxy;
