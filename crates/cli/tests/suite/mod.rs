@@ -3,6 +3,7 @@ mod cases;
 mod claude;
 mod cli;
 mod dry_run;
+mod egress;
 mod escape;
 mod malformed;
 mod native;
