@@ -276,8 +276,8 @@ impl Detector {
     }
 
     /// A streaming scanner over this detector.
-    pub fn stream(&self) -> Stream<'_> {
-        Stream { det: self, tail: Vec::new(), tail_start: 0, seen: HashSet::new() }
+    pub fn stream(&self) -> Stream<&Detector> {
+        Stream::new(self)
     }
 
     fn scan_known_into(&self, data: &[u8], base: u64, out: &mut Vec<Hit>) {
@@ -407,15 +407,21 @@ fn looks_like_placeholder(s: &[u8]) -> bool {
 /// the tail of the previous ones, so a secret split across chunks is found
 /// once, with offsets from the start of the stream.
 #[derive(Debug)]
-pub struct Stream<'d> {
-    det: &'d Detector,
+pub struct Stream<D> {
+    det: D,
     tail: Vec<u8>,
     tail_start: u64,
     /// Findings already reported that may be seen again in the tail.
     seen: HashSet<(String, u64)>,
 }
 
-impl Stream<'_> {
+impl<D: std::ops::Deref<Target = Detector>> Stream<D> {
+    /// A stream over `det`: a reference, or an `Arc` for a stream that must
+    /// move between threads on its own.
+    pub fn new(det: D) -> Stream<D> {
+        Stream { det, tail: Vec::new(), tail_start: 0, seen: HashSet::new() }
+    }
+
     /// Scans the next chunk. A match that reaches the end of the data seen
     /// so far may still grow, so it is held back until the next chunk or
     /// [`Stream::finish`].
