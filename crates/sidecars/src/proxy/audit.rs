@@ -96,6 +96,11 @@ impl Audit {
     }
 }
 
+pub(crate) fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,9 +137,4 @@ mod tests {
         let text = std::fs::read_to_string(&p).expect("read");
         assert!(text.lines().all(|l| l.contains("\"injected\":\"TOKEN_VAR\"")), "{text}");
     }
-}
-
-pub(crate) fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

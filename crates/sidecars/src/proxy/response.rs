@@ -43,14 +43,11 @@ pub(crate) fn redact_headers(h: &mut HeaderMap, det: &Detector) -> usize {
         return 0;
     }
     let mut at = 0;
-    let mut i = 0;
-    for v in h.values_mut() {
-        let n = lens[i];
-        if let Ok(masked) = HeaderValue::from_bytes(&all[at..at + n]) {
-            *v = masked;
-        }
+    for (v, n) in h.values_mut().zip(lens) {
+        // Masking replaces bytes by '*', which keeps a value valid; were it
+        // ever not, the whole value goes rather than the secret staying.
+        *v = HeaderValue::from_bytes(&all[at..at + n]).unwrap_or_else(|_| HeaderValue::from_static("[redacted]"));
         at += n;
-        i += 1;
     }
     found.len()
 }
@@ -192,11 +189,12 @@ pub(crate) fn scan(
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let r = pump(incoming, encoding, &det, &gates, &report, &tx).await;
-        if let Err(why) = r {
-            if !why.is_empty() {
-                report.refuse(why);
-                let _ = tx.send(Err(Box::new(Cut) as BoxError)).await;
-            }
+        if let Err(why) = r
+            && !why.is_empty()
+        {
+            report.refuse(why);
+            // The client may be gone already; the refusal is recorded either way.
+            let _ = tx.send(Err(Box::new(Cut) as BoxError)).await;
         }
     });
     FrameBody::new(rx)
