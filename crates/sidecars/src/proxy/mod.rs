@@ -795,3 +795,19 @@ fn client_hello_sni(rec: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A detector build that fails (panics) answers every request with an
+    /// error at once instead of leaving it waiting forever.
+    #[tokio::test]
+    async fn a_failed_detector_build_fails_closed() {
+        let lazy = LazyDetector::spawn_with(|| panic!("rules do not compile"));
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), lazy.get()).await;
+        let why = r.expect("answers without hanging").err().expect("no detector");
+        assert!(why.contains("failed to build"), "{why}");
+        assert_eq!(status_of("detector"), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -341,3 +341,43 @@ pub(crate) fn codings(h: &HeaderMap) -> Vec<String> {
         .filter(|s| !s.is_empty() && s != "identity")
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_codings_by_their_first_bytes() {
+        // Brotli of a 641-byte document (Python's `brotli`; see body.rs).
+        let br: [u8; 56] = [
+            27, 129, 2, 248, 101, 96, 158, 169, 46, 68, 56, 138, 252, 93, 139, 141, 88, 0, 32, 160, 252, 59, 203, 192,
+            56, 93, 101, 114, 147, 193, 203, 129, 119, 3, 93, 53, 226, 138, 160, 150, 161, 58, 1, 153, 20, 252, 25,
+            130, 127, 26, 235, 69, 248, 237, 1, 127,
+        ];
+        assert_eq!(sniff(&br), Some("br"));
+        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]), Some("gzip"));
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]), Some("zstd"));
+        assert_eq!(sniff(&[0x78, 0x9c, 1, 2, 3]), Some("deflate"));
+        for plain in [
+            &b"{\"ok\": true, \"items\": [1, 2, 3]}"[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"<!doctype html><html>",
+            b"GIF89a\x01\0\x01\0",
+        ] {
+            assert_eq!(sniff(plain), None, "{:?}", String::from_utf8_lossy(plain));
+        }
+    }
+
+    #[test]
+    fn a_token_split_across_headers_is_masked() {
+        let token = "real-token-0123456789abcdef";
+        let det = Detector::known_only([("T", token)]);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("real-token-01234"));
+        h.insert("x-b", HeaderValue::from_static("56789abcdef"));
+        h.insert("x-other", HeaderValue::from_static("fine"));
+        assert_eq!(redact_headers(&mut h, &det), 1);
+        let all: String = h.values().map(|v| v.to_str().unwrap_or("?")).collect();
+        assert_eq!(all, format!("{}fine", "*".repeat(token.len())));
+    }
+}
