@@ -50,6 +50,8 @@ pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
         audit_log: args.log,
         env: Box::new(|name| std::env::var(name).ok()),
         known_secrets: Vec::new(),
+        routes_file: Some(args.routes.display().to_string()),
+        limits: Default::default(),
     })
     .map_err(|e| usage(format!("error: cannot start the proxy: {}", chain(&e))))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -10,9 +10,11 @@ static RULES_YAML: &str = include_str!("rules.yaml");
 pub struct Rule {
     pub id: String,
     pub description: String,
-    /// Literal prefilter: the regex runs only near one of these
-    /// (matched ASCII case-insensitively).
+    /// Literal prefilter: the regex runs only near one of these.
     pub keywords: Vec<String>,
+    /// Keywords match ignoring ASCII case (words such as `password`);
+    /// otherwise exactly as written (token prefixes such as `ghp_`).
+    pub nocase: bool,
     pub regex: Regex,
     /// The capture group holding the secret (0: the whole match).
     pub group: usize,
@@ -35,6 +37,8 @@ struct RawRule {
     id: String,
     description: String,
     keywords: Vec<String>,
+    #[serde(default)]
+    nocase: bool,
     regex: String,
     #[serde(default)]
     group: usize,
@@ -88,6 +92,7 @@ pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
             id: r.id,
             description: r.description,
             keywords: r.keywords,
+            nocase: r.nocase,
             regex,
             group: r.group,
             entropy: r.entropy,

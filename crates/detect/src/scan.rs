@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind, Span, packed};
 
 use crate::encode;
 use crate::rules::{Rule, builtin_rules};
@@ -14,12 +14,20 @@ use crate::rules::{Rule, builtin_rules};
 /// hit and the overlap a stream must carry between chunks.
 const WINDOW: usize = 512;
 
+/// Keywords at least this long go to the packed (SIMD) searchers; shorter
+/// ones would make those searchers report a candidate at every other byte.
+const PACKED_MIN: usize = 4;
+/// Patterns per packed searcher: beyond this its buckets fill and it slows.
+const PACKED_MAX: usize = 48;
+
 /// A secret found in scanned bytes. Holds no part of the secret.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Finding {
     /// A rule id, or `known-secret:NAME` for an exact known value.
     pub rule: String,
-    /// For known secrets, the form found: raw, base64, base64url, url-encoded, hex.
+    /// For known secrets, the form found: raw, reversed, base64, base64url,
+    /// base32, utf-16le, utf-16be, url-encoded, json-escaped,
+    /// quoted-printable, html-entity, hex.
     pub encoding: Option<&'static str>,
     /// Byte range of the secret (for streams, from the stream's start).
     pub range: Range<u64>,
@@ -39,13 +47,142 @@ struct Known {
     encoding: &'static str,
 }
 
+/// The exact-match side: every form of every known secret.
+#[derive(Debug)]
+struct KnownSet {
+    ac: AhoCorasick,
+    info: Vec<Known>,
+    /// The patterns, sorted, to tell whether some bytes could be the start
+    /// of one (a partial match at the end of a stream).
+    sorted: Vec<Vec<u8>>,
+    first: [bool; 256],
+    longest: usize,
+}
+
+/// One group of keywords searched together, each mapped to its rule.
+#[derive(Debug)]
+struct Group {
+    searcher: Searcher,
+    patterns: Vec<Vec<u8>>,
+    rule: Vec<usize>,
+}
+
+#[derive(Debug)]
+enum Searcher {
+    Packed(packed::Searcher),
+    Ac(AhoCorasick),
+}
+
+/// The keyword prefilter. Token prefixes (`ghp_`, `AKIA`) are matched as
+/// written, in SIMD searchers that run at several GB/s; words (`password`,
+/// service names) are matched ignoring case, by the same searchers over a
+/// lower-cased copy; keywords too short for those go to one small automaton.
+#[derive(Debug)]
+struct Prefilter {
+    exact: Vec<Group>,
+    nocase: Vec<Group>,
+    short: Option<Group>,
+}
+
+impl Prefilter {
+    fn new(rules: &[Rule]) -> Prefilter {
+        let mut exact: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut nocase: Vec<(Vec<u8>, usize)> = Vec::new();
+        let mut short: Vec<(Vec<u8>, usize)> = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            for k in &r.keywords {
+                let k = k.as_bytes();
+                if k.len() < PACKED_MIN {
+                    short.push((k.to_vec(), i));
+                } else if r.nocase {
+                    nocase.push((k.to_ascii_lowercase(), i));
+                } else {
+                    exact.push((k.to_vec(), i));
+                }
+            }
+        }
+        let groups = |mut v: Vec<(Vec<u8>, usize)>| -> Vec<Group> {
+            v.sort();
+            v.dedup();
+            v.chunks(PACKED_MAX).map(|c| Group::new(c.to_vec(), false)).collect()
+        };
+        let short = if short.is_empty() { None } else { Some(Group::new(short, true)) };
+        Prefilter { exact: groups(exact), nocase: groups(nocase), short }
+    }
+
+    /// Calls `hit(rule, start, end)` for every keyword occurrence.
+    fn each(&self, data: &[u8], hit: &mut dyn FnMut(usize, usize, usize)) {
+        for g in &self.exact {
+            g.each(data, hit);
+        }
+        if !self.nocase.is_empty() {
+            let lower = data.to_ascii_lowercase();
+            for g in &self.nocase {
+                g.each(&lower, hit);
+            }
+        }
+        if let Some(g) = &self.short {
+            g.each(data, hit);
+        }
+    }
+}
+
+impl Group {
+    fn new(pats: Vec<(Vec<u8>, usize)>, nocase: bool) -> Group {
+        let patterns: Vec<Vec<u8>> = pats.iter().map(|(p, _)| p.clone()).collect();
+        let rule = pats.iter().map(|(_, r)| *r).collect();
+        let packed = if nocase {
+            None
+        } else {
+            packed::Config::new().heuristic_pattern_limits(false).builder().extend(&patterns).build()
+        };
+        let searcher = match packed {
+            Some(s) => Searcher::Packed(s),
+            None => Searcher::Ac(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(nocase)
+                    .kind(Some(AhoCorasickKind::DFA))
+                    .match_kind(MatchKind::Standard)
+                    .build(&patterns)
+                    .unwrap_or_else(|e| panic!("keyword automaton: {e}")),
+            ),
+        };
+        Group { searcher, patterns, rule }
+    }
+
+    fn each(&self, data: &[u8], hit: &mut dyn FnMut(usize, usize, usize)) {
+        match &self.searcher {
+            Searcher::Ac(ac) => {
+                for m in ac.find_overlapping_iter(data) {
+                    hit(self.rule[m.pattern().as_usize()], m.start(), m.end());
+                }
+            }
+            Searcher::Packed(s) => {
+                // The packed searcher reports one leftmost match at a time;
+                // search again from the next byte, and check every pattern
+                // at a hit, so keywords that overlap are all seen.
+                let mut at = 0;
+                while at < data.len() {
+                    let Some(m) = s.find_in(data, Span::from(at..data.len())) else { break };
+                    let tail = &data[m.start()..];
+                    for (p, rule) in self.patterns.iter().zip(&self.rule) {
+                        if tail.starts_with(p) {
+                            hit(*rule, m.start(), m.start() + p.len());
+                        }
+                    }
+                    at = m.start() + 1;
+                }
+            }
+        }
+    }
+}
+
 /// A compiled detector. Build once, share freely (`Sync`).
 #[derive(Debug)]
 pub struct Detector {
     rules: Vec<Rule>,
-    keywords: AhoCorasick,
-    keyword_rule: Vec<usize>,
-    known: Option<(AhoCorasick, Vec<Known>)>,
+    prefilter: Prefilter,
+    known: Option<KnownSet>,
     overlap: usize,
 }
 
@@ -56,20 +193,15 @@ impl Detector {
     }
 
     pub fn new(rules: Vec<Rule>) -> Detector {
-        let mut pats = Vec::new();
-        let mut keyword_rule = Vec::new();
-        for (i, r) in rules.iter().enumerate() {
-            for k in &r.keywords {
-                pats.push(k.clone());
-                keyword_rule.push(i);
-            }
-        }
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&pats)
-            .unwrap_or_else(|e| panic!("keyword automaton: {e}"));
-        Detector { rules, keywords, keyword_rule, known: None, overlap: 2 * WINDOW }
+        let prefilter = Prefilter::new(&rules);
+        Detector { rules, prefilter, known: None, overlap: 2 * WINDOW }
+    }
+
+    /// A detector for known secrets only: what a proxy scans responses with.
+    pub fn known_only<N: Into<String>, V: AsRef<[u8]>>(secrets: impl IntoIterator<Item = (N, V)>) -> Detector {
+        let mut d = Detector::new(Vec::new());
+        d.overlap = 0;
+        d.with_known(secrets)
     }
 
     /// Adds exact secrets to look for, by name. Empty and very short values
@@ -97,9 +229,24 @@ impl Detector {
                 .match_kind(MatchKind::Standard)
                 .build(&pats)
                 .unwrap_or_else(|e| panic!("known-secret automaton: {e}"));
-            self.known = Some((ac, info));
+            let mut sorted = pats.clone();
+            sorted.sort();
+            sorted.dedup();
+            let mut first = [false; 256];
+            for p in &sorted {
+                if let Some(&b) = p.first() {
+                    first[b as usize] = true;
+                }
+            }
+            let longest = sorted.iter().map(Vec::len).max().unwrap_or(0);
+            self.known = Some(KnownSet { ac, info, sorted, first, longest });
         }
         self
+    }
+
+    /// Whether any known secret was given (and long enough to look for).
+    pub fn has_known(&self) -> bool {
+        self.known.is_some()
     }
 
     /// How many trailing bytes a stream keeps between chunks; a consumer
@@ -129,34 +276,57 @@ impl Detector {
     }
 
     /// A streaming scanner over this detector.
-    pub fn stream(&self) -> Stream<'_> {
-        Stream { det: self, tail: Vec::new(), tail_start: 0, seen: HashSet::new() }
+    pub fn stream(&self) -> Stream<&Detector> {
+        Stream::new(self)
+    }
+
+    fn scan_known_into(&self, data: &[u8], base: u64, out: &mut Vec<Hit>) {
+        let Some(k) = &self.known else { return };
+        for m in k.ac.find_overlapping_iter(data) {
+            let info = &k.info[m.pattern().as_usize()];
+            out.push(Hit {
+                finding: Finding {
+                    rule: format!("known-secret:{}", info.name),
+                    encoding: Some(info.encoding),
+                    range: base + m.start() as u64..base + m.end() as u64,
+                },
+                match_end: base + m.end() as u64,
+            });
+        }
     }
 
     fn scan_into(&self, data: &[u8], base: u64, out: &mut Vec<Hit>) {
-        if let Some((ac, info)) = &self.known {
-            for m in ac.find_overlapping_iter(data) {
-                let k = &info[m.pattern().as_usize()];
-                out.push(Hit {
-                    finding: Finding {
-                        rule: format!("known-secret:{}", k.name),
-                        encoding: Some(k.encoding),
-                        range: base + m.start() as u64..base + m.end() as u64,
-                    },
-                    match_end: base + m.end() as u64,
-                });
-            }
+        self.scan_known_into(data, base, out);
+        if self.rules.is_empty() {
+            return;
         }
         // Merge the windows around keyword hits, per rule.
         let mut windows: Vec<Vec<Range<usize>>> = vec![Vec::new(); self.rules.len()];
-        for m in self.keywords.find_overlapping_iter(data) {
-            let r = self.keyword_rule[m.pattern().as_usize()];
-            let lo = m.start().saturating_sub(WINDOW);
-            let hi = (m.end() + WINDOW).min(data.len());
+        self.prefilter.each(data, &mut |r, start, end| {
+            let lo = start.saturating_sub(WINDOW);
+            let hi = (end + WINDOW).min(data.len());
             let w = &mut windows[r];
             match w.last_mut() {
-                Some(last) if lo <= last.end => last.end = last.end.max(hi),
+                Some(last) if lo <= last.end && hi >= last.start => {
+                    last.start = last.start.min(lo);
+                    last.end = last.end.max(hi);
+                }
                 _ => w.push(lo..hi),
+            }
+        });
+        for ws in &mut windows {
+            // Hits arrive per searcher, so a rule's windows may be out of
+            // order: sort and merge.
+            if ws.len() > 1 {
+                ws.sort_by_key(|w| w.start);
+                let mut merged: Vec<Range<usize>> = Vec::with_capacity(ws.len());
+                for w in ws.drain(..) {
+                    match merged.last_mut() {
+                        Some(last) if w.start <= last.end => last.end = last.end.max(w.end),
+                        _ => merged.push(w),
+                    }
+                }
+                *ws = merged;
             }
         }
         for (r, ws) in windows.iter().enumerate() {
@@ -237,15 +407,21 @@ fn looks_like_placeholder(s: &[u8]) -> bool {
 /// the tail of the previous ones, so a secret split across chunks is found
 /// once, with offsets from the start of the stream.
 #[derive(Debug)]
-pub struct Stream<'d> {
-    det: &'d Detector,
+pub struct Stream<D> {
+    det: D,
     tail: Vec<u8>,
     tail_start: u64,
     /// Findings already reported that may be seen again in the tail.
     seen: HashSet<(String, u64)>,
 }
 
-impl Stream<'_> {
+impl<D: std::ops::Deref<Target = Detector>> Stream<D> {
+    /// A stream over `det`: a reference, or an `Arc` for a stream that must
+    /// move between threads on its own.
+    pub fn new(det: D) -> Stream<D> {
+        Stream { det, tail: Vec::new(), tail_start: 0, seen: HashSet::new() }
+    }
+
     /// Scans the next chunk. A match that reaches the end of the data seen
     /// so far may still grow, so it is held back until the next chunk or
     /// [`Stream::finish`].
@@ -313,5 +489,89 @@ impl Detector {
             String::new()
         };
         format!("{shown}… ({} bytes)", matched.len())
+    }
+}
+
+/// What known-secret redaction puts in place of each matched byte. Same
+/// length, so framing (`Content-Length`, WebSocket frame lengths) holds.
+pub const MASK: u8 = b'*';
+
+impl Detector {
+    /// Masks every known secret in `data` in place (same length); returns
+    /// what was masked. Rules are not applied: redaction is for the values
+    /// this detector was given.
+    pub fn redact_known(&self, data: &mut [u8]) -> Vec<Finding> {
+        let mut hits = Vec::new();
+        self.scan_known_into(data, 0, &mut hits);
+        for h in &hits {
+            let (s, e) = (h.finding.range.start as usize, h.finding.range.end as usize);
+            data[s..e].fill(MASK);
+        }
+        hits.into_iter().map(|h| h.finding).collect()
+    }
+
+    /// Length of the longest suffix of `data` that is the start of some
+    /// known secret's form (0 if none): the bytes a stream must hold back
+    /// until it knows whether the secret follows.
+    pub fn partial_known(&self, data: &[u8]) -> usize {
+        let Some(k) = &self.known else { return 0 };
+        let from = data.len().saturating_sub(k.longest.saturating_sub(1));
+        for i in from..data.len() {
+            if !k.first[data[i] as usize] {
+                continue;
+            }
+            let tail = &data[i..];
+            let at = k.sorted.partition_point(|p| p.as_slice() < tail);
+            if k.sorted.get(at).is_some_and(|p| p.starts_with(tail)) {
+                return data.len() - i;
+            }
+        }
+        0
+    }
+
+    /// A streaming redactor of known secrets (see [`Redactor`]).
+    pub fn redactor(&self) -> Redactor<'_> {
+        Redactor { det: self, pending: Vec::new(), offset: 0 }
+    }
+}
+
+/// Masks known secrets in data that arrives in chunks, releasing every byte
+/// as soon as it cannot be part of one: only a tail that could still grow
+/// into a secret is held back. A stream of small events (server-sent
+/// events, say) therefore flows without delay.
+#[derive(Debug)]
+pub struct Redactor<'d> {
+    det: &'d Detector,
+    pending: Vec<u8>,
+    /// Stream offset of `pending[0]`.
+    offset: u64,
+}
+
+impl Redactor<'_> {
+    /// Takes the next chunk; returns the bytes now safe to release (masked)
+    /// and what was masked in them.
+    pub fn feed(&mut self, chunk: &[u8]) -> (Vec<u8>, Vec<Finding>) {
+        let mut buf = std::mem::take(&mut self.pending);
+        buf.extend_from_slice(chunk);
+        let mut found = self.det.redact_known(&mut buf);
+        for f in &mut found {
+            f.range = f.range.start + self.offset..f.range.end + self.offset;
+        }
+        let hold = self.det.partial_known(&buf);
+        let keep = buf.len() - hold;
+        self.pending = buf.split_off(keep);
+        self.offset += keep as u64;
+        (buf, found)
+    }
+
+    /// Whether bytes are held back waiting for more.
+    pub fn holding(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Ends the stream: the held-back tail (it never became a secret).
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.offset += self.pending.len() as u64;
+        std::mem::take(&mut self.pending)
     }
 }

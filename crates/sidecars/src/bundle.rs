@@ -123,6 +123,14 @@ impl Bundle {
             audit_log: Some(cfg.state.join("audit.jsonl")),
             env: Box::new(move |n| env(n)),
             known_secrets: known.clone(),
+            // Denials name the bottle file to add a route to.
+            routes_file: cfg
+                .plan
+                .bottle
+                .files
+                .last()
+                .map(|f| f.strip_prefix(cfg.project).unwrap_or(f).display().to_string()),
+            limits: Default::default(),
         })?;
         let local = local_for(cfg.plan, cfg.project);
         let gate = if cfg.plan.git_gate.repos.is_empty() && local.is_none() {

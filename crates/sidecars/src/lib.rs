@@ -25,4 +25,4 @@ pub use gate::{
     ArgvError, ForgeError, Gate, GateConfig, GateError, GateReport, HttpsError, Landing, Refusal,
     cleanup as gate_cleanup, landing_prefix,
 };
-pub use proxy::{Ca, EnvLookup, Policy, Proxy, ProxyConfig, ProxyError};
+pub use proxy::{Ca, EnvLookup, Limits, Policy, Proxy, ProxyConfig, ProxyError};

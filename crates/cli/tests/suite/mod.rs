@@ -4,6 +4,7 @@ mod claude;
 mod cli;
 mod doors;
 mod dry_run;
+mod egress;
 mod escape;
 mod gate;
 mod lifecycle;

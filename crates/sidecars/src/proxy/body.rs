@@ -4,48 +4,57 @@
 //! Identity bodies stream: each chunk is scanned together with the tail of
 //! the previous ones, and the last `overlap` bytes are held back until what
 //! follows has been seen, so no complete secret is ever forwarded. Encoded
-//! bodies (gzip, deflate, br, zstd) are buffered up to a cap, decoded, and
-//! scanned whole; a body that cannot be decoded, or is over the cap, is
-//! refused rather than passed on unscanned.
+//! bodies (gzip, deflate, br, zstd, by `Content-Encoding` or, when none is
+//! declared, by the first bytes) are held whole up to a cap, within the
+//! bottle's memory budget, decoded as a stream and scanned, raw bytes too;
+//! a declared encoding that cannot be decoded, or a body over the cap, is
+//! refused rather than passed on unscanned. Scanning and decoding run on
+//! the blocking pool, not on the async workers.
 
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bot_bottle_detect::{Detector, Finding};
+use bot_bottle_detect::{Detector, Finding, Stream};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
+use super::limits::Gates;
 use super::policy::{Denial, deny};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Limits for buffered (encoded) bodies.
 pub(crate) const MAX_ENCODED: usize = 16 << 20;
-pub(crate) const MAX_DECODED: usize = 64 << 20;
+pub(crate) const MAX_DECODED: usize = 256 << 20;
+/// Identity chunks are scanned in batches up to this size, so the hand-off
+/// to a scanning thread is paid per batch, not per TLS record.
+const BATCH: usize = 256 << 10;
 
-/// A body fed from a channel by the scanning task.
+/// A body fed from a channel by a scanning task (data and trailers).
 #[derive(Debug)]
-pub(crate) struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+pub(crate) struct FrameBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
 }
 
-impl Body for ChannelBody {
+impl FrameBody {
+    pub(crate) fn new(rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>) -> FrameBody {
+        FrameBody { rx }
+    }
+}
+
+impl Body for FrameBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        self.rx.poll_recv(cx)
     }
 }
 
@@ -66,18 +75,16 @@ pub(crate) fn scan_body(
     incoming: Incoming,
     encoding: Vec<String>,
     det: Arc<Detector>,
+    gates: Arc<Gates>,
     block: bool,
-) -> (ChannelBody, oneshot::Receiver<Verdict>, Arc<AtomicU64>) {
+) -> (FrameBody, oneshot::Receiver<Verdict>, Arc<AtomicU64>) {
     let (tx, rx) = mpsc::channel(8);
     let (vtx, vrx) = oneshot::channel();
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     tokio::spawn(async move {
-        let result = if encoding.is_empty() {
-            pump_identity(incoming, &det, block, &tx, &c).await
-        } else {
-            pump_encoded(incoming, &encoding, &det, block, &tx, &c).await
-        };
+        let mut p = Pump { incoming, det, gates, block, tx: &tx, count: &c, first: None };
+        let result = p.run(encoding).await;
         match result {
             Ok(logged) if logged.is_empty() => {}
             Ok(logged) => {
@@ -92,7 +99,7 @@ pub(crate) fn scan_body(
             }
         }
     });
-    (ChannelBody { rx }, vrx, count)
+    (FrameBody::new(rx), vrx, count)
 }
 
 fn dlp_denial(f: &Finding) -> Denial {
@@ -102,129 +109,200 @@ fn dlp_denial(f: &Finding) -> Denial {
 /// `Err(None)`: the client or upstream went away; nothing to report.
 type PumpResult = Result<Vec<String>, Option<Denial>>;
 
-async fn pump_identity(
-    mut incoming: Incoming,
-    det: &Detector,
+struct Pump<'a> {
+    incoming: Incoming,
+    det: Arc<Detector>,
+    gates: Arc<Gates>,
     block: bool,
-    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
-    count: &AtomicU64,
-) -> PumpResult {
-    let mut stream = det.stream();
-    let hold = det.overlap();
-    // Chunks scanned but not yet forwarded, as hyper gave them (no copies).
-    // Everything but the last `hold` bytes goes out as soon as it is scanned.
-    let mut held: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
-    let mut held_len = 0usize;
-    let mut logged = Vec::new();
-    loop {
-        let frame = match incoming.frame().await {
-            Some(Ok(f)) => f,
-            Some(Err(_)) => return Err(None),
-            None => break,
+    tx: &'a mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    count: &'a AtomicU64,
+    /// A chunk read ahead (to sniff the coding).
+    first: Option<Bytes>,
+}
+
+impl Pump<'_> {
+    async fn run(&mut self, encoding: Vec<String>) -> PumpResult {
+        if !encoding.is_empty() {
+            return self.encoded(encoding, true).await;
+        }
+        // No declared coding: compressed bytes are decoded anyway.
+        let first = match self.next().await? {
+            Some(c) => c,
+            None => return Ok(Vec::new()),
         };
-        let Ok(chunk) = frame.into_data() else { continue };
-        count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        for f in stream.feed(&chunk) {
-            if block {
+        let sniffed = super::response::sniff(&first);
+        self.first = Some(first);
+        match sniffed {
+            Some(c) => self.encoded(vec![c.to_owned()], false).await,
+            None => self.identity().await,
+        }
+    }
+
+    /// The next data chunk (trailers are dropped: nothing upstream needs a
+    /// request's trailers, and they would go unscanned).
+    async fn next(&mut self) -> Result<Option<Bytes>, Option<Denial>> {
+        if let Some(c) = self.first.take() {
+            return Ok(Some(c));
+        }
+        loop {
+            match self.incoming.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(chunk) = f.into_data() {
+                        self.count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        return Ok(Some(chunk));
+                    }
+                }
+                Some(Err(_)) => return Err(None),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Whatever more is ready now, up to a batch.
+    async fn ready_batch(&mut self, batch: &mut Vec<Bytes>) -> Result<bool, Option<Denial>> {
+        let mut size: usize = batch.iter().map(Bytes::len).sum();
+        while size < BATCH {
+            match tokio::time::timeout(Duration::ZERO, self.incoming.frame()).await {
+                Ok(Some(Ok(f))) => {
+                    if let Ok(chunk) = f.into_data() {
+                        self.count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        size += chunk.len();
+                        batch.push(chunk);
+                    }
+                }
+                Ok(Some(Err(_))) => return Err(None),
+                Ok(None) => return Ok(true),
+                Err(_) => break,
+            }
+        }
+        Ok(false)
+    }
+
+    async fn send(&self, chunk: Bytes) -> Result<(), Option<Denial>> {
+        self.tx.send(Ok(Frame::data(chunk))).await.map_err(|_| None)
+    }
+
+    fn judge(&self, found: Vec<Finding>, logged: &mut Vec<String>) -> Result<(), Option<Denial>> {
+        for f in found {
+            if self.block {
                 return Err(Some(dlp_denial(&f)));
             }
             logged.push(f.rule);
         }
-        held_len += chunk.len();
-        held.push_back(chunk);
-        while held_len > hold {
-            let Some(mut front) = held.pop_front() else { break };
-            let excess = held_len - hold;
-            if front.len() > excess {
-                // Forward only the part of this chunk that is clear of the hold-back.
-                let rest = front.split_off(excess);
-                held.push_front(rest);
-            }
-            held_len -= front.len();
-            if tx.send(Ok(front)).await.is_err() {
-                return Err(None);
-            }
-        }
+        Ok(())
     }
-    for f in stream.finish() {
-        if block {
-            return Err(Some(dlp_denial(&f)));
-        }
-        logged.push(f.rule);
-    }
-    for chunk in held {
-        if tx.send(Ok(chunk)).await.is_err() {
-            return Err(None);
-        }
-    }
-    Ok(logged)
-}
 
-async fn pump_encoded(
-    mut incoming: Incoming,
-    encoding: &[String],
-    det: &Detector,
-    block: bool,
-    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
-    count: &AtomicU64,
-) -> PumpResult {
-    let mut raw = Vec::new();
-    while let Some(frame) = incoming.frame().await {
-        let Ok(frame) = frame else { return Err(None) };
-        let Ok(chunk) = frame.into_data() else { continue };
-        count.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if raw.len() + chunk.len() > MAX_ENCODED {
-            return Err(Some(deny(
-                "body-too-large",
-                format!("encoded request body over {} MiB cannot be scanned", MAX_ENCODED >> 20),
-            )));
-        }
-        raw.extend_from_slice(&chunk);
-    }
-    let decoded = decode(&raw, encoding).map_err(Some)?;
-    let mut logged = Vec::new();
-    for f in det.scan(&decoded).into_iter().chain(det.scan(&raw)) {
-        if block {
-            return Err(Some(dlp_denial(&f)));
-        }
-        logged.push(f.rule);
-    }
-    if tx.send(Ok(Bytes::from(raw))).await.is_err() {
-        return Err(None);
-    }
-    Ok(logged)
-}
-
-/// Undoes `Content-Encoding` (listed in the order applied).
-pub(crate) fn decode(raw: &[u8], encoding: &[String]) -> Result<Vec<u8>, Denial> {
-    let mut data = raw.to_vec();
-    for enc in encoding.iter().rev() {
-        let undecodable =
-            |e: &dyn std::fmt::Display| deny("undecodable-body", format!("cannot decode {enc} request body: {e}"));
-        let mut out = Vec::new();
-        let limit = (MAX_DECODED + 1) as u64;
-        let r = match enc.as_str() {
-            "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(&data[..]).take(limit).read_to_end(&mut out),
-            "deflate" => {
-                // Servers disagree on zlib-wrapped vs raw deflate; accept both.
-                let mut z = Vec::new();
-                match flate2::read::ZlibDecoder::new(&data[..]).take(limit).read_to_end(&mut z) {
-                    Ok(_) => {
-                        out = z;
-                        Ok(out.len())
+    async fn identity(&mut self) -> PumpResult {
+        let mut stream = Some(Stream::new(self.det.clone()));
+        let hold = self.det.overlap();
+        // Chunks scanned but not yet forwarded, as hyper gave them (no copies).
+        // Everything but the last `hold` bytes goes out as soon as it is scanned.
+        let mut held: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        let mut held_len = 0usize;
+        let mut logged = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let Some(first) = self.next().await? else { break };
+            let mut batch = vec![first];
+            ended = self.ready_batch(&mut batch).await?;
+            let st = stream.take().ok_or(None)?;
+            let (st, found, batch) = self
+                .gates
+                .offload(move || {
+                    let mut st = st;
+                    let mut found = Vec::new();
+                    for c in &batch {
+                        found.extend(st.feed(c));
                     }
-                    Err(_) => flate2::read::DeflateDecoder::new(&data[..]).take(limit).read_to_end(&mut out),
+                    (st, found, batch)
+                })
+                .await
+                .ok_or(None)?;
+            stream = Some(st);
+            self.judge(found, &mut logged)?;
+            for chunk in batch {
+                held_len += chunk.len();
+                held.push_back(chunk);
+            }
+            while held_len > hold {
+                let Some(mut front) = held.pop_front() else { break };
+                let excess = held_len - hold;
+                if front.len() > excess {
+                    // Forward only the part of this chunk that is clear of the hold-back.
+                    let rest = front.split_off(excess);
+                    held.push_front(rest);
                 }
+                held_len -= front.len();
+                self.send(front).await?;
             }
-            "br" => brotli_decompressor::Decompressor::new(&data[..], 4096).take(limit).read_to_end(&mut out),
-            "zstd" => match ruzstd::decoding::StreamingDecoder::new(&data[..]) {
-                Ok(d) => d.take(limit).read_to_end(&mut out),
-                Err(e) => return Err(undecodable(&e)),
+        }
+        let mut st = stream.take().ok_or(None)?;
+        let found = st.finish();
+        self.judge(found, &mut logged)?;
+        for chunk in held {
+            self.send(chunk).await?;
+        }
+        Ok(logged)
+    }
+
+    /// Held whole, within the memory budget, then decoded and scanned.
+    /// `strict`: the coding was declared, so failing to decode refuses.
+    async fn encoded(&mut self, encoding: Vec<String>, strict: bool) -> PumpResult {
+        let expect = self.incoming.size_hint().exact().map_or(MAX_ENCODED, |n| (n as usize).min(MAX_ENCODED));
+        let _budget = match self.gates.memory(expect).await {
+            Ok(p) => p,
+            Err(cap) => return Err(Some(deny("limit", cap.reason(&self.gates.limits)))),
+        };
+        let mut raw = Vec::with_capacity(expect.min(1 << 20));
+        while let Some(chunk) = self.next().await? {
+            if raw.len() + chunk.len() > MAX_ENCODED {
+                return Err(Some(deny(
+                    "body-too-large",
+                    format!("a compressed request body over {} MiB cannot be scanned", MAX_ENCODED >> 20),
+                )));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let det = self.det.clone();
+        let (raw, r) = self
+            .gates
+            .offload(move || {
+                let mut found = det.scan(&raw);
+                let r = match scan_decoded(&raw, &encoding, &det) {
+                    Ok(f) => {
+                        found.extend(f);
+                        Ok(found)
+                    }
+                    Err(d) if strict => Err(d),
+                    Err(_) => Ok(found),
+                };
+                (raw, r)
+            })
+            .await
+            .ok_or(None)?;
+        let mut logged = Vec::new();
+        self.judge(r.map_err(Some)?, &mut logged)?;
+        self.send(Bytes::from(raw)).await?;
+        Ok(logged)
+    }
+}
+
+/// A reader that undoes `Content-Encoding` (listed in the order applied).
+fn decoder<'a>(raw: &'a [u8], encoding: &[String]) -> Result<Box<dyn Read + 'a>, Denial> {
+    let mut r: Box<dyn Read + 'a> = Box::new(raw);
+    for (i, enc) in encoding.iter().enumerate().rev() {
+        let outer = i + 1 == encoding.len();
+        r = match enc.as_str() {
+            "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(r)),
+            // Servers disagree on zlib-wrapped vs raw deflate; the header tells.
+            "deflate" if !outer || super::response::zlib_header(raw) => Box::new(flate2::read::ZlibDecoder::new(r)),
+            "deflate" => Box::new(flate2::read::DeflateDecoder::new(r)),
+            "br" => Box::new(brotli_decompressor::Decompressor::new(r, 4096)),
+            "zstd" => match ruzstd::decoding::StreamingDecoder::new(r) {
+                Ok(d) => Box::new(d),
+                Err(e) => return Err(deny("undecodable-body", format!("cannot decode zstd body: {e}"))),
             },
-            "identity" => {
-                out = std::mem::take(&mut data);
-                Ok(out.len())
-            }
+            "identity" => r,
             other => {
                 return Err(deny(
                     "undecodable-body",
@@ -232,18 +310,51 @@ pub(crate) fn decode(raw: &[u8], encoding: &[String]) -> Result<Vec<u8>, Denial>
                 ));
             }
         };
-        if let Err(e) = r {
-            return Err(undecodable(&e));
-        }
-        if out.len() > MAX_DECODED {
+    }
+    Ok(r)
+}
+
+/// Decodes `raw` as a stream and scans what comes out with `det`, holding
+/// no more than a chunk and the detector's overlap.
+pub(crate) fn scan_decoded(raw: &[u8], encoding: &[String], det: &Detector) -> Result<Vec<Finding>, Denial> {
+    let mut r = decoder(raw, encoding)?;
+    let mut stream = det.stream();
+    let mut found = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0usize;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                return Err(deny("undecodable-body", format!("cannot decode {} body: {e}", encoding.join(", "))));
+            }
+        };
+        total += n;
+        if total > MAX_DECODED {
             return Err(deny(
                 "body-too-large",
-                format!("decoded request body over {} MiB cannot be scanned", MAX_DECODED >> 20),
+                format!("a body that decodes to over {} MiB cannot be scanned", MAX_DECODED >> 20),
             ));
         }
-        data = out;
+        found.extend(stream.feed(&buf[..n]));
     }
-    Ok(data)
+    found.extend(stream.finish());
+    Ok(found)
+}
+
+/// Undoes `Content-Encoding` into memory (tests and small bodies).
+#[cfg(test)]
+pub(crate) fn decode(raw: &[u8], encoding: &[String]) -> Result<Vec<u8>, Denial> {
+    let mut out = Vec::new();
+    decoder(raw, encoding)?
+        .take(MAX_DECODED as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| deny("undecodable-body", format!("cannot decode body: {e}")))?;
+    if out.len() > MAX_DECODED {
+        return Err(deny("body-too-large", "too large"));
+    }
+    Ok(out)
 }
 
 /// Counts response bytes and runs `done` once the body ends or is dropped.
@@ -383,7 +494,7 @@ mod tests {
         }
         let bomb = gz.finish().expect("gzip");
         assert!(bomb.len() < MAX_ENCODED, "the bomb itself is small: {}", bomb.len());
-        let r = decode(&bomb, &enc(&["gzip"]));
+        let r = scan_decoded(&bomb, &enc(&["gzip"]), &Detector::builtin());
         assert!(r.as_ref().is_err_and(|d| d.rule == "body-too-large"), "{r:?}");
     }
 }

@@ -175,7 +175,9 @@ impl Ca {
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key)
             .map_err(ProxyError::tls)?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/1.0 too: a client that offers only it (curl --http1.0) would
+        // otherwise fail the handshake; hyper answers it close-delimited.
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         let cfg = Arc::new(cfg);
         if leaves.len() >= MAX_LEAVES {
             leaves.retain(|_, (made, _)| made.elapsed() < LEAF_REUSE / 4);

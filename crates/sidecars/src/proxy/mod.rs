@@ -1,19 +1,29 @@
 //! The egress proxy.
 //!
-//! Flow for HTTPS: the client sends `CONNECT host:port`; the proxy refuses
-//! it unless a route names that host and port, answers 200, then requires a
-//! TLS ClientHello whose SNI (if any) is the CONNECT host, and terminates
-//! TLS with a leaf from the bottle CA. Each request inside must name the
-//! same host in `Host`, must pass the route's methods and paths, is scanned
-//! (request line, headers, body) by the detector, gets its token injected,
-//! and only then goes upstream. Plain HTTP arrives in absolute form and
-//! follows the same checks without TLS. Everything else is refused.
+//! Flow for HTTPS: the client sends `CONNECT host:port`; the proxy answers
+//! 200, then requires a TLS ClientHello whose SNI (if any) is the CONNECT
+//! host, and terminates TLS with a leaf from the bottle CA. When no route
+//! names the host, nothing is dialled: every request in the tunnel gets a
+//! 403 that says why and how to ask for access (a 403 on the CONNECT itself
+//! is shown by most clients as an opaque tunnel failure). Each request
+//! inside must carry exactly one `Host`, naming the CONNECT target; its
+//! hop-by-hop headers are dropped before any check; it must pass the
+//! route's methods and (normalised) paths, is scanned (request line,
+//! headers, body) by the detector, gets its token injected, and only then
+//! goes upstream. The response is scanned for the bottle's known secrets
+//! on its way back. Plain HTTP arrives in absolute form and follows the
+//! same checks without TLS. Everything else is refused.
 
 mod audit;
 mod body;
 mod ca;
+mod deny;
+mod forward;
 mod guard;
+mod limits;
+mod path;
 mod policy;
+mod response;
 mod upstream;
 mod websocket;
 
@@ -21,15 +31,14 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bot_bottle_detect::Detector;
-use bot_bottle_manifest::{DlpMode, Egress, Route, TlsMode};
+use bot_bottle_manifest::{Egress, Route, TlsMode};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1 as server_http1;
@@ -41,15 +50,14 @@ use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
 pub use ca::Ca;
+pub use limits::Limits;
 pub use policy::Policy;
 
 use audit::{Audit, Record};
-use body::{Counted, Verdict, scan_body};
 use guard::{normalize_host, split_authority};
+use limits::Gates;
 use policy::{Denial, Scheme, deny};
-use upstream::{
-    ProxyBody, Sender, UpstreamError, connect_plain, connect_raw, connect_tls, connect_upgradable, resolve_checked,
-};
+use upstream::{ProxyBody, Sender, UpstreamError, connect_raw, resolve_checked};
 
 /// The one crypto provider for every TLS config here.
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -110,6 +118,10 @@ pub struct ProxyConfig {
     pub env: EnvLookup,
     /// Other secret values the bottle knows (by name), blocked by DLP too.
     pub known_secrets: Vec<(String, String)>,
+    /// Where the routes come from (the bottle file), named in denials so
+    /// the agent can say what to add.
+    pub routes_file: Option<String>,
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -129,23 +141,49 @@ struct Live {
     detector: Arc<LazyDetector>,
 }
 
-/// The detector, compiled on a thread of its own: compiling the rules takes
-/// tens of milliseconds, which need not delay a bottle's start. A request
-/// that arrives first waits for it; none is ever scanned by less.
-struct LazyDetector(std::sync::OnceLock<Arc<Detector>>);
+/// The two detectors a request needs: the full rule set plus the known
+/// secrets for what goes out, the known secrets alone for what comes back.
+pub(crate) struct Detectors {
+    pub(crate) request: Arc<Detector>,
+    pub(crate) response: Arc<Detector>,
+}
+
+/// The result of building the detectors, once known.
+type Built = Option<Result<Arc<Detectors>, String>>;
+
+/// The detectors, compiled on a thread of their own: compiling the rules
+/// takes tens of milliseconds, which need not delay a bottle's start. A
+/// request that arrives first waits for them (asynchronously); none is ever
+/// scanned by less. A build that fails (panics) fails every request closed
+/// with a 503 instead of leaving it waiting.
+struct LazyDetector(tokio::sync::watch::Receiver<Built>);
 
 impl LazyDetector {
     fn spawn(known: Vec<(String, String)>) -> Arc<LazyDetector> {
-        let lazy = Arc::new(LazyDetector(std::sync::OnceLock::new()));
-        let l = lazy.clone();
-        std::thread::spawn(move || {
-            let _ = l.0.set(Arc::new(Detector::builtin().with_known(known)));
-        });
-        lazy
+        LazyDetector::spawn_with(move || {
+            let response = Arc::new(Detector::known_only(known.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))));
+            Detectors { request: Arc::new(Detector::builtin().with_known(known)), response }
+        })
     }
 
-    fn get(&self) -> Arc<Detector> {
-        self.0.wait().clone()
+    fn spawn_with(build: impl FnOnce() -> Detectors + Send + 'static) -> Arc<LazyDetector> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        std::thread::spawn(move || {
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
+                .map(Arc::new)
+                .map_err(|_| "the secret detector failed to build".to_owned());
+            // With no receiver left the proxy is gone: nothing to tell.
+            tx.send_replace(Some(built));
+        });
+        Arc::new(LazyDetector(rx))
+    }
+
+    async fn get(&self) -> Result<Arc<Detectors>, String> {
+        let mut rx = self.0.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or_else(|| Err("the secret detector is not ready".into())),
+            Err(_) => Err("the secret detector failed to build".into()),
+        }
     }
 }
 
@@ -159,6 +197,8 @@ struct Inner {
     /// HTTP/1.1 only, for WebSocket upgrades.
     upstream_tls_h1: Arc<ClientConfig>,
     audit: Audit,
+    gates: Arc<Gates>,
+    hint: deny::Hint,
 }
 
 /// A running egress proxy. Cheap to clone; clones share state.
@@ -196,6 +236,8 @@ impl Proxy {
                 upstream_tls,
                 upstream_tls_h1,
                 audit,
+                gates: Arc::new(Gates::new(cfg.limits)),
+                hint: deny::Hint { routes_file: cfg.routes_file },
             }),
         })
     }
@@ -256,6 +298,23 @@ impl Proxy {
     {
         let inner = self.inner.clone();
         tokio::spawn(async move {
+            let mut stream = stream;
+            let _permit = match inner.gates.connection().await {
+                Ok(p) => p,
+                Err(cap) => {
+                    let reason = cap.reason(&inner.gates.limits);
+                    let c = Ctx::new("CONNECT", "-", 0, "", "none");
+                    inner.record(&c, "deny", Some(&deny("limit", reason.clone())), 503, 0, 0);
+                    let msg = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n{}: rule=limit\r\ncontent-length: {}\r\n\r\n{reason}\n",
+                        deny::DENIED_HEADER,
+                        reason.len() + 1
+                    );
+                    let _ = stream.write_all(msg.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            };
             let svc = service_fn(move |req| {
                 let inner = inner.clone();
                 async move { Ok::<_, Infallible>(inner.outer(req).await) }
@@ -341,6 +400,26 @@ struct Ctx {
     path: String,
     tls: &'static str,
     started: Instant,
+    /// The env var whose token this request carries upstream.
+    injected: Option<String>,
+}
+
+impl Ctx {
+    fn new(method: &str, host: &str, port: u16, path: &str, tls: &'static str) -> Ctx {
+        Ctx {
+            method: method.to_owned(),
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+            tls,
+            started: Instant::now(),
+            injected: None,
+        }
+    }
+
+    fn target(&self) -> deny::Target<'_> {
+        deny::Target { host: &self.host, port: self.port, method: &self.method, path: &self.path }
+    }
 }
 
 /// Hop-by-hop headers: meaningful for one connection only, never forwarded.
@@ -356,8 +435,14 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
+/// Removes hop-by-hop headers, and those `Connection` names. Returns
+/// whether the client accepts trailers (`TE: trailers`), which is passed on.
+fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
+    let trailers = h
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -371,6 +456,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in HOP_BY_HOP {
         h.remove(*n);
     }
+    trailers
+}
+
+/// The status a refusal answers with: 400 for a malformed request, 503 for
+/// a limit or a detector that is not there, 403 for policy.
+fn status_of(rule: &str) -> StatusCode {
+    match rule {
+        "host-header" | "bad-request" => StatusCode::BAD_REQUEST,
+        "limit" | "detector" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    }
 }
 
 impl Inner {
@@ -378,15 +474,26 @@ impl Inner {
         self.live.read().map(|l| l.policy.clone()).unwrap_or_else(|p| p.into_inner().policy.clone())
     }
 
-    fn snapshot(&self) -> (Arc<Policy>, Arc<HashMap<String, String>>, Arc<Detector>) {
+    fn snapshot(&self) -> (Arc<Policy>, Arc<HashMap<String, String>>, Arc<LazyDetector>) {
         let l = self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (l.policy.clone(), l.tokens.clone(), l.detector.get())
+        (l.policy.clone(), l.tokens.clone(), l.detector.clone())
     }
 
     fn record(&self, c: &Ctx, decision: &str, d: Option<&Denial>, status: u16, up: u64, down: u64) {
+        self.record_full(c, decision, d, status, up, down, 0);
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one audit record's fields")]
+    fn record_full(&self, c: &Ctx, decision: &str, d: Option<&Denial>, status: u16, up: u64, down: u64, redacted: u64) {
         // The path goes to the log only if nothing secret-looking is in it.
-        let (_, _, det) = self.snapshot();
-        let path = if det.any(c.path.as_bytes()) { "[redacted]" } else { c.path.as_str() };
+        // The detector may not be built yet (or have failed): then the path
+        // is not logged at all.
+        let (_, _, lazy) = self.snapshot();
+        let clean = match lazy.0.borrow().as_ref() {
+            Some(Ok(dets)) => !dets.request.any(c.path.as_bytes()),
+            _ => false,
+        };
+        let path = if clean { c.path.as_str() } else { "[redacted]" };
         self.audit.write(&Record {
             time: audit::now(),
             bottle: &self.bottle,
@@ -398,6 +505,8 @@ impl Inner {
             rule: d.map(|d| d.rule),
             reason: d.map(|d| d.reason.as_str()),
             status,
+            injected: c.injected.as_deref(),
+            redacted,
             bytes_up: up,
             bytes_down: down,
             duration_ms: c.started.elapsed().as_secs_f64() * 1000.0,
@@ -405,18 +514,12 @@ impl Inner {
         });
     }
 
+    /// Refuses a request: the audit record, and a response the agent can
+    /// read (see `deny`).
     fn denied(&self, c: &Ctx, d: Denial) -> Response<ProxyBody> {
-        self.record(c, "deny", Some(&d), 403, 0, 0);
-        let body = format!(
-            "bot-bottle egress proxy: request denied\n\
-             host: {}:{}\n\
-             rule: {}\n\
-             reason: {}\n\
-             to allow it, add or widen a route in the bottle's egress.routes \
-             (or ask for it through supervise)\n",
-            c.host, c.port, d.rule, d.reason
-        );
-        text(StatusCode::FORBIDDEN, body)
+        let status = status_of(d.rule);
+        self.record(c, "deny", Some(&d), status.as_u16(), 0, 0);
+        deny::response(status, &d, &c.target(), &self.hint)
     }
 
     fn failed(&self, c: &Ctx, why: String) -> Response<ProxyBody> {
@@ -449,18 +552,9 @@ impl Inner {
                 format!("bot-bottle egress proxy: bad CONNECT target `{authority}`\n"),
             );
         };
-        let c = Ctx {
-            method: "CONNECT".into(),
-            host: host.clone(),
-            port,
-            path: String::new(),
-            tls: "inspect",
-            started: Instant::now(),
-        };
-        let policy = self.policy();
-        let Some(route) = policy.route_for(&host, port, Scheme::Https).cloned() else {
-            return self.denied(&c, deny("host", format!("no route allows {host}:{port}")));
-        };
+        // No route: the tunnel is still accepted, and every request in it is
+        // answered with the reason (nothing is dialled).
+        let route = self.policy().route_for(&host, port, Scheme::Https).cloned();
         let inner = self.clone();
         tokio::spawn(async move {
             if let Ok(up) = hyper::upgrade::on(req).await {
@@ -470,18 +564,33 @@ impl Inner {
         empty(StatusCode::OK)
     }
 
-    async fn tunnel(self: Arc<Self>, io: TokioIo<hyper::upgrade::Upgraded>, host: String, port: u16, route: Route) {
+    async fn tunnel(
+        self: Arc<Self>,
+        io: TokioIo<hyper::upgrade::Upgraded>,
+        host: String,
+        port: u16,
+        route: Option<Route>,
+    ) {
         let started = Instant::now();
-        let c = |tls| Ctx { method: "CONNECT".into(), host: host.clone(), port, path: String::new(), tls, started };
-        if route.tls == TlsMode::Passthrough {
-            self.passthrough(io, &host, port, &route, c("passthrough")).await;
+        let c = |tls| {
+            let mut c = Ctx::new("CONNECT", &host, port, "", tls);
+            c.started = started;
+            c
+        };
+        if let Some(r) = route.as_ref().filter(|r| r.tls == TlsMode::Passthrough) {
+            self.passthrough(io, &host, port, r, c("passthrough")).await;
             return;
         }
         // Anything but a TLS ClientHello closes the connection: never a raw tunnel.
         let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await {
             Ok(s) => s,
             Err(e) => {
-                let d = deny("not-tls", format!("bytes after CONNECT were not an acceptable TLS ClientHello: {e}"));
+                let d = match &route {
+                    Some(_) => {
+                        deny("not-tls", format!("bytes after CONNECT were not an acceptable TLS ClientHello: {e}"))
+                    }
+                    None => deny("host", format!("no route allows {host}:{port} (and the client did not speak TLS)")),
+                };
                 self.record(&c("inspect"), "deny", Some(&d), 0, 0, 0);
                 return;
             }
@@ -501,7 +610,7 @@ impl Inner {
         }
         let Ok(cfg) = self.ca.server_config(&host) else { return };
         let Ok(tls) = start.into_stream(cfg).await else { return };
-        let tunnel = Arc::new(Tunnel { host, port, upstream: tokio::sync::Mutex::new(None) });
+        let tunnel = Arc::new(Tunnel { host, port, routed: route.is_some(), upstream: tokio::sync::Mutex::new(None) });
         let inner = self.clone();
         let svc = service_fn(move |req| {
             let inner = inner.clone();
@@ -560,33 +669,24 @@ impl Inner {
         self.record(&c, "allow", None, 0, a + head.len() as u64, b);
     }
 
-    async fn inside(self: Arc<Self>, t: Arc<Tunnel>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn inside(self: Arc<Self>, t: Arc<Tunnel>, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let path_q = req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let c = Ctx {
-            method: req.method().as_str().to_owned(),
-            host: t.host.clone(),
-            port: t.port,
-            path: path_q.split('?').next().unwrap_or_default().to_owned(),
-            tls: "inspect",
-            started: Instant::now(),
-        };
-        // Host header (and any absolute-form authority) must be the CONNECT target.
-        let host_hdr = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
-        for claimed in host_hdr.into_iter().chain(req.uri().authority().map(|a| a.as_str())) {
-            if split_authority(claimed, 443) != Some((t.host.clone(), t.port)) {
-                return self.denied(
-                    &c,
-                    deny("host-mismatch", format!("Host `{claimed}` is not the CONNECT target {}:{}", t.host, t.port)),
-                );
-            }
+        let c =
+            Ctx::new(req.method().as_str(), &t.host, t.port, path_q.split('?').next().unwrap_or_default(), "inspect");
+        if !t.routed {
+            return self.denied(&c, deny("host", format!("no route allows {}:{}", t.host, t.port)));
         }
-        if host_hdr.is_none() {
-            return self.denied(&c, deny("host-mismatch", "request has no Host header"));
+        // Hop-by-hop headers (and those `Connection` names) go before any
+        // check, so nothing checked can be removed after it.
+        let trailers = forward::strip_request(&mut req);
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+        if let Err(d) = one_host(req.headers(), authority.as_deref(), &t.host, t.port, 443) {
+            return self.denied(&c, d);
         }
-        self.forward(req, c, path_q, Scheme::Https, Some(t)).await
+        self.forward(req, c, path_q, Scheme::Https, Some(t), trailers).await
     }
 
-    async fn plain(self: Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn plain(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let authority = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         let path_q = req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         let Some((host, port)) = split_authority(&authority, 80) else {
@@ -595,278 +695,39 @@ impl Inner {
                 format!("bot-bottle egress proxy: bad request target `{authority}`\n"),
             );
         };
-        let c = Ctx {
-            method: req.method().as_str().to_owned(),
-            host: host.clone(),
-            port,
-            path: path_q.split('?').next().unwrap_or_default().to_owned(),
-            tls: "none",
-            started: Instant::now(),
-        };
-        if let Some(h) = req.headers().get(header::HOST).and_then(|v| v.to_str().ok())
-            && split_authority(h, 80) != Some((host.clone(), port))
-        {
-            return self
-                .denied(&c, deny("host-mismatch", format!("Host `{h}` is not the request target {host}:{port}")));
-        }
-        self.forward(req, c, path_q, Scheme::Http, None).await
-    }
-
-    /// The checks every request passes, then the trip upstream.
-    async fn forward(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        c: Ctx,
-        path_q: String,
-        scheme: Scheme,
-        tunnel: Option<Arc<Tunnel>>,
-    ) -> Response<ProxyBody> {
-        let (policy, tokens, det) = self.snapshot();
-        let Some(route) = policy.route_for(&c.host, c.port, scheme).cloned() else {
-            return self.denied(&c, deny("host", format!("no route allows {}:{}", c.host, c.port)));
-        };
-        if let Err(d) = Policy::check_request(&route, &c.method, &path_q) {
+        let c = Ctx::new(req.method().as_str(), &host, port, path_q.split('?').next().unwrap_or_default(), "none");
+        let trailers = forward::strip_request(&mut req);
+        if let Err(d) = one_host(req.headers(), Some(&authority), &host, port, 80) {
             return self.denied(&c, d);
         }
-        let upgrade = req.headers().get(header::UPGRADE).map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
-        match upgrade.as_deref() {
-            None => {}
-            Some("websocket") if route.websocket => {}
-            Some("websocket") => {
-                return self.denied(&c, deny("upgrade", "websocket needs `websocket: true` on the route"));
-            }
-            Some(other) => {
-                return self.denied(&c, deny("upgrade", format!("protocol upgrade to `{other}` is never forwarded")));
-            }
-        }
-        let inject = route.inject.as_ref().and_then(|i| {
-            let v = tokens.get(i.env.as_str())?;
-            Some((HeaderName::from_bytes(i.header.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?))
-        });
-        if scheme == Scheme::Http && inject.is_some() {
-            return self
-                .denied(&c, deny("inject-plaintext", "this route injects a token; it is never sent over plain http"));
-        }
-        // DLP on the request line and headers. The header the proxy
-        // replaces is not scanned: whatever the agent put there never leaves.
-        let block = policy.dlp == DlpMode::Block;
-        let mut head = format!("{} {} HTTP/1.1\r\n", c.method, path_q).into_bytes();
-        head.extend_from_slice(&percent_decode(path_q.as_bytes()));
-        head.extend_from_slice(b"\r\n");
-        for (name, value) in req.headers() {
-            if inject.as_ref().is_some_and(|(n, _)| n == name) {
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        let mut logged: Vec<String> = Vec::new();
-        if let Some(f) = det.scan(&head).into_iter().next() {
-            if block {
-                return self.denied(&c, deny("dlp", format!("request line or headers hold a secret ({})", f.rule)));
-            }
-            logged.push(f.rule);
-        }
-        if upgrade.is_some() {
-            return self.websocket(req, c, &path_q, &route, inject, det, block).await;
-        }
-        let encoding: Vec<String> = req
-            .headers()
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty() && s != "identity")
-            .collect();
-        let (parts, incoming) = req.into_parts();
-        let mut headers = parts.headers;
-        // Framing is redone upstream: a Content-Length that came with
-        // Transfer-Encoding describes nothing we forward, and must not reach
-        // a server that might believe it (request smuggling).
-        if headers.contains_key(header::TRANSFER_ENCODING) {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        strip_hop_by_hop(&mut headers);
-        let (fwd_body, mut verdict, up_count) = if hyper::body::Body::is_end_stream(&incoming) {
-            // No body: nothing to scan, and nothing to frame as chunked.
-            let (_tx, rx) = tokio::sync::oneshot::channel();
-            (
-                Empty::new().map_err(|e: Infallible| match e {}).boxed(),
-                rx,
-                Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            )
-        } else {
-            let (b, v, n) = scan_body(incoming, encoding, det, block);
-            (b.boxed(), v, n)
-        };
-        if let Some((name, mut value)) = inject {
-            value.set_sensitive(true);
-            headers.remove(&name);
-            headers.insert(name, value);
-        }
-        let resp = {
-            let send = self.send_upstream(&c, &route, tunnel.as_deref(), parts.method, &path_q, headers, fwd_body);
-            tokio::pin!(send);
-            let mut verdict_open = true;
-            loop {
-                tokio::select! {
-                    r = &mut send => break r,
-                    v = &mut verdict, if verdict_open => match v {
-                        Ok(Verdict::Blocked(d)) => return self.denied(&c, d),
-                        Ok(Verdict::Logged(rules)) => { logged.extend(rules); verdict_open = false; }
-                        Err(_) => verdict_open = false,
-                    },
-                }
-            }
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                // The body may have been refused while the upstream was reading it.
-                if let Ok(Verdict::Blocked(d)) = verdict.try_recv() {
-                    return self.denied(&c, d);
-                }
-                return match e {
-                    UpstreamError::Denied(d) => self.denied(&c, d),
-                    UpstreamError::Failed(why) => self.failed(&c, why),
-                };
-            }
-        };
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let status = parts.status.as_u16();
-        let inner = self.clone();
-        let rule = if logged.is_empty() { None } else { Some(format!("dlp-log: {}", logged.join(", "))) };
-        let done = Box::new(move |down: u64| {
-            let d = rule.map(|r| Denial { rule: "dlp-log", reason: r });
-            inner.record(&c, "allow", d.as_ref(), status, up_count.load(Ordering::Relaxed), down);
-        });
-        Response::from_parts(parts, Counted::new(body, done).boxed())
-    }
-
-    /// Relays a WebSocket upgrade on a dedicated HTTP/1.1 upstream connection.
-    #[expect(clippy::too_many_arguments, reason = "one request's parts, passed once")]
-    async fn websocket(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
-        c: Ctx,
-        path_q: &str,
-        route: &Route,
-        inject: Option<(HeaderName, HeaderValue)>,
-        det: Arc<Detector>,
-        block: bool,
-    ) -> Response<ProxyBody> {
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let (parts, _) = req.into_parts();
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        // Compressed frames could not be scanned: negotiate none.
-        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Some((name, mut value)) = inject {
-            value.set_sensitive(true);
-            headers.remove(&name);
-            headers.insert(name, value);
-        }
-        let addr = match resolve_checked(&c.host, c.port, route).await {
-            Ok(a) => a,
-            Err(UpstreamError::Denied(d)) => return self.denied(&c, d),
-            Err(UpstreamError::Failed(why)) => return self.failed(&c, why),
-        };
-        let tls = (c.tls == "inspect").then_some(&self.upstream_tls_h1);
-        let mut sender = match connect_upgradable(tls, &c.host, addr).await {
-            Ok(s) => s,
-            Err(UpstreamError::Denied(d)) => return self.denied(&c, d),
-            Err(UpstreamError::Failed(why)) => return self.failed(&c, why),
-        };
-        let body = Empty::new().map_err(|e: Infallible| match e {}).boxed();
-        let Ok(up_req) = build(parts.method, path_q.parse().unwrap_or_default(), headers, body) else {
-            return self.failed(&c, "bad request".into());
-        };
-        let mut resp = match sender.send_request(up_req).await {
-            Ok(r) => r,
-            Err(e) => return self.failed(&c, format!("upstream: {e}")),
-        };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status().as_u16();
-            self.record(&c, "allow", None, status, 0, 0);
-            let (parts, body) = resp.into_parts();
-            return Response::from_parts(parts, body.map_err(|e| -> body::BoxError { Box::new(e) }).boxed());
-        }
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (mut parts, _) = resp.into_parts();
-        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-        let inner = self.clone();
-        tokio::spawn(async move {
-            let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else { return };
-            let out = websocket::relay(client, upstream, det, block).await;
-            match out.denial {
-                Some(d) => inner.record(&c, "deny", Some(&d), 101, out.up, out.down),
-                None if !out.logged.is_empty() => {
-                    let d = Denial { rule: "dlp-log", reason: format!("dlp-log: {}", out.logged.join(", ")) };
-                    inner.record(&c, "allow", Some(&d), 101, out.up, out.down);
-                }
-                None => inner.record(&c, "allow", None, 101, out.up, out.down),
-            }
-        });
-        Response::from_parts(parts, Empty::new().map_err(|e: Infallible| match e {}).boxed())
-    }
-
-    #[expect(clippy::too_many_arguments, reason = "one request's parts, passed once")]
-    async fn send_upstream(
-        &self,
-        c: &Ctx,
-        route: &Route,
-        tunnel: Option<&Tunnel>,
-        method: Method,
-        path_q: &str,
-        headers: HeaderMap,
-        body: ProxyBody,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let Some(t) = tunnel else {
-            let addr = resolve_checked(&c.host, c.port, route).await?;
-            let mut s = connect_plain(&c.host, addr).await?;
-            let req = build(method, path_q.parse().unwrap_or_default(), headers, body)?;
-            return s.send(req).await.map_err(|e| UpstreamError::Failed(format!("upstream: {e}")));
-        };
-        let mut slot = t.upstream.lock().await;
-        let usable = match slot.as_mut() {
-            Some(s) => s.ready().await,
-            None => false,
-        };
-        if !usable {
-            let addr = resolve_checked(&t.host, t.port, route).await?;
-            *slot = Some(connect_tls(&self.upstream_tls, &t.host, addr).await?);
-        }
-        let Some(s) = slot.as_mut() else { return Err(UpstreamError::Failed("no upstream connection".into())) };
-        let uri: Uri = if s.is_h2() {
-            let auth = if t.port == 443 { t.host.clone() } else { format!("{}:{}", t.host, t.port) };
-            let auth = if t.host.contains(':') { format!("[{}]:{}", t.host, t.port) } else { auth };
-            format!("https://{auth}{path_q}").parse().map_err(|_| UpstreamError::Failed("bad request URI".into()))?
-        } else {
-            path_q.parse().map_err(|_| UpstreamError::Failed("bad request URI".into()))?
-        };
-        let mut headers = headers;
-        if s.is_h2() {
-            headers.remove(header::HOST);
-        }
-        let req = build(method, uri, headers, body)?;
-        match s {
-            Sender::H2(h2) => {
-                let mut h2 = Sender::H2(h2.clone());
-                drop(slot);
-                h2.send(req).await.map_err(|e| UpstreamError::Failed(format!("upstream: {e}")))
-            }
-            Sender::H1(_) => s.send(req).await.map_err(|e| UpstreamError::Failed(format!("upstream: {e}"))),
-        }
+        self.forward(req, c, path_q, Scheme::Http, None, trailers).await
     }
 }
 
-fn build(method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody) -> Result<Request<ProxyBody>, UpstreamError> {
+/// Exactly one `Host`, naming the target (and agreeing with an
+/// absolute-form authority, when the request has one).
+fn one_host(h: &HeaderMap, authority: Option<&str>, host: &str, port: u16, default_port: u16) -> Result<(), Denial> {
+    let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
+    let bad = |why: String| Err(deny("host-header", why));
+    let value = match hosts.as_slice() {
+        [] => return bad("the request has no Host header (it may have been named in Connection)".into()),
+        [one] => one.to_str().unwrap_or("?"),
+        many => return bad(format!("the request has {} Host headers; exactly one is allowed", many.len())),
+    };
+    for claimed in std::iter::once(value).chain(authority) {
+        if split_authority(claimed, default_port) != Some((host.to_owned(), port)) {
+            return bad(format!("Host `{claimed}` is not the target {host}:{port}"));
+        }
+    }
+    Ok(())
+}
+
+fn build(
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, UpstreamError> {
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -879,6 +740,9 @@ fn build(method: Method, uri: Uri, headers: HeaderMap, body: ProxyBody) -> Resul
 struct Tunnel {
     host: String,
     port: u16,
+    /// Whether a route named the CONNECT target (when not, every request
+    /// in the tunnel is refused with the reason).
+    routed: bool,
     upstream: tokio::sync::Mutex<Option<Sender>>,
 }
 
@@ -930,4 +794,20 @@ fn client_hello_sni(rec: &[u8]) -> Option<String> {
         p += len;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A detector build that fails (panics) answers every request with an
+    /// error at once instead of leaving it waiting forever.
+    #[tokio::test]
+    async fn a_failed_detector_build_fails_closed() {
+        let lazy = LazyDetector::spawn_with(|| panic!("rules do not compile"));
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), lazy.get()).await;
+        let why = r.expect("answers without hanging").err().expect("no detector");
+        assert!(why.contains("failed to build"), "{why}");
+        assert_eq!(status_of("detector"), StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

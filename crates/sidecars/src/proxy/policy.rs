@@ -75,7 +75,8 @@ impl Policy {
         best.map(|(r, _)| r)
     }
 
-    /// Checks a request's method and path against its route.
+    /// Checks a request's method and path against its route. On a route
+    /// with paths, `path` must already be normalised (`path::normalize`).
     pub(crate) fn check_request(route: &Route, method: &str, path: &str) -> Result<(), Denial> {
         if route.tls == TlsMode::Passthrough {
             return Err(deny("passthrough", "route is tls: passthrough; requests are not inspected"));
@@ -83,25 +84,14 @@ impl Policy {
         if !route.methods.is_empty() && !route.methods.iter().any(|m| m.to_string() == method) {
             return Err(deny("method", format!("method {method} is not allowed for {}", route.host)));
         }
-        if !route.paths.is_empty() && !route.paths.iter().any(|p| path_has_prefix(path, p)) {
-            return Err(deny("path", format!("path is not under an allowed prefix for {}", route.host)));
+        if !route.paths.is_empty() && !route.paths.iter().any(|p| super::path::under(path, p)) {
+            return Err(deny(
+                "path",
+                format!("{path} is not under an allowed path of {} ({})", route.host, route.paths.join(", ")),
+            ));
         }
         Ok(())
     }
-}
-
-/// Prefix match on the path (query excluded), after refusing paths that
-/// could mean something else upstream than they look here.
-fn path_has_prefix(path: &str, prefix: &str) -> bool {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    if path.split('/').any(|seg| seg == ".." || seg == ".")
-        || path.contains('\\')
-        || path.to_ascii_lowercase().contains("%2e")
-        || path.to_ascii_lowercase().contains("%2f")
-    {
-        return false;
-    }
-    path.starts_with(prefix)
 }
 
 #[cfg(test)]
@@ -138,10 +128,12 @@ mod tests {
         assert!(Policy::check_request(r, "GET", "/v1/models?x=1").is_ok());
         assert_eq!(Policy::check_request(r, "POST", "/v1/models").map_err(|d| d.rule), Err("method"));
         assert_eq!(Policy::check_request(r, "GET", "/v2/").map_err(|d| d.rule), Err("path"));
-        for sneaky in
-            ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/%2E%2E/admin", "/v1/..%2fadmin", "/v1/./x", "/v1\\..\\admin"]
-        {
-            assert!(Policy::check_request(r, "GET", sneaky).is_err(), "{sneaky}");
+        assert_eq!(Policy::check_request(r, "GET", "/v10/x").map_err(|d| d.rule), Err("path"));
+        // Normalised first: what is left of a traversal is what is matched.
+        for sneaky in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/..%2fadmin", "/v1\\..\\admin", "/v1/..;/admin"] {
+            let checked =
+                super::super::path::normalize(sneaky).and_then(|p| Policy::check_request(r, "GET", &p).map(|()| p));
+            assert!(checked.is_err(), "{sneaky}: {checked:?}");
         }
     }
 }

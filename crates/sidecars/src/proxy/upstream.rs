@@ -3,7 +3,9 @@
 //! the system roots plus an optional extra CA, HTTP/2 when offered.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bot_bottle_manifest::{HostKind, Route};
@@ -15,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -112,6 +115,36 @@ async fn handshake_tls(
         .map_err(|e| UpstreamError::Failed(format!("TLS with {host} failed: {e}")))
 }
 
+/// An upstream TLS stream on which a TCP close without TLS `close_notify`
+/// reads as the end of the stream. Many servers close that way after a
+/// response delimited by the connection's close (legal in HTTP/1.1);
+/// rustls reports it as an error, which would cut such a response short.
+/// Framed responses are unaffected: hyper still knows where they end.
+pub(crate) struct EofOk<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for EofOk<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for EofOk<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 pub(crate) async fn connect_tls(
     tls: &Arc<ClientConfig>,
     host: &str,
@@ -119,7 +152,7 @@ pub(crate) async fn connect_tls(
 ) -> Result<Sender, UpstreamError> {
     let tls = handshake_tls(tls, host, tcp(addr).await?).await?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
+    let io = TokioIo::new(EofOk(tls));
     if h2 {
         let (send, conn) = http2::handshake(TokioExecutor::new(), io)
             .await
@@ -159,7 +192,7 @@ pub(crate) async fn connect_upgradable(
     match tls {
         Some(cfg) => {
             let tls = handshake_tls(cfg, host, stream).await?;
-            let (send, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(failed)?;
+            let (send, conn) = http1::handshake(TokioIo::new(EofOk(tls))).await.map_err(failed)?;
             tokio::spawn(conn.with_upgrades());
             Ok(send)
         }

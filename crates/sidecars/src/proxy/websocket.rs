@@ -4,7 +4,10 @@
 //! one whole message at a time (fragments are held until the final one), so
 //! a secret never reaches the upstream in a message. Compression extensions
 //! are stripped from the handshake: compressed frames could not be scanned.
-//! Server-to-client bytes are copied as they are.
+//! Server-to-client frames are parsed too, and each message is scanned for
+//! the bottle's known secrets (the tokens the proxy injects) and masked in
+//! place before it reaches the client, so a server that echoes never hands
+//! the agent a token.
 
 use std::sync::Arc;
 
@@ -27,14 +30,21 @@ pub(crate) struct Outcome {
     pub(crate) down: u64,
     pub(crate) denial: Option<Denial>,
     pub(crate) logged: Vec<String>,
+    pub(crate) redacted: u64,
 }
 
-pub(crate) async fn relay(client: Upgraded, upstream: Upgraded, det: Arc<Detector>, block: bool) -> Outcome {
+pub(crate) async fn relay(
+    client: Upgraded,
+    upstream: Upgraded,
+    det: Arc<Detector>,
+    known: Arc<Detector>,
+    block: bool,
+) -> Outcome {
     let (cr, cw) = tokio::io::split(TokioIo::new(client));
     let (ur, uw) = tokio::io::split(TokioIo::new(upstream));
     let cw = Arc::new(Mutex::new(cw));
     let down_writer = cw.clone();
-    let down = tokio::spawn(copy_down(ur, down_writer));
+    let down = tokio::spawn(pump_down(ur, down_writer, known));
     let (up, denial, logged) = pump_up(cr, uw, &det, block).await;
     if let Some(d) = &denial {
         // Tell the client why (1008: policy violation), then close both sides.
@@ -46,25 +56,67 @@ pub(crate) async fn relay(client: Upgraded, upstream: Upgraded, det: Arc<Detecto
         let _ = w.shutdown().await;
         down.abort();
     }
-    let down = down.await.unwrap_or(0);
-    Outcome { up, down, denial, logged }
+    let (down, redacted) = down.await.unwrap_or((0, 0));
+    Outcome { up, down, denial, logged, redacted }
 }
 
-async fn copy_down(mut ur: ReadHalf<Side>, cw: Arc<Mutex<WriteHalf<Side>>>) -> u64 {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut n_total = 0u64;
-    loop {
-        let n = match ur.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+/// Server to client: whole messages (fragments held until the final one),
+/// known secrets masked in their payloads (same length, so the frames stay
+/// valid), then forwarded. A frame that cannot be scanned ends the relay.
+async fn pump_down(mut ur: ReadHalf<Side>, cw: Arc<Mutex<WriteHalf<Side>>>, known: Arc<Detector>) -> (u64, u64) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let (mut total, mut redacted) = (0u64, 0u64);
+    // The frames of the message being assembled, and where each payload sits.
+    let mut msg: Vec<u8> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    'read: loop {
+        let frame = loop {
+            match parse(&buf, false) {
+                Parsed::Frame(f) => break f,
+                Parsed::Bad(_) => break 'read,
+                Parsed::More => match ur.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break 'read,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+            }
         };
-        n_total += n as u64;
-        if cw.lock().await.write_all(&buf[..n]).await.is_err() {
+        let raw: Vec<u8> = buf.drain(..frame.total).collect();
+        let control = frame.opcode >= 8;
+        let mut out = if control {
+            let mut one = raw;
+            let at = frame.payload_at;
+            redacted += known.redact_known(&mut one[at..]).len() as u64;
+            one
+        } else {
+            let base = msg.len();
+            spans.push((base + frame.payload_at, base + frame.total));
+            msg.extend_from_slice(&raw);
+            if msg.len() > MAX_MESSAGE {
+                break 'read;
+            }
+            if !frame.fin {
+                continue;
+            }
+            // Scan the message's payload as one text, then write it back.
+            let mut payload: Vec<u8> = spans.iter().flat_map(|&(a, b)| msg[a..b].iter().copied()).collect();
+            redacted += known.redact_known(&mut payload).len() as u64;
+            let mut at = 0;
+            for &(a, b) in &spans {
+                msg[a..b].copy_from_slice(&payload[at..at + (b - a)]);
+                at += b - a;
+            }
+            spans.clear();
+            std::mem::take(&mut msg)
+        };
+        total += out.len() as u64;
+        if cw.lock().await.write_all(&out).await.is_err() {
             break;
         }
+        out.clear();
     }
     let _ = cw.lock().await.shutdown().await;
-    n_total
+    (total, redacted)
 }
 
 /// Reads client frames, scans each complete message, forwards clean ones.
@@ -82,7 +134,7 @@ async fn pump_up(
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         let frame = loop {
-            match parse(&buf) {
+            match parse(&buf, true) {
                 Parsed::Frame(f) => break f,
                 Parsed::Bad(why) => return (up, Some(deny("websocket", why)), logged),
                 Parsed::More => match cr.read(&mut chunk).await {
@@ -141,7 +193,9 @@ enum Parsed {
     Bad(String),
 }
 
-fn parse(b: &[u8]) -> Parsed {
+/// One frame from the front of `b`. Client frames must be masked (RFC 6455
+/// section 5.1); server frames must not be.
+fn parse(b: &[u8], from_client: bool) -> Parsed {
     if b.len() < 2 {
         return Parsed::More;
     }
@@ -153,8 +207,9 @@ fn parse(b: &[u8]) -> Parsed {
     if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
         return Parsed::Bad(format!("unknown opcode {opcode}"));
     }
-    if b[1] & 0x80 == 0 {
-        return Parsed::Bad("client frame is not masked".into());
+    let masked = b[1] & 0x80 != 0;
+    if masked != from_client {
+        return Parsed::Bad(if from_client { "client frame is not masked" } else { "server frame is masked" }.into());
     }
     let (len, mut at) = match b[1] & 0x7f {
         126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
@@ -165,11 +220,14 @@ fn parse(b: &[u8]) -> Parsed {
     if len > MAX_MESSAGE as u64 {
         return Parsed::Bad(format!("frame over {} MiB cannot be scanned", MAX_MESSAGE >> 20));
     }
-    if b.len() < at + 4 {
-        return Parsed::More;
+    let mut mask = [0u8; 4];
+    if masked {
+        if b.len() < at + 4 {
+            return Parsed::More;
+        }
+        mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        at += 4;
     }
-    let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-    at += 4;
     let total = at + len as usize;
     if b.len() < total {
         return Parsed::More;

@@ -159,9 +159,38 @@ async fn handle(
             }
         };
     }
+    if path.starts_with("/api/reflect") {
+        return reflect(&headers, &path);
+    }
     let json = serde_json::json!({ "method": method, "path": path, "version": version, "headers": headers, "body_len": body_len, "peer": peer.to_string() });
     let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
     r.headers_mut().insert("content-type", "application/json".parse().expect("header"));
+    r
+}
+
+/// What a careless debugging endpoint does: hands the request's
+/// `x-api-key` back in a header, split across two headers, raw and base64
+/// in the body; gzip-compressed when the path ends in `gz`.
+fn reflect(headers: &BTreeMap<String, String>, path: &str) -> Response<Full<Bytes>> {
+    use base64::Engine;
+    let key = headers.get("x-api-key").cloned().unwrap_or_default();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{key}"));
+    let body = format!("{{\"raw\": \"{key}\", \"basic\": \"{b64}\"}}\n");
+    let (a, b) = key.split_at(key.len() / 2);
+    let mut r = if path.ends_with("gz") {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(body.as_bytes()).expect("gzip");
+        let mut r = Response::new(Full::new(Bytes::from(e.finish().expect("gzip"))));
+        r.headers_mut().insert("content-encoding", "gzip".parse().expect("h"));
+        r
+    } else {
+        Response::new(Full::new(Bytes::from(body)))
+    };
+    let h = r.headers_mut();
+    h.insert("x-echo", key.parse().expect("h"));
+    h.insert("x-part-a", a.parse().expect("h"));
+    h.insert("x-part-b", b.parse().expect("h"));
     r
 }
 
@@ -172,6 +201,7 @@ pub(crate) struct Harness {
     pub(crate) pki: TestPki,
     pub(crate) proxy: Option<Proxy>,
     pub(crate) proxy_addr: SocketAddr,
+    pub(crate) limits: bot_bottle_sidecars::Limits,
 }
 
 pub(crate) const TOKEN: &str = "real-token-7f3c9a1e5b2d4c6f8a0b";
@@ -181,7 +211,14 @@ impl Harness {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(dir.path());
-        Harness { rt, dir, pki, proxy: None, proxy_addr: "127.0.0.1:0".parse().expect("addr") }
+        Harness {
+            rt,
+            dir,
+            pki,
+            proxy: None,
+            proxy_addr: "127.0.0.1:0".parse().expect("addr"),
+            limits: bot_bottle_sidecars::Limits::default(),
+        }
     }
 
     pub(crate) fn upstream(&self, ip: &str, h2: bool) -> Upstream {
@@ -211,6 +248,8 @@ impl Harness {
             audit_log: Some(self.audit_path()),
             env: Box::new(|name| (name == "TEST_TOKEN").then(|| TOKEN.to_owned())),
             known_secrets: Vec::new(),
+            routes_file: Some(".bot-bottle/bottles/test.yaml".into()),
+            limits: self.limits.clone(),
         })
         .expect("proxy");
         let listener = self.rt.block_on(Proxy::bind("127.0.0.1:0".parse().expect("addr"))).expect("bind");
@@ -262,6 +301,7 @@ fn websocket_echo(
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Response<Full<Bytes>> {
     let key = req.headers().get("sec-websocket-key").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    let greeting = req.headers().get("x-api-key").map(|v| v.as_bytes().to_vec());
     let extensions =
         req.headers().get("sec-websocket-extensions").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let mut input = key;
@@ -272,6 +312,14 @@ fn websocket_echo(
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(up) = upgrade.await else { return };
         let mut io = TokioIo::new(up);
+        if let Some(g) = greeting {
+            // A server that greets with what it was sent: the injected token.
+            let mut frame = vec![0x81, g.len() as u8];
+            frame.extend_from_slice(&g);
+            if io.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
