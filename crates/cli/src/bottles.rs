@@ -25,7 +25,7 @@ fn alive(pid: u32) -> bool {
         && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-fn state_of(m: &Meta) -> String {
+pub(crate) fn state_of(m: &Meta) -> String {
     match m.exit {
         Some(c) => format!("exited ({c})"),
         None if alive(m.pid) => "running".into(),
@@ -33,7 +33,7 @@ fn state_of(m: &Meta) -> String {
     }
 }
 
-fn all() -> Vec<(PathBuf, Meta)> {
+pub(crate) fn all() -> Vec<(PathBuf, Meta)> {
     let Some(dir) = bottles_dir() else { return Vec::new() };
     let mut v: Vec<(PathBuf, Meta)> = std::fs::read_dir(dir)
         .into_iter()

@@ -259,6 +259,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             endpoint: &endpoint,
             env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
             upstream_ca: upstream_ca(),
+            supervise_wait: supervise_wait(),
         },
         rt.handle(),
     )
@@ -343,7 +344,7 @@ fn in_bottle<B: Backend>(
             prompt: &prompt,
             git_gate_url: bundle.addresses().git_gate_url.as_deref(),
             git_gate_local: bundle.addresses().git_gate_local,
-            supervise_url: None,
+            supervise_url: bundle.addresses().supervise_url.as_deref(),
             interactive,
         },
     )
@@ -394,4 +395,13 @@ fn read_prompt(plan: &Plan) -> Result<String, Failure> {
     let text = std::fs::read_to_string(&plan.agent.prompt.file)
         .map_err(|e| failure(format!("error: reading {}: {e}", plan.agent.prompt.file.display())))?;
     Ok(text.lines().skip(plan.agent.prompt.line.saturating_sub(1)).collect::<Vec<_>>().join("\n"))
+}
+
+/// How long `request_egress` waits for a decision: 60 s, or
+/// `BOT_BOTTLE_SUPERVISE_WAIT` seconds.
+fn supervise_wait() -> std::time::Duration {
+    std::env::var("BOT_BOTTLE_SUPERVISE_WAIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(bot_bottle_sidecars::SUPERVISE_DEFAULT_WAIT, std::time::Duration::from_secs)
 }

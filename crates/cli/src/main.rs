@@ -6,6 +6,7 @@ mod bottles;
 mod launch;
 mod proxy;
 mod render;
+mod requests;
 mod scan;
 
 use std::io::{self, Write};
@@ -66,6 +67,9 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Egress requests from supervised bottles: list, approve, reject.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Stop { slug, all } => bottles::stop(slug, all),
         Command::Resume { slug, quiet } => bottles::resume(&slug, quiet),
         Command::Cleanup { purge } => bottles::cleanup(purge),
+        Command::Requests(cmd) => requests::run(cmd),
         Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
         Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
     }

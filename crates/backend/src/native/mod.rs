@@ -151,6 +151,7 @@ impl Backend for Native {
             forwards: vec![
                 Forward { port: PROXY_PORT, socket: "proxy.sock".into() },
                 Forward { port: crate::GATE_PORT, socket: "gate.sock".into() },
+                Forward { port: crate::SUPERVISE_PORT, socket: "supervise.sock".into() },
             ],
             limits: Limits {
                 pids: t.plan.resources.pids.map(u64::from).or(Some(4096)),
