@@ -413,7 +413,7 @@ impl Inner {
              rule: {}\n\
              reason: {}\n\
              to allow it, add or widen a route in the bottle's egress.routes \
-             (or ask for it through supervise)\n",
+             (or, in a supervised bottle, ask for it with the supervise MCP tool `request_egress`)\n",
             c.host, c.port, d.rule, d.reason
         );
         text(StatusCode::FORBIDDEN, body)

@@ -5,3 +5,4 @@ mod gate_keys;
 mod gate_support;
 mod harness;
 mod proxy;
+mod supervise;
