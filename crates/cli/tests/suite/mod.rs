@@ -12,4 +12,5 @@ mod proxy_cmd;
 mod scan;
 mod smolmachines;
 mod start_native;
+mod supervise;
 mod terminal;
