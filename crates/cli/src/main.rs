@@ -4,6 +4,7 @@
 
 mod bottles;
 mod launch;
+mod logs;
 mod proxy;
 mod render;
 mod requests;
@@ -67,6 +68,10 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// What a bottle did: its audit log (egress, gate, supervise), or its agent's output.
+    Logs(logs::LogsArgs),
+    /// A bottle's egress by host, decision and rule, with counts.
+    Policy(logs::PolicyArgs),
     /// Egress requests from supervised bottles: list, approve, reject.
     #[command(subcommand)]
     Requests(requests::RequestsCommand),
@@ -206,6 +211,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Resume { slug, quiet } => bottles::resume(&slug, quiet),
         Command::Cleanup { purge } => bottles::cleanup(purge),
         Command::Requests(cmd) => requests::run(cmd),
+        Command::Logs(args) => logs::logs(args),
+        Command::Policy(args) => logs::policy(args),
         Command::Manifest(ManifestCommand::Check { format }) => check(cli.manifest, format),
         Command::Manifest(ManifestCommand::List { format }) => list(cli.manifest, format),
     }

@@ -63,11 +63,18 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     // The operator: decides each request as it appears, from another process.
     let end = Instant::now() + Duration::from_secs(60);
     let mut decided = 0;
+    let mut follow = None;
     while decided < 2 && Instant::now() < end {
         let (code, out) = cli(&p, &["requests", "list", "--format", "json"]);
         assert_eq!(code, 0, "{out}");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
         for r in rows {
+            if follow.is_none() {
+                // The bottle is running: follow its log from here on.
+                let slug = r["slug"].as_str().expect("slug").to_owned();
+                let f = command(&p, &["logs", &slug, "-f"]).stdout(Stdio::piped()).spawn().expect("logs -f");
+                follow = Some((slug, f));
+            }
             let id = r["id"].as_str().expect("id");
             let args: Vec<&str> = if r["route"]["host"] == "other.example" {
                 vec!["requests", "reject", id, "--comment", "not needed"]
@@ -101,4 +108,37 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     // A decided request cannot be decided again.
     let id = rows[0]["id"].as_str().expect("id");
     assert_eq!(cli(&p, &["requests", "reject", id]).0, 2);
+    // `logs -f` followed the running bottle and ended with it; it saw what
+    // happened after it started: the grant, the allowed request, the rejection.
+    let (slug, f) = follow.expect("followed");
+    let followed = String::from_utf8_lossy(&f.wait_with_output().expect("logs -f").stdout).into_owned();
+    assert!(followed.contains("supervise applied"), "{followed}");
+    assert!(followed.contains(&format!("proxy     allow GET 127.0.0.1:{port}/data")), "{followed}");
+    assert!(followed.contains("rejected by"), "{followed}");
+    // `policy` counts exactly what the audit log holds.
+    let (code, out) = cli(&p, &["policy", &slug, "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let counts: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let audit = std::fs::read_to_string(p.state.path().join("bot-bottle/bottles").join(&slug).join("audit.jsonl"))
+        .expect("audit");
+    let proxy_lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|e| e.get("service").is_none())
+        .collect();
+    let total: u64 = counts.as_array().expect("rows").iter().filter_map(|r| r["count"].as_u64()).sum();
+    assert_eq!(total, proxy_lines.len() as u64, "{out}");
+    let host = format!("127.0.0.1:{port}");
+    let count = |d: &str| {
+        counts
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["host"] == host.as_str() && r["decision"] == d)
+            .map(|r| r["count"].clone())
+    };
+    assert_eq!((count("allow"), count("deny")), (Some(1.into()), Some(1.into())), "{out}");
+    let (code, out) = cli(&p, &["logs", &slug, "--denied"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().all(|l| l.contains(" deny ") || l.contains("rejected")) && out.lines().count() == 2, "{out}");
 }
