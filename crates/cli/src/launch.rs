@@ -14,7 +14,7 @@ use bot_bottle_manifest::{BackendKind, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision};
 use bot_bottle_sidecars::{Bundle, BundleConfig, bundle_cleanup};
 
-use crate::{Failure, chain, failure};
+use crate::{Failure, chain, failure, usage};
 
 pub(crate) struct Options {
     pub(crate) quiet: bool,
@@ -198,6 +198,7 @@ fn describe<B: Backend>(backend: &B, target: &Target<'_>) -> Result<serde_json::
 
 /// The bottle's state dir and launch record around one session.
 fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
+    manifest_out_of_reach(plan, &opts.request)?;
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
     let slug = match &opts.resume {
         Some(s) if valid_slug(s) => s.clone(),
@@ -404,4 +405,26 @@ fn supervise_wait() -> std::time::Duration {
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(bot_bottle_sidecars::SUPERVISE_DEFAULT_WAIT, std::time::Duration::from_secs)
+}
+
+/// Refuses a bottle that could write its own manifest: with `workspace:
+/// mount` the agent writes the project, so a manifest directory inside it
+/// would let the agent widen its own egress (for the next start or resume,
+/// or through supervise's grants for good). Nothing is created first.
+pub(crate) fn manifest_out_of_reach(plan: &Plan, request: &Stored) -> Result<(), Failure> {
+    if plan.workspace != WorkspaceMode::Mount {
+        return Ok(());
+    }
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (manifest, project) = (real(&request.manifest), real(&request.project));
+    if manifest.starts_with(&project) {
+        return Err(usage(format!(
+            "error: the manifest directory {} is inside the project {}, which `workspace: mount` lets the agent write: \
+             it could widen its own egress. Use `workspace: copy`, or keep the manifest outside the project \
+             (--manifest DIR, or ~/.config/bot-bottle/)",
+            manifest.display(),
+            project.display()
+        )));
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! could), the operator decides with `bot-bottle requests`, and the
 //! agent's next request succeeds, with nothing restarted.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::native::{available, panic_or_skip};
@@ -141,4 +141,33 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     let (code, out) = cli(&p, &["logs", &slug, "--denied"]);
     assert_eq!(code, 0);
     assert!(out.lines().all(|l| l.contains(" deny ") || l.contains("rejected")) && out.lines().count() == 2, "{out}");
+}
+
+#[test]
+fn a_bottle_that_could_write_its_own_manifest_is_refused() {
+    let p = project("true");
+    let b = p.dir.path().join(".bot-bottle/bottles/b.yaml");
+    let text = std::fs::read_to_string(&b).expect("read");
+    std::fs::write(&b, text.replace("supervise: true\n", "supervise: true\nworkspace: mount\n")).expect("write");
+    let out = command(&p, &["start", "a", "--quiet"]).output().expect("start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("inside the project") && stderr.contains("workspace: copy"), "{stderr}");
+    assert!(!p.state.path().join("bot-bottle/bottles").exists(), "nothing was created");
+    // The same manifest kept outside the project is fine.
+    let outside = tempfile::tempdir().expect("tempdir");
+    let copy = Command::new("cp")
+        .args(["-r", ".bot-bottle"])
+        .arg(outside.path().join("m"))
+        .current_dir(p.dir.path())
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    std::fs::remove_dir_all(p.dir.path().join(".bot-bottle")).expect("rm");
+    let m = outside.path().join("m");
+    let out =
+        command(&p, &["--manifest", m.to_str().expect("utf-8"), "start", "a", "--quiet"]).output().expect("start");
+    if available().is_ok() {
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
 }
