@@ -117,7 +117,10 @@ pub(crate) fn logs(args: LogsArgs) -> Result<(), Failure> {
         |from| bot_bottle_sidecars::read_audit(&dir, from, None).map_err(|e| failure(format!("error: {}", chain(&e))));
     let (entries, mut at) = read(0)?;
     show(&entries, &args)?;
-    while args.follow {
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
         let alive = running(&args.slug);
         std::thread::sleep(Duration::from_millis(200));
         let (entries, next) = read(at)?;
@@ -125,10 +128,9 @@ pub(crate) fn logs(args: LogsArgs) -> Result<(), Failure> {
         show(&entries, &args)?;
         // One last read after the bottle stopped, then done.
         if !alive {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 fn agent(dir: &Path, args: &LogsArgs) -> Result<(), Failure> {

@@ -210,7 +210,9 @@ impl Inner {
             .collect();
         let fresh: Vec<String> =
             granted.iter().filter(|r| !r.applied && r.apply_error.is_none()).map(|r| r.id.clone()).collect();
-        if fresh.is_empty() && !(all && !granted.is_empty()) {
+        // At start, grants from earlier runs; later, only new decisions.
+        let needed = !fresh.is_empty() || (all && !granted.is_empty());
+        if !needed {
             return Ok(());
         }
         let mut routes = self.base.routes.clone();
