@@ -50,6 +50,8 @@ use bot_bottle_manifest::Plan;
 pub const PROXY_PORT: u16 = 3128;
 /// The port of the git gate inside every bottle.
 pub const GATE_PORT: u16 = 9420;
+/// The port of the supervise MCP server inside every bottle.
+pub const SUPERVISE_PORT: u16 = 9421;
 
 /// What a backend is asked to build.
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +101,20 @@ impl Endpoint {
         match self {
             Endpoint::Unix { .. } => format!("http://127.0.0.1:{GATE_PORT}"),
             Endpoint::Tcp { addr, .. } => format!("http://{addr}:{GATE_PORT}"),
+        }
+    }
+
+    /// The supervise MCP endpoint as the agent reaches it.
+    pub fn supervise_url(&self) -> String {
+        format!("http://{}/mcp", self.supervise_host())
+    }
+
+    /// The `host:port` in the `Host` header of the agent's requests to
+    /// supervise: the only one the server accepts.
+    pub fn supervise_host(&self) -> String {
+        match self {
+            Endpoint::Unix { .. } => format!("127.0.0.1:{SUPERVISE_PORT}"),
+            Endpoint::Tcp { addr, .. } => format!("{addr}:{SUPERVISE_PORT}"),
         }
     }
 }

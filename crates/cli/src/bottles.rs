@@ -40,7 +40,7 @@ struct Row {
     dir: PathBuf,
 }
 
-fn state_of(m: &Meta) -> String {
+pub(crate) fn state_of(m: &Meta) -> String {
     match m.exit {
         Some(c) => format!("exited ({c})"),
         None if alive(m) => "running".into(),
@@ -52,7 +52,7 @@ fn running(m: &Meta) -> bool {
     m.exit.is_none() && alive(m)
 }
 
-fn all() -> Vec<(PathBuf, Meta)> {
+pub(crate) fn all() -> Vec<(PathBuf, Meta)> {
     let Some(dir) = bottles_dir() else { return Vec::new() };
     let mut v: Vec<(PathBuf, Meta)> = std::fs::read_dir(dir)
         .into_iter()

@@ -247,6 +247,7 @@ fn describe<B: Backend>(backend: &B, target: &Target<'_>) -> Result<serde_json::
 
 /// The bottle's state dir and launch record around one session.
 fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
+    manifest_out_of_reach(plan, &opts.request)?;
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
     let (slug, state) = match &opts.resume {
         Some(s) if valid_slug(s) => (s.clone(), dir.join(s)),
@@ -323,6 +324,7 @@ fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, sta
             endpoint: &endpoint,
             env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
             upstream_ca: upstream_ca(),
+            supervise_wait: supervise_wait(),
         },
         rt.handle(),
     )
@@ -412,7 +414,7 @@ fn in_bottle<B: Backend>(
             prompt: &prompt,
             git_gate_url: bundle.addresses().git_gate_url.as_deref(),
             git_gate_local: bundle.addresses().git_gate_local,
-            supervise_url: None,
+            supervise_url: bundle.addresses().supervise_url.as_deref(),
             interactive,
         },
     )
@@ -548,4 +550,35 @@ fn read_prompt(plan: &Plan) -> Result<String, Failure> {
     let text = std::fs::read_to_string(&plan.agent.prompt.file)
         .map_err(|e| failure(format!("error: reading {}: {e}", plan.agent.prompt.file.display())))?;
     Ok(text.lines().skip(plan.agent.prompt.line.saturating_sub(1)).collect::<Vec<_>>().join("\n"))
+}
+
+/// How long `request_egress` waits for a decision: 60 s, or
+/// `BOT_BOTTLE_SUPERVISE_WAIT` seconds.
+fn supervise_wait() -> std::time::Duration {
+    std::env::var("BOT_BOTTLE_SUPERVISE_WAIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(bot_bottle_sidecars::SUPERVISE_DEFAULT_WAIT, std::time::Duration::from_secs)
+}
+
+/// Refuses a bottle that could write its own manifest: with `workspace:
+/// mount` the agent writes the project, so a manifest directory inside it
+/// would let the agent widen its own egress (for the next start or resume,
+/// or through supervise's grants for good). Nothing is created first.
+pub(crate) fn manifest_out_of_reach(plan: &Plan, request: &Stored) -> Result<(), Failure> {
+    if plan.workspace != WorkspaceMode::Mount {
+        return Ok(());
+    }
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (manifest, project) = (real(&request.manifest), real(&request.project));
+    if manifest.starts_with(&project) {
+        return Err(usage(format!(
+            "error: the manifest directory {} is inside the project {}, which `workspace: mount` lets the agent write: \
+             it could widen its own egress. Use `workspace: copy`, or keep the manifest outside the project \
+             (--manifest DIR, or ~/.config/bot-bottle/)",
+            manifest.display(),
+            project.display()
+        )));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ mod launch;
 mod logs;
 mod proxy;
 mod render;
+mod requests;
 mod scan;
 mod state;
 
@@ -64,8 +65,6 @@ enum Command {
     /// List running bottles (-a: also exited and crashed ones).
     #[command(visible_alias = "ps")]
     List(bottles::ListArgs),
-    /// Print a detached bottle's agent output (its `agent.log`).
-    Logs(logs::LogsArgs),
     /// Stop running bottles: SIGTERM to the launcher, which tears the bottle
     /// down; SIGKILL after the grace period.
     Stop {
@@ -119,6 +118,13 @@ enum Command {
         #[arg(long, short, requires = "purge")]
         yes: bool,
     },
+    /// What a bottle did: its audit log (egress, gate, supervise), or its agent's output.
+    Logs(logs::LogsArgs),
+    /// A bottle's egress by host, decision and rule, with counts.
+    Policy(logs::PolicyArgs),
+    /// Egress requests from supervised bottles: list, approve, reject.
+    #[command(subcommand)]
+    Requests(requests::RequestsCommand),
     /// Print shell completions.
     Completions {
         /// The shell to print completions for.
@@ -283,7 +289,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Proxy(args) => proxy::run(args),
         Command::Doctor => doctor(),
         Command::List(args) => bottles::list(&args),
-        Command::Logs(args) => logs::run(&args),
+        Command::Requests(cmd) => requests::run(cmd),
+        Command::Logs(args) => logs::logs(args),
+        Command::Policy(args) => logs::policy(args),
         Command::Stop { slugs, all, time } => bottles::stop(&slugs, all, std::time::Duration::from_secs(time)),
         Command::Resume { slug, quiet, detach } => bottles::resume(&slug, quiet, detach),
         Command::Exec { slug, argv } => bottles::exec(&slug, &argv),

@@ -52,6 +52,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
         known_secrets: Vec::new(),
         routes_file: Some(args.routes.display().to_string()),
         limits: Default::default(),
+        supervise: false,
     })
     .map_err(|e| usage(format!("error: cannot start the proxy: {}", chain(&e))))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -76,6 +76,10 @@ pub(crate) fn common(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
         env(p, k, bundle.clone());
     }
     env(p, "NODE_USE_ENV_PROXY", "1");
+    if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
+        // Any agent (a `command` one above all) finds supervise here.
+        env(p, "BOT_BOTTLE_SUPERVISE_URL", url);
+    }
     for (k, v) in &plan.env {
         env(p, k.as_str(), v.clone());
     }

@@ -4,17 +4,20 @@
 //!
 //! Each service has its own socket (a `Unix` endpoint, forwarded to its own
 //! port inside the bottle) or its own port on the bottle's address (`Tcp`):
-//! the egress proxy on 3128, the git gate on 9420.
+//! the egress proxy on 3128, the git gate on 9420, supervise on 9421.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bot_bottle_backend::{Endpoint, GATE_PORT, PROXY_PORT};
+use bot_bottle_backend::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT};
 use bot_bottle_manifest::{Egress, Plan, WorkspaceMode};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::{Gate, GateConfig, GateError, GateReport, Landing, Proxy, ProxyConfig, ProxyError};
+use crate::{
+    Gate, GateConfig, GateError, GateReport, Landing, Proxy, ProxyConfig, ProxyError, Supervise, SuperviseConfig,
+    SuperviseError,
+};
 
 /// Reads host environment variables (by name; values stay in the bundle).
 pub type SharedEnv = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -33,6 +36,8 @@ pub struct BundleConfig<'a> {
     pub env: SharedEnv,
     /// An extra CA for upstreams and forge APIs (tests, corporate CAs).
     pub upstream_ca: Option<PathBuf>,
+    /// How long supervise's `request_egress` waits for a decision.
+    pub supervise_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for BundleConfig<'_> {
@@ -47,6 +52,8 @@ pub enum BundleError {
     Proxy(#[from] ProxyError),
     #[error("the git gate")]
     Gate(#[from] GateError),
+    #[error("supervise")]
+    Supervise(#[from] SuperviseError),
     #[error("{what}")]
     Io {
         what: String,
@@ -71,6 +78,8 @@ pub struct Addresses {
     pub git_gate_url: Option<String>,
     /// Whether the gate serves the project as `local`.
     pub git_gate_local: bool,
+    /// The supervise MCP endpoint; `None` when the plan does not enable it.
+    pub supervise_url: Option<String>,
 }
 
 /// What the bottle's sidecars did, for the end of the session.
@@ -85,6 +94,7 @@ pub struct BundleReport {
 pub struct Bundle {
     proxy: Proxy,
     gate: Option<Gate>,
+    supervise: Option<Supervise>,
     tasks: Vec<JoinHandle<()>>,
     handle: Handle,
     addresses: Addresses,
@@ -131,6 +141,7 @@ impl Bundle {
                 .last()
                 .map(|f| f.strip_prefix(cfg.project).unwrap_or(f).display().to_string()),
             limits: Default::default(),
+            supervise: cfg.plan.supervise,
         })?;
         let local = local_for(cfg.plan, cfg.project);
         let gate = if cfg.plan.git_gate.repos.is_empty() && local.is_none() {
@@ -146,15 +157,29 @@ impl Bundle {
             g.upstream_ca = cfg.upstream_ca.clone();
             Some(handle.block_on(Gate::start(g))?)
         };
+        let supervise = if cfg.plan.supervise {
+            Some(Supervise::new(SuperviseConfig {
+                bottle: cfg.slug.to_owned(),
+                state: cfg.state.to_path_buf(),
+                proxy: proxy.clone(),
+                base: Egress { routes: cfg.plan.egress.routes.clone(), dlp: cfg.plan.egress.dlp },
+                allowed_hosts: vec![cfg.endpoint.supervise_host()],
+                wait: cfg.supervise_wait,
+            })?)
+        } else {
+            None
+        };
         let mut bundle = Bundle {
             proxy,
             gate,
+            supervise,
             tasks: Vec::new(),
             handle: handle.clone(),
             addresses: Addresses {
                 proxy_url: cfg.endpoint.proxy_url(),
                 git_gate_url: None,
                 git_gate_local: local.is_some(),
+                supervise_url: None,
             },
         };
         if let Err(e) = bundle.listen(cfg.endpoint) {
@@ -186,6 +211,13 @@ impl Bundle {
                     endpoint.secure(&sock).map_err(io(format!("securing {}", sock.display())))?;
                     self.tasks.push(self.handle.spawn(async move { g.serve_unix(l).await }));
                 }
+                if let Some(s) = self.supervise.clone() {
+                    let sock = dir.join("supervise.sock");
+                    let l = tokio::net::UnixListener::bind(&sock)
+                        .map_err(io(format!("listening on {}", sock.display())))?;
+                    endpoint.secure(&sock).map_err(io(format!("securing {}", sock.display())))?;
+                    self.tasks.push(self.handle.spawn(async move { s.serve_unix(l).await }));
+                }
             }
             Endpoint::Tcp { addr, listener } => {
                 let l = listener.try_clone().map_err(io(format!("listening on {addr}:{PROXY_PORT}")))?;
@@ -201,7 +233,18 @@ impl Bundle {
                         .map_err(io(format!("listening on {addr}:{GATE_PORT}")))?;
                     self.tasks.push(self.handle.spawn(async move { g.serve(l).await }));
                 }
+                if let Some(s) = self.supervise.clone() {
+                    let l = std::net::TcpListener::bind((*addr, SUPERVISE_PORT))
+                        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                        .and_then(tokio::net::TcpListener::from_std)
+                        .map_err(io(format!("listening on {addr}:{SUPERVISE_PORT}")))?;
+                    self.tasks.push(self.handle.spawn(async move { s.serve(l).await }));
+                }
             }
+        }
+        if let Some(s) = self.supervise.clone() {
+            self.tasks.push(self.handle.spawn(async move { s.run_applier().await }));
+            self.addresses.supervise_url = Some(endpoint.supervise_url());
         }
         if self.gate.is_some() {
             self.addresses.git_gate_url = Some(endpoint.gate_url());
@@ -259,7 +302,7 @@ impl Drop for Bundle {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

@@ -11,7 +11,9 @@
 //!   secret-scanned pushes to upstreams (with deploy keys the agent never
 //!   sees) or as branches in the user's own repository.
 //!
-//! Supervise joins them with its issue.
+//! - supervise ([`Supervise`]): an MCP server through which the agent asks
+//!   for more egress; a human decides from the durable [`Queue`], and
+//!   grants take effect in the running proxy at once.
 //!
 //! Not for: deciding policy (routes and repos come from
 //! `bot-bottle-manifest`) or finding secrets (that is `bot-bottle-detect`).
@@ -19,6 +21,7 @@
 mod bundle;
 mod gate;
 mod proxy;
+mod supervise;
 
 pub use bundle::{Addresses, Bundle, BundleConfig, BundleError, BundleReport, SharedEnv, cleanup as bundle_cleanup};
 pub use gate::{
@@ -26,3 +29,7 @@ pub use gate::{
     cleanup as gate_cleanup, landing_prefix,
 };
 pub use proxy::{Ca, EnvLookup, Limits, Policy, Proxy, ProxyConfig, ProxyError};
+pub use supervise::{
+    AuditError, AuditEvent, DEFAULT_WAIT as SUPERVISE_DEFAULT_WAIT, Decision, EgressRequest, Lifetime, Queue,
+    RouteSpec, State as RequestState, Supervise, SuperviseConfig, SuperviseError, audit_path, check_route, read_audit,
+};

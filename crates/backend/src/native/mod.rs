@@ -148,10 +148,15 @@ impl Backend for Native {
             workspace,
             root_dir: t.state.join("root"),
             sockets_dir: Some(t.state.join("sockets")),
-            forwards: vec![
-                Forward { port: PROXY_PORT, socket: "proxy.sock".into() },
-                Forward { port: crate::GATE_PORT, socket: "gate.sock".into() },
-            ],
+            forwards: [
+                Some(Forward { port: PROXY_PORT, socket: "proxy.sock".into() }),
+                Some(Forward { port: crate::GATE_PORT, socket: "gate.sock".into() }),
+                // Supervise is reachable only from a bottle whose plan asks for it.
+                t.plan.supervise.then(|| Forward { port: crate::SUPERVISE_PORT, socket: "supervise.sock".into() }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             limits: Limits {
                 pids: t.plan.resources.pids.map(u64::from).or(Some(4096)),
                 memory: t.plan.resources.memory.map(|m| m.0),

@@ -55,7 +55,7 @@ fn a_detached_bottle_through_a_symlink_is_listed_logged_stopped_resumed_and_remo
     wait_for("running", || cli(&p, &["list", "-q"]).1 == format!("{slug}\n"));
     let rows: serde_json::Value = serde_json::from_str(&cli(&p, &["list", "--format", "json"]).1).expect("json");
     assert_eq!(rows[0]["state"], "running");
-    wait_for("the agent's output", || cli(&p, &["logs", &slug]).1.contains("hello-from-the-agent"));
+    wait_for("the agent's output", || cli(&p, &["logs", "--agent", &slug]).1.contains("hello-from-the-agent"));
 
     // A running bottle is not removed without -f, and cleanup leaves it alone.
     let (code, _, err) = run(&p, &["rm", &slug]);
@@ -69,7 +69,7 @@ fn a_detached_bottle_through_a_symlink_is_listed_logged_stopped_resumed_and_remo
     assert!(leftovers(&p) > 0);
 
     // logs -f follows until the bottle stops; stop says so only once it has.
-    let mut follow = command(&p, &["logs", "-f", &slug]).stdout(Stdio::piped()).spawn().expect("logs -f");
+    let mut follow = command(&p, &["logs", "--agent", "-f", &slug]).stdout(Stdio::piped()).spawn().expect("logs -f");
     let (code, out, err) = run(&p, &["stop", "-t", "5", &slug]);
     assert_eq!((code, out.as_str()), (0, format!("{slug}: stopped\n").as_str()), "{err}");
     assert_eq!(leftovers(&p), 0);
@@ -82,7 +82,9 @@ fn a_detached_bottle_through_a_symlink_is_listed_logged_stopped_resumed_and_remo
     // resume --detach returns at once; its output joins the log.
     let (code, out, err) = run(&p, &["resume", "--detach", &slug]);
     assert_eq!((code, out.trim()), (0, slug.as_str()), "{err}");
-    wait_for("the resumed agent", || cli(&p, &["logs", &slug]).1.matches("hello-from-the-agent").count() == 2);
+    wait_for("the resumed agent", || {
+        cli(&p, &["logs", "--agent", &slug]).1.matches("hello-from-the-agent").count() == 2
+    });
     assert_eq!(cli(&p, &["list", "-q"]).1, format!("{slug}\n"));
 
     // rm -f stops it first, then deletes its state and workspace.

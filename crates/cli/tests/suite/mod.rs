@@ -14,5 +14,6 @@ mod proxy_cmd;
 mod scan;
 mod smolmachines;
 mod start_native;
+mod supervise;
 mod terminal;
 mod workspace;

@@ -32,6 +32,8 @@ pub(crate) struct Target<'a> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Hint {
     pub(crate) routes_file: Option<String>,
+    /// The agent can ask a human for access through supervise.
+    pub(crate) supervise: bool,
 }
 
 /// The route entry that would allow `t`, for the text.
@@ -72,6 +74,13 @@ pub(crate) fn text(d: &Denial, t: &Target<'_>, hint: &Hint) -> String {
         }
         (None, _) => {}
     }
+    if hint.supervise && d.rule != "dlp" {
+        s += &format!(
+            "or ask for access now: call the supervise MCP tool `request_egress` with host \"{}\" and a justification; \
+             a human decides, and an approval applies at once\n",
+            t.host
+        );
+    }
     s
 }
 
@@ -106,7 +115,7 @@ mod tests {
     #[test]
     fn names_the_file_and_the_entry_to_add() {
         let t = Target { host: "pypi.org", port: 443, method: "GET", path: "/simple/requests/" };
-        let hint = Hint { routes_file: Some(".bot-bottle/bottles/dev.yaml".into()) };
+        let hint = Hint { routes_file: Some(".bot-bottle/bottles/dev.yaml".into()), supervise: false };
         let s = text(&deny("host", "no route allows pypi.org:443"), &t, &hint);
         assert!(s.contains("rule: host") && s.contains(".bot-bottle/bottles/dev.yaml"), "{s}");
         assert!(s.contains("- host: pypi.org\n"), "{s}");
@@ -115,6 +124,8 @@ mod tests {
         let t = Target { host: "10.0.0.1", port: 8443, method: "DELETE", path: "/x" };
         let s = text(&deny("method", "DELETE is not allowed"), &t, &Hint::default());
         assert!(s.contains("host: \"10.0.0.1:8443\"") && s.contains("methods: [DELETE]"), "{s}");
+        let s = text(&deny("host", "no route"), &t, &Hint { routes_file: None, supervise: true });
+        assert!(s.contains("`request_egress`") && s.contains("\"10.0.0.1\""), "{s}");
         let p = reason_phrase(&deny("host", "line\r\nbreak"), &t);
         assert!(!p.contains('\r') && !p.contains('\n'), "{p}");
     }

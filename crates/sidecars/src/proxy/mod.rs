@@ -122,6 +122,9 @@ pub struct ProxyConfig {
     /// the agent can say what to add.
     pub routes_file: Option<String>,
     pub limits: Limits,
+    /// The bottle has supervise: denials tell the agent to ask for access
+    /// with its `request_egress` tool.
+    pub supervise: bool,
 }
 
 impl std::fmt::Debug for ProxyConfig {
@@ -237,7 +240,7 @@ impl Proxy {
                 upstream_tls_h1,
                 audit,
                 gates: Arc::new(Gates::new(cfg.limits)),
-                hint: deny::Hint { routes_file: cfg.routes_file },
+                hint: deny::Hint { routes_file: cfg.routes_file, supervise: cfg.supervise },
             }),
         })
     }

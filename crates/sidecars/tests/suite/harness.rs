@@ -250,6 +250,7 @@ impl Harness {
             known_secrets: Vec::new(),
             routes_file: Some(".bot-bottle/bottles/test.yaml".into()),
             limits: self.limits.clone(),
+            supervise: false,
         })
         .expect("proxy");
         let listener = self.rt.block_on(Proxy::bind("127.0.0.1:0".parse().expect("addr"))).expect("bind");

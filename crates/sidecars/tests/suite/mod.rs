@@ -6,3 +6,4 @@ mod gate_support;
 mod hardening;
 mod harness;
 mod proxy;
+mod supervise;

@@ -1,0 +1,204 @@
+//! `requests list|approve|reject`: the scriptable side of supervise. The
+//! queue is files in each bottle's state dir; the running bottle's
+//! supervise server applies a decision to its proxy within a moment.
+
+use std::path::PathBuf;
+
+use bot_bottle_sidecars::{EgressRequest, Queue, RequestState, RouteSpec};
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::{Failure, ListFormat, failure, print, usage};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RequestsCommand {
+    /// List egress requests (pending ones unless --all), across bottles.
+    List {
+        /// Only this bottle's requests.
+        slug: Option<String>,
+        /// Decided requests too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+    /// Approve a request: as asked, or modified with --host/--path/--method.
+    Approve {
+        id: String,
+        /// Grant this host instead of the one asked for.
+        #[arg(long)]
+        host: Option<String>,
+        /// Grant only these path prefixes (repeat), instead of those asked for.
+        #[arg(long = "path", value_name = "PREFIX")]
+        paths: Vec<String>,
+        /// Grant only these methods (repeat), instead of those asked for.
+        #[arg(long = "method", value_name = "METHOD")]
+        methods: Vec<String>,
+        /// A note for the agent.
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+    /// Reject a request, with a comment the agent reads.
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    pub(crate) slug: String,
+    #[serde(flatten)]
+    pub(crate) request: EgressRequest,
+}
+
+/// Every bottle's state dir with its slug, newest first.
+pub(crate) fn bottles(slug: Option<&str>) -> Vec<(String, PathBuf)> {
+    crate::bottles::all()
+        .into_iter()
+        .filter(|(_, m)| slug.is_none_or(|s| s == m.slug))
+        .map(|(d, m)| (m.slug, d))
+        .collect()
+}
+
+/// The requests of every bottle (or one), oldest first.
+pub(crate) fn rows(slug: Option<&str>, all: bool) -> Result<Vec<Row>, Failure> {
+    let mut v = Vec::new();
+    for (slug, dir) in bottles(slug) {
+        let reqs = Queue::new(&dir).all().map_err(|e| failure(format!("error: {slug}: {}", chain(&e))))?;
+        v.extend(
+            reqs.into_iter()
+                .filter(|r| all || r.state == RequestState::Pending)
+                .map(|request| Row { slug: slug.clone(), request }),
+        );
+    }
+    v.sort_by(|a, b| (&a.request.created, &a.request.id).cmp(&(&b.request.created, &b.request.id)));
+    Ok(v)
+}
+
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+pub(crate) fn route_text(r: &RouteSpec) -> String {
+    let mut s = r.host.clone();
+    if !r.paths.is_empty() {
+        s.push_str(&format!(" paths={}", r.paths.join(",")));
+    }
+    if !r.methods.is_empty() {
+        s.push_str(&format!(" methods={}", r.methods.join(",")));
+    }
+    s
+}
+
+fn state_text(s: RequestState) -> &'static str {
+    match s {
+        RequestState::Pending => "pending",
+        RequestState::Approved => "approved",
+        RequestState::Modified => "modified",
+        RequestState::Rejected => "rejected",
+    }
+}
+
+/// Who decides: the operator's user name.
+pub(crate) fn operator() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", nix::unistd::getuid()))
+}
+
+/// Finds the bottle whose queue holds `id`.
+fn find(id: &str) -> Result<(String, Queue), Failure> {
+    for (slug, dir) in bottles(None) {
+        let q = Queue::new(&dir);
+        if q.get(id).is_ok() {
+            return Ok((slug, q));
+        }
+    }
+    Err(usage(format!("error: no request `{id}` in any bottle's queue; `bot-bottle requests list` shows them")))
+}
+
+/// Decides `id`: `grant` builds the granted route from the asked one
+/// (`None` rejects).
+pub(crate) fn decide(
+    id: &str,
+    grant: Option<&dyn Fn(&RouteSpec) -> RouteSpec>,
+    comment: Option<String>,
+) -> Result<Row, Failure> {
+    let (slug, q) = find(id)?;
+    let asked = q.get(id).map_err(|e| failure(format!("error: {}", chain(&e))))?;
+    let route = grant.map(|g| g(&asked.route));
+    if let Some(r) = &route {
+        bot_bottle_sidecars::check_route(r).map_err(|e| usage(format!("error: {}", chain(&e))))?;
+    }
+    let request = q.decide(id, &operator(), route, comment).map_err(|e| match e {
+        bot_bottle_sidecars::SuperviseError::AlreadyDecided { .. } => usage(format!("error: {e}")),
+        e => failure(format!("error: {}", chain(&e))),
+    })?;
+    Ok(Row { slug, request })
+}
+
+fn show(rows: &[Row], format: ListFormat) -> Result<(), Failure> {
+    let out = match format {
+        ListFormat::Json => serde_json::to_string_pretty(rows).map_err(|e| failure(e.to_string()))? + "\n",
+        ListFormat::Text => {
+            let mut s = String::new();
+            for r in rows {
+                let q = &r.request;
+                s.push_str(&format!(
+                    "{}  {}  {}  {}  {}\n    why: {}\n",
+                    q.id,
+                    r.slug,
+                    state_text(q.state),
+                    route_text(&q.route),
+                    match q.lifetime {
+                        bot_bottle_sidecars::Lifetime::Session => "session",
+                        bot_bottle_sidecars::Lifetime::Persist => "persist",
+                    },
+                    q.justification.replace('\n', " ")
+                ));
+                if let Some(d) = &q.decision {
+                    s.push_str(&format!(
+                        "    decided by {} at {}{}{}\n",
+                        d.by,
+                        d.at,
+                        d.route.as_ref().map(|r| format!(": {}", route_text(r))).unwrap_or_default(),
+                        d.comment.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
+                    ));
+                }
+            }
+            if s.is_empty() {
+                s.push_str("no requests\n");
+            }
+            s
+        }
+    };
+    print(&out)
+}
+
+pub(crate) fn run(cmd: RequestsCommand) -> Result<(), Failure> {
+    match cmd {
+        RequestsCommand::List { slug, all, format } => show(&rows(slug.as_deref(), all)?, format),
+        RequestsCommand::Approve { id, host, paths, methods, comment, format } => {
+            let grant = move |asked: &RouteSpec| RouteSpec {
+                host: host.clone().unwrap_or_else(|| asked.host.clone()),
+                paths: if paths.is_empty() { asked.paths.clone() } else { paths.clone() },
+                methods: if methods.is_empty() { asked.methods.clone() } else { methods.clone() },
+            };
+            show(&[decide(&id, Some(&grant), comment)?], format)
+        }
+        RequestsCommand::Reject { id, comment, format } => show(&[decide(&id, None, comment)?], format),
+    }
+}
