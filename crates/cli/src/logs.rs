@@ -27,6 +27,7 @@ pub(crate) struct LogsArgs {
     /// The agent's output (`agent.log` of a detached bottle) instead.
     #[arg(long, conflicts_with_all = ["denied", "format"])]
     agent: bool,
+    /// Output format (json: one audit entry per line, as written).
     #[arg(long, value_enum)]
     format: Option<ListFormat>,
 }
@@ -35,6 +36,7 @@ pub(crate) struct LogsArgs {
 pub(crate) struct PolicyArgs {
     /// The bottle's slug, as `list` shows it.
     slug: String,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = ListFormat::Text)]
     format: ListFormat,
 }

@@ -19,11 +19,13 @@ pub(crate) enum RequestsCommand {
         /// Decided requests too.
         #[arg(long)]
         all: bool,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
     /// Approve a request: as asked, or modified with --host/--path/--method.
     Approve {
+        /// The request's id, as `requests list` shows it.
         id: String,
         /// Grant this host instead of the one asked for.
         #[arg(long)]
@@ -37,14 +39,18 @@ pub(crate) enum RequestsCommand {
         /// A note for the agent.
         #[arg(long)]
         comment: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
     /// Reject a request, with a comment the agent reads.
     Reject {
+        /// The request's id, as `requests list` shows it.
         id: String,
+        /// Why: the agent reads it.
         #[arg(long)]
         comment: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },

@@ -166,7 +166,7 @@ fn a_bottle_that_could_write_its_own_manifest_is_refused() {
     std::fs::remove_dir_all(p.dir.path().join(".bot-bottle")).expect("rm");
     let m = outside.path().join("m");
     let out =
-        command(&p, &["--manifest", m.to_str().expect("utf-8"), "start", "a", "--quiet"]).output().expect("start");
+        command(&p, &["start", "--manifest", m.to_str().expect("utf-8"), "a", "--quiet"]).output().expect("start");
     if available().is_ok() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     }
