@@ -39,6 +39,7 @@ struct Setup {
 /// A proxy allowing only `127.0.0.2:<b>`, and supervise beside it.
 fn setup(wait: Duration) -> Setup {
     let mut h = Harness::new();
+    h.supervise = true;
     let a = h.upstream("127.0.0.1", false);
     let b = h.upstream("127.0.0.2", false);
     let proxy = h.start_proxy(&format!("routes:\n  - host: \"127.0.0.2:{}\"\n", b.addr.port()));
