@@ -54,6 +54,10 @@ pub const PROXY_PORT: u16 = 3128;
 /// The port of the git gate inside every bottle.
 pub const GATE_PORT: u16 = 9420;
 
+/// The sidecar sockets of a `Unix` endpoint and the port each is reached
+/// at inside the bottle, for backends that publish them one by one.
+pub const UNIX_SOCKETS: &[(&str, u16)] = &[("proxy.sock", PROXY_PORT), ("gate.sock", GATE_PORT)];
+
 /// What a backend is asked to build.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {

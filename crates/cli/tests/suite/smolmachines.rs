@@ -25,10 +25,20 @@ fn fake() -> Result<PathBuf, String> {
 struct Setup {
     dir: tempfile::TempDir,
     fake: PathBuf,
+    /// The smolvm release the fake plays.
+    version: &'static str,
 }
 
+/// A release of the seeds' era (TSI), below 1.1.3.
+const TSI_ERA: &str = "1.1.2";
+
 impl Setup {
+    /// A bottle run by fake-smolvm playing the seeds' release.
     fn new(command: &str, port: u16) -> Option<Setup> {
+        Setup::at(TSI_ERA, command, port)
+    }
+
+    fn at(version: &'static str, command: &str, port: u16) -> Option<Setup> {
         let fake = match fake() {
             Ok(f) => f,
             Err(why) => {
@@ -54,7 +64,7 @@ impl Setup {
         .expect("write");
         std::fs::write(dir.path().join("project/notes.txt"), "the user's file\n").expect("write");
         std::fs::write(dir.path().join("kvm"), b"").expect("kvm stand-in");
-        Some(Setup { dir, fake })
+        Some(Setup { dir, fake, version })
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -71,6 +81,7 @@ impl Setup {
             .env("XDG_STATE_HOME", self.path("state"))
             .env("SMOLVM_DATA_DIR", self.path("smolvm"))
             .env("BOT_BOTTLE_SMOLVM", &self.fake)
+            .env("FAKE_SMOLVM_VERSION", self.version)
             // The fake needs no KVM; CI machines may have none.
             .env("BOT_BOTTLE_KVM_DEVICE", self.path("kvm"))
             .stdin(Stdio::null());
