@@ -33,11 +33,11 @@ mod workspace;
 /// Whether a process is still the one that was recorded: pid plus start time.
 pub use bot_bottle_loopback::start_token;
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
-/// `bot-bottle __bottle-forward`: the sidecar forwarder inside a smolmachines guest.
-pub use forward::guest_main as guest_forward_main;
 pub use detect::{Detected, detect};
 pub use disk::{DEFAULT_DISK, DiskWatch};
 pub use fds::close_inherited as close_inherited_fds;
+/// `bot-bottle __bottle-forward`: the sidecar forwarder inside a smolmachines guest.
+pub use forward::guest_main as guest_forward_main;
 pub use teardown::Teardown;
 pub use workspace::{
     CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,

@@ -32,5 +32,6 @@ pub use opts::{CpOpts, CreateOpts, ExecOpts, MountSocket, NetBackend, PackOpts, 
 pub use output::{ExecOutput, MachineState, MachineStatus, PackOutput, PublishedSocket, StoredRecord};
 pub use smolvm::{SIGKILL_STATUS, Smolvm, is_available};
 pub use version::{
-    ALLOW_CIDR_WITH_FROM, EXEC_USER, MOUNT_SOCKET, POLICY_ON_VIRTIO_NET, SOCKETS, SUPPORTED, TSI_LOOPBACK, Version, VersionRange,
+    ALLOW_CIDR_WITH_FROM, EXEC_USER, MOUNT_SOCKET, POLICY_ON_VIRTIO_NET, SOCKETS, SUPPORTED, TSI_LOOPBACK, Version,
+    VersionRange,
 };

@@ -92,11 +92,7 @@ pub(super) fn confirm(name: &str, record: Option<&StoredRecord>, sockets: &[Publ
 
 /// Copies the forwarder in, starts it in the background and waits until
 /// every port answers.
-pub(super) fn start_forwarder(
-    smolvm: &Smolvm,
-    name: &str,
-    sockets: &[Published],
-) -> Result<(), BackendError> {
+pub(super) fn start_forwarder(smolvm: &Smolvm, name: &str, sockets: &[Published]) -> Result<(), BackendError> {
     let exe = std::env::current_exe().map_err(crate::io("finding bot-bottle's own executable"))?;
     smolvm.machine_cp_in(name, &exe, FORWARDER, &CpOpts { mode: Some(0o755), ..CpOpts::default() })?;
     let mut argv = vec![FORWARDER.to_owned(), "__bottle-forward".to_owned()];

@@ -250,3 +250,78 @@ fn sigkill_then_cleanup_leaves_no_machine_address_or_sidecar() {
         assert!(std::net::TcpStream::connect((addr.as_str(), 3128)).is_err(), "{phase}: no sidecar listens");
     }
 }
+
+/// `unshare --net`: the fake gives a machine with no network a namespace of
+/// its own (root only).
+fn netns() -> bool {
+    let ok = Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        panic_or_skip("`unshare --net` does not work here: fake-smolvm's no-network machines need root");
+    }
+    ok
+}
+
+#[test]
+fn on_current_smolvm_the_vm_has_no_network_and_reaches_only_its_published_proxy() {
+    if !netns() {
+        return;
+    }
+    let (port, seen) = upstream();
+    let script = format!(
+        "echo proxy=$HTTPS_PROXY; cat /workspace/notes.txt; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/ok; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://denied.example/; \
+         curl -s -m 2 -o /dev/null -w 'direct=%{{http_code}}\\n' --noproxy '*' http://127.0.0.1:{port}/direct; \
+         echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '); \
+         getent hosts example.com || echo no-dns; exit 3"
+    );
+    let Some(s) = Setup::at("1.9.3", &script, port) else { return };
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("proxy=http://127.0.0.1:3128\nthe user's file\n200\n403\ndirect=000\nifaces=lo\nno-dns\n"),
+        "{stdout}"
+    );
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()], "only the proxy reached it");
+
+    // Created with no network and the sidecar sockets published.
+    let calls = s.calls();
+    let create = calls.iter().find(|c| c.get(1).is_some_and(|w| w == "create")).expect("create").join(" ");
+    for unwanted in ["--net", "--allow-cidr", "--dns", "--allow-host", "--outbound-localhost-only"] {
+        assert!(!create.split(' ').any(|w| w == unwanted), "{unwanted} in {create}");
+    }
+    for sock in ["proxy.sock:/run/bot-bottle/sidecars/proxy.sock", "gate.sock:/run/bot-bottle/sidecars/gate.sock"] {
+        assert!(create.contains(&format!("/sockets/{sock}")), "{sock} in {create}");
+    }
+    let order: Vec<&str> = calls.iter().filter_map(|c| c.get(1).map(String::as_str)).collect();
+    let pos = |w: &str| order.iter().position(|x| *x == w).unwrap_or_else(|| panic!("{w} in {order:?}"));
+    assert!(pos("create") < pos("start") && pos("start") < pos("exec") && pos("exec") < pos("delete"), "{order:?}");
+
+    // Nothing left: no machine, no guest process, no socket, no address.
+    assert!(s.machines().is_empty(), "{:?}", s.machines());
+    let guests = s.path("smolvm/.local/share/smolvm/fake-guests");
+    let left: Vec<_> =
+        std::fs::read_dir(&guests).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in the fake's guests: {left:?}");
+    assert_eq!(s.leases(), 0);
+    for b in std::fs::read_dir(s.path("state/bot-bottle/bottles")).expect("bottles").flatten() {
+        assert!(!b.path().join("sockets").exists(), "the sockets dir is removed");
+    }
+}
+
+#[test]
+fn a_smolvm_between_the_two_designs_is_refused_before_anything_is_made() {
+    for v in ["1.1.3", "1.6.3"] {
+        let Some(s) = Setup::at(v, "echo must-not-run", 1) else { return };
+        let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{v}: {err}");
+        assert!(
+            err.contains(&format!("smolvm {v} cannot confine a bottle")) && err.contains("1.6.4 or later"),
+            "{err}"
+        );
+        assert_eq!(s.called("create"), 0, "{v}: {:?}", s.calls());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("must-not-run"));
+    }
+}

@@ -94,8 +94,11 @@ fn now() -> u64 {
 /// are left out when so.
 fn record(name: &str, a: &CreateArgs, egress: Egress, env: Vec<(String, String)>, mounts: Vec<Value>) -> Record {
     // `PublishedSocketConfig`, as `parse_published_sockets` makes it.
-    let sockets: Vec<Value> =
-        a.mount_socket.iter().map(|(h, g)| json!({"direction": "mount", "guest_path": g, "host_path": h.display().to_string()})).collect();
+    let sockets: Vec<Value> = a
+        .mount_socket
+        .iter()
+        .map(|(h, g)| json!({"direction": "mount", "guest_path": g, "host_path": h.display().to_string()}))
+        .collect();
     let network_backend = match (a.net_backend, egress.forces_virtio || !a.port.is_empty()) {
         (Some(Backend::Tsi), _) => Some("tsi"),
         (Some(Backend::VirtioNet), _) | (None, true) => Some("virtio-net"),

@@ -231,8 +231,16 @@ fn a_machine_without_network_has_only_lo_and_its_published_socket() {
     let out = run(
         d,
         &[
-            "machine", "exec", "--name", "m", "--", "sh", "-c",
-            &format!("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; python3 -c \"{probe}\"; getent hosts example.com || echo no-dns"),
+            "machine",
+            "exec",
+            "--name",
+            "m",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; python3 -c \"{probe}\"; getent hosts example.com || echo no-dns"
+            ),
         ],
     );
     assert_eq!(text(&out.stdout), "lo\nfrom the host\nno-dns\n", "{}", text(&out.stderr));
