@@ -73,24 +73,50 @@ pub(crate) fn loopback_up() -> io::Result<()> {
 /// binds every port, then relays until killed (the VM's stop ends it).
 /// `bot-bottle __bottle-forward --ready PORT…`: waits up to 10 s until
 /// each port accepts a connection; exit 0, or 1 saying which does not.
+/// `bot-bottle __bottle-forward --exec -- ARGV…`: runs ARGV (the agent)
+/// with every capability gone (bounding set too), `no_new_privs`, and the
+/// native bottle's seccomp filter: in a guest where smolvm runs it as root,
+/// it opens no raw or packet socket, no vsock, and regains nothing.
 /// Returns the exit code.
 pub fn guest_main(args: &[String]) -> i32 {
     let (code, msg) = match guest(args) {
         Ok(()) => return 0,
-        Err(e) => (1, e),
+        Err(Failed::NotRun(e)) if e.kind() == io::ErrorKind::NotFound => (127, e.to_string()),
+        Err(Failed::NotRun(e)) => (126, e.to_string()),
+        Err(Failed::Said(e)) => (1, e),
     };
     let _ = io::Write::write_all(&mut io::stderr(), format!("bot-bottle forwarder: {msg}\n").as_bytes());
     code
 }
 
-fn guest(args: &[String]) -> Result<(), String> {
+/// Why the guest mode failed: a command that could not run (exit 127 or
+/// 126, as a shell says), or anything else (exit 1).
+enum Failed {
+    NotRun(io::Error),
+    Said(String),
+}
+
+impl From<String> for Failed {
+    fn from(s: String) -> Self {
+        Failed::Said(s)
+    }
+}
+
+fn guest(args: &[String]) -> Result<(), Failed> {
+    if args.first().map(String::as_str) == Some("--exec") {
+        let argv = match args.get(1).map(String::as_str) {
+            Some("--") => &args[2..],
+            _ => &args[1..],
+        };
+        return confine_and_exec(argv);
+    }
     if args.first().map(String::as_str) == Some("--ready") {
         let deadline = Instant::now() + Duration::from_secs(10);
         for p in &args[1..] {
             let port: u16 = p.parse().map_err(|_| format!("not a port: {p}"))?;
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if Instant::now() > deadline {
-                    return Err(format!("nothing listens on 127.0.0.1:{port}"));
+                    return Err(format!("nothing listens on 127.0.0.1:{port}").into());
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -99,19 +125,21 @@ fn guest(args: &[String]) -> Result<(), String> {
     }
     let mut pairs = Vec::new();
     for a in args {
-        let Some((port, socket)) = a.split_once('=') else { return Err(format!("expected PORT=SOCKET, got {a}")) };
+        let Some((port, socket)) = a.split_once('=') else {
+            return Err(format!("expected PORT=SOCKET, got {a}").into());
+        };
         let port: u16 = port.parse().map_err(|_| format!("not a port: {port}"))?;
         pairs.push((port, PathBuf::from(socket)));
     }
     if pairs.is_empty() {
-        return Err("nothing to forward".into());
+        return Err(Failed::Said("nothing to forward".into()));
     }
     // smolvm's no-network guest may leave `lo` down; an `lo` already up
     // (or a bind that works) needs nothing.
     if let Err(e) = loopback_up()
         && TcpListener::bind(("127.0.0.1", 0)).is_err()
     {
-        return Err(format!("bringing lo up: {e}"));
+        return Err(format!("bringing lo up: {e}").into());
     }
     for (port, socket) in pairs {
         forward(port, socket.clone()).map_err(|e| format!("listening on 127.0.0.1:{port}: {e}"))?;
@@ -119,4 +147,27 @@ fn guest(args: &[String]) -> Result<(), String> {
     loop {
         std::thread::park();
     }
+}
+
+/// Never returns on success: the process becomes ARGV.
+fn confine_and_exec(argv: &[String]) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, rest)) = argv.split_first() else { return Err(Failed::Said("--exec needs a command".into())) };
+    for cap in caps::all() {
+        // Only a process with CAP_SETPCAP may shrink the bounding set; one
+        // without has nothing there to lose that it could use.
+        if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
+        }
+    }
+    for set in [caps::CapSet::Ambient, caps::CapSet::Inheritable, caps::CapSet::Effective, caps::CapSet::Permitted] {
+        caps::clear(None, set).map_err(|e| format!("dropping {set:?} capabilities: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    for f in crate::native::seccomp::filters().map_err(|e| format!("seccomp: {e}"))? {
+        seccompiler::apply_filter(&f).map_err(|e| format!("applying seccomp: {e}"))?;
+    }
+    let err = std::process::Command::new(prog).args(rest).exec();
+    Err(Failed::NotRun(io::Error::new(err.kind(), format!("cannot run `{prog}`: {err}"))))
 }

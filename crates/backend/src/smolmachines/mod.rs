@@ -410,7 +410,7 @@ impl Backend for Smolmachines {
         pause_point("vm-started");
         let scratch = p.state.join("copy-in");
         std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
-        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), scratch })
+        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner: None, scratch })
     }
 
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
@@ -498,7 +498,8 @@ impl Smolmachines {
         sockets::start_forwarder(&self.smolvm, &p.machine, &p.sockets)?;
         let scratch = p.state.join("copy-in");
         std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
-        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), scratch })
+        let confiner = Some(sockets::FORWARDER.to_owned());
+        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner, scratch })
     }
 }
 
@@ -514,6 +515,9 @@ fn source(p: &Prepared) -> Source {
 pub struct SmolBottle {
     smolvm: Smolvm,
     name: String,
+    /// The guest's copy of bot-bottle, which confines the agent before it
+    /// runs (socket design); `None` runs it as smolvm does.
+    confiner: Option<String>,
     /// Host scratch dir for files on their way in.
     scratch: PathBuf,
 }
@@ -559,12 +563,20 @@ impl Bottle for SmolBottle {
 
     fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
         let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+        let argv: Vec<String> = match &self.confiner {
+            Some(c) => [c.as_str(), "__bottle-forward", "--exec", "--"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(cmd.argv.iter().cloned())
+                .collect(),
+            None => cmd.argv.clone(),
+        };
         let opts = ExecOpts {
             env: cmd.env.clone(),
             workdir: cmd.workdir.clone(),
             interactive: tty,
             tty,
-            ..ExecOpts::new(self.name.clone(), cmd.argv.iter().cloned())
+            ..ExecOpts::new(self.name.clone(), argv)
         };
         let done = Arc::new(AtomicBool::new(false));
         let (smolvm, d) = (self.smolvm.clone(), done.clone());

@@ -18,7 +18,7 @@ use crate::BackendError;
 /// Where the sidecar sockets appear in the guest.
 pub(super) const GUEST_DIR: &str = "/run/bot-bottle/sidecars";
 /// Where the forwarder is copied in the guest.
-const FORWARDER: &str = "/run/bot-bottle/bin/bot-bottle-forward";
+pub(super) const FORWARDER: &str = "/run/bot-bottle/bin/bot-bottle-forward";
 /// A unix socket path's limit (`sun_path`), less its NUL.
 const SUN_PATH_MAX: usize = 107;
 
