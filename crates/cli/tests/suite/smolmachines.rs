@@ -325,3 +325,96 @@ fn a_smolvm_between_the_two_designs_is_refused_before_anything_is_made() {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("must-not-run"));
     }
 }
+
+/// The escape suite's network cases (tests/escape), each run as the agent
+/// of a bottle on a current smolvm (the fake's guest): each must report
+/// `contained`, and no host listener may be reached.
+#[test]
+fn the_escape_suites_network_cases_are_contained_in_the_guest() {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if !netns() {
+        return;
+    }
+    let hits = Arc::new(AtomicUsize::new(0));
+    let tcp = std::net::TcpListener::bind("0.0.0.0:0").expect("tcp");
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    // What a neighbour bottle's port is to a native bottle: a port on the
+    // host's own loopback.
+    let neighbour = std::net::TcpListener::bind("127.0.0.1:0").expect("neighbour");
+    let name = format!("bb-smol-escape-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+    let abs = std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract");
+    for l in [tcp.try_clone().expect("clone"), neighbour.try_clone().expect("clone")] {
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for _ in l.incoming().flatten() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    {
+        let (h, u) = (hits.clone(), udp.try_clone().expect("clone"));
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while u.recv(&mut b).is_ok() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for mut c in abs.incoming().flatten() {
+                let _ = c.read(&mut [0u8; 1]);
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let host = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(3).and_then(|a| a.split('/').next()).map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let env = format!(
+        "HOST_ADDR={host} HOST_PORT={} HOST_UDP_PORT={} HOST_ABSTRACT={name} HOST_PID={} NEIGHBOR_PORT={}",
+        tcp.local_addr().expect("addr").port(),
+        udp.local_addr().expect("addr").port(),
+        std::process::id(),
+        neighbour.local_addr().expect("addr").port(),
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/escape");
+    let network = ["01", "02", "03", "04", "05", "06", "07", "08", "09", "47", "51", "53"];
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/escape")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| network.iter().any(|c| n.to_string_lossy().starts_with(&format!("{c}-"))))
+        })
+        .collect();
+    cases.sort();
+    assert_eq!(cases.len(), network.len(), "{cases:?}");
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for case in &cases {
+        let Some(s) = Setup::at("1.9.3", &format!("env {env} sh /workspace/case.sh"), 1) else { return };
+        std::fs::copy(case, s.path("project/case.sh")).expect("copy");
+        let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let stem = case.file_stem().expect("stem").to_string_lossy().into_owned();
+        report.push(format!("{stem}: {said}"));
+        if out.status.code() != Some(0) || !said.starts_with("contained") {
+            failures.push(format!(
+                "{stem} (exit {:?}): {said} {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "escapes or broken cases:\n{}\n\nall:\n{}", failures.join("\n"), report.join("\n"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "something reached a host listener");
+}
