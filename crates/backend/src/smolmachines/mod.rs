@@ -41,6 +41,7 @@ use bot_bottle_smolvm::{
 };
 pub use sockets::Published;
 
+use crate::terminal::Relay;
 use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, Target, Teardown, pause_point};
 
 /// The label that names a machine's bottle, and the one with its address.
@@ -562,7 +563,8 @@ impl Bottle for SmolBottle {
     }
 
     fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
-        let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+        // As native: a pty when both stdin and stdout are a terminal.
+        let tty = crate::terminal::terminal_size().is_some();
         let argv: Vec<String> = match &self.confiner {
             Some(c) => [c.as_str(), "__bottle-forward", "--exec", "--"]
                 .into_iter()
@@ -578,10 +580,28 @@ impl Bottle for SmolBottle {
             tty,
             ..ExecOpts::new(self.name.clone(), argv)
         };
+        // On a terminal, smolvm's client is on a pty of ours, relayed: the
+        // user's terminal is never its terminal, so nothing the guest sends
+        // through it can type into the user's.
+        let (relay, terminal) = if tty {
+            let (master, slave) = pty().map_err(crate::io("opening a pseudo-terminal for the agent"))?;
+            (Some(Relay::pty(master).map_err(crate::io("putting your terminal in raw mode"))?), Some(slave))
+        } else {
+            (None, None)
+        };
+        let winch = Arc::new(AtomicBool::new(false));
+        let winch_id = signal_hook::flag::register(signal_hook::consts::SIGWINCH, winch.clone())
+            .map_err(crate::io("watching the window size"))?;
         let done = Arc::new(AtomicBool::new(false));
         let (smolvm, d) = (self.smolvm.clone(), done.clone());
         let agent = std::thread::spawn(move || {
-            let r = smolvm.machine_exec_attached(&opts);
+            let r = match &terminal {
+                Some(t) => smolvm.machine_exec_on(&opts, t),
+                None => smolvm.machine_exec_attached(&opts),
+            };
+            // Our copy of the pty's other side closes here, so the relay
+            // sees the end of the agent's output.
+            drop(terminal);
             d.store(true, Ordering::SeqCst);
             r
         });
@@ -594,13 +614,38 @@ impl Bottle for SmolBottle {
                 }
                 stopped = true;
             }
+            if winch.swap(false, Ordering::SeqCst)
+                && let Some(r) = &relay
+            {
+                r.resize();
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        match agent.join() {
+        signal_hook::low_level::unregister(winch_id);
+        let r = agent.join();
+        if let Some(r) = relay {
+            r.finish();
+        }
+        match r {
             Ok(r) => Ok(r?),
             Err(_) => Err(BackendError::Control("the agent's exec thread panicked".into())),
         }
     }
+}
+
+/// A new pseudo-terminal, sized as the user's.
+fn pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())?;
+    if let Some(size) = crate::terminal::terminal_size() {
+        rustix::termios::tcsetwinsize(&slave, size)?;
+    }
+    Ok((master, slave))
 }
 
 impl Drop for SmolBottle {

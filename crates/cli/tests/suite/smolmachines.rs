@@ -418,3 +418,70 @@ fn the_escape_suites_network_cases_are_contained_in_the_guest() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(hits.load(Ordering::SeqCst), 0, "something reached a host listener");
 }
+
+/// On the user's terminal: smolvm's client runs on a pty of bot-bottle's,
+/// relayed, so the agent's keystroke injection and terminal changes reach
+/// neither the user's shell nor the user's terminal, and the agent still
+/// gets a terminal.
+#[test]
+fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_terminal_as_it_was() {
+    if !netns() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mark = tmp.path().join("INJECTED");
+    let agent = format!(
+        "[ -t 0 ] && [ -t 1 ] && echo tty-ok; \
+         python3 -c 'import fcntl, termios\nfor fd in (0, 1, 2):\n    for c in b\"touch {mark}\\n\":\n        try: fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n        except OSError: pass'; \
+         for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/null; done; echo injector-done",
+        mark = mark.display()
+    );
+    let Some(s) = Setup::at("1.9.3", &agent, 1) else { return };
+    let t = tmp.path().display();
+    let env = format!(
+        "HOME={} XDG_STATE_HOME={} SMOLVM_DATA_DIR={} BOT_BOTTLE_SMOLVM={} FAKE_SMOLVM_VERSION=1.9.3 BOT_BOTTLE_KVM_DEVICE={}",
+        s.path("home").display(),
+        s.path("state").display(),
+        s.path("smolvm").display(),
+        s.fake.display(),
+        s.path("kvm").display()
+    );
+    let line = format!(
+        "stty -g > {t}/before; stty size > {t}/size-before; {env} {} start a --quiet; echo code=$?; \
+         stty -g > {t}/after; stty size > {t}/size-after; echo SHELL-$((1+1))BACK\n",
+        env!("CARGO_BIN_EXE_bot-bottle")
+    );
+    let steps = serde_json::json!([
+        ["wait", "bash-"],
+        ["type", line],
+        ["wait", "SHELL-2BACK"],
+        ["type", "echo E$((2+3))ND\n"],
+        ["wait", "E5ND"],
+        ["type", "exit\n"]
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_run.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(steps.to_string())
+        .args(["--", "bash", "--norc", "--noprofile", "-i"])
+        .current_dir(s.path("project"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .output()
+        .expect("python3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let shown = v["output"].as_str().unwrap_or_default().to_owned();
+    assert!(shown.contains("tty-ok") && shown.contains("injector-done"), "{shown}");
+    assert!(shown.contains("code=0") && shown.contains("E5ND"), "{shown}");
+    assert!(!mark.exists(), "the agent's keystrokes ran in the user's shell: {shown}");
+    let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}: {shown}"));
+    assert_eq!(read("size-before").trim(), "24 80");
+    assert_eq!(read("size-after"), read("size-before"), "the agent resized the user's terminal");
+    assert_eq!(read("after"), read("before"), "the user's terminal modes changed");
+    // smolvm's client ran in a session of its own, on bot-bottle's pty.
+    let exec = s.calls().into_iter().filter(|c| c.get(1).is_some_and(|w| w == "exec")).last().expect("exec");
+    assert!(exec.iter().any(|w| w == "-t") && exec.iter().any(|w| w == "-i"), "{exec:?}");
+    assert!(s.machines().is_empty());
+}
