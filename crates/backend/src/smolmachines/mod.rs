@@ -25,6 +25,7 @@
 //! image's user (root in the guest). The VM is the boundary here; ownership
 //! inside it is bookkeeping.
 
+mod image;
 mod sockets;
 
 use std::net::Ipv4Addr;
@@ -39,6 +40,7 @@ use bot_bottle_smolvm::{
     CpOpts, CreateOpts, ExecOpts, MachineState, SOCKETS, SUPPORTED, Smolvm, Source, TSI_LOOPBACK, Version,
     VersionRange, Volume,
 };
+pub use image::Image;
 pub use sockets::Published;
 
 use crate::terminal::Relay;
@@ -202,6 +204,10 @@ pub struct Prepared {
     pub dns: Option<Ipv4Addr>,
     pub smolvm: SmolvmInfo,
     pub image: Option<String>,
+    /// What the VM boots from (socket design): docker's work, if any, is
+    /// done at launch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boots: Option<Image>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
     /// The host directory mounted at `/workspace`.
@@ -312,6 +318,7 @@ impl Backend for Smolmachines {
                 range: design.range().to_string(),
                 designs: [Design::Sockets, Design::TsiLoopback].map(|d| (d, d.range().to_string())).into(),
             },
+            boots: (!tsi).then(|| image::resolve(t.plan.image.as_ref(), t.project)),
             image: t.plan.image.as_ref().and_then(|i| match i {
                 bot_bottle_manifest::ImageSource::Image(r) => Some(r.clone()),
                 _ => None,
@@ -424,7 +431,7 @@ impl Backend for Smolmachines {
         for addr in loopback::release_owner(&self.leases, slug).unwrap_or_default() {
             did.push(format!("released {addr}"));
         }
-        for d in ["copy-in", "sockets"] {
+        for d in ["copy-in", "sockets", "image"] {
             if std::fs::remove_dir_all(state.join(d)).is_ok() {
                 did.push(format!("removed {d}"));
             }
@@ -467,6 +474,16 @@ impl Smolmachines {
         if p.sockets.iter().any(|s| s.host.parent() != Some(dir.as_path())) {
             return Err(BackendError::Control("the sidecar sockets are not where the plan said".into()));
         }
+        let saved = p.state.join("image");
+        let s = saved.clone();
+        teardown.push("the saved image", move || {
+            if let Err(e) = std::fs::remove_dir_all(&s)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %s.display(), error = %e, "removing the saved image");
+            }
+        });
+        let source = image::source(p.boots.as_ref().unwrap_or(&Image::Bare), &p.slug, &saved)?;
         let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, None)?;
         let opts = CreateOpts {
             cpus: p.cpus,
@@ -477,7 +494,7 @@ impl Smolmachines {
                 .collect(),
             mount_sockets: sockets::mount_sockets(&p.sockets),
             labels: vec![(LABEL.into(), p.slug.clone())],
-            ..CreateOpts::new(p.machine.clone(), source(p))
+            ..CreateOpts::new(p.machine.clone(), source)
         };
         let (smolvm, name) = (self.smolvm.clone(), p.machine.clone());
         teardown.push(format!("the machine {name}"), move || {

@@ -485,3 +485,118 @@ fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_ter
     assert!(exec.iter().any(|w| w == "-t") && exec.iter().any(|w| w == "-i"), "{exec:?}");
     assert!(s.machines().is_empty());
 }
+
+/// The same end to end on a real smolvm, where one runs: smolvm ≥ 1.6.4 on
+/// PATH, a usable /dev/kvm, and `BOT_BOTTLE_TEST_SMOLVM_IMAGE`, an image
+/// smolvm can boot without a network (a `docker save` tar or a rootfs
+/// directory) that has curl and getent and runs glibc binaries (bot-bottle's
+/// forwarder is copied in). Says why it skips otherwise, CI included: no
+/// runner of ours has KVM.
+#[test]
+#[expect(clippy::print_stderr, reason = "a gated test says why it skips")]
+fn on_a_real_smolvm_the_vm_reaches_only_its_published_proxy() {
+    let smolvm = match which_smolvm() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("skipping the real-smolvm test: {why}");
+            return;
+        }
+    };
+    let Ok(image) = std::env::var("BOT_BOTTLE_TEST_SMOLVM_IMAGE") else {
+        eprintln!("skipping the real-smolvm test: set BOT_BOTTLE_TEST_SMOLVM_IMAGE to a local image (see the test)");
+        return;
+    };
+    let (port, seen) = upstream();
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/ok; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://denied.example/; \
+         echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '); \
+         getent hosts example.com || echo no-dns; exit 3"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = dir.path().join("project/.bot-bottle");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::fs::write(
+        m.join("bottles/vm.yaml"),
+        format!(
+            "backend: smolmachines\nimage: {image:?}\negress:\n  routes:\n    - host: \"127.0.0.1:{port}\"\n      methods: [GET]\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        m.join("agents/a.md"),
+        format!("---\nprovider: command\ncommand: [\"sh\", \"-c\", {script:?}]\nbottle: vm\n---\n"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
+        .args(["start", "a", "--quiet"])
+        .current_dir(dir.path().join("project"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .env("BOT_BOTTLE_SMOLVM", &smolvm)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("200\n403\nifaces=lo\nno-dns\n"), "{stdout}");
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()]);
+}
+
+/// A real smolvm of the socket design's releases, and KVM to run it.
+fn which_smolvm() -> Result<PathBuf, String> {
+    let p = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("smolvm"))
+        .find(|p| p.is_file())
+        .ok_or("no smolvm on PATH")?;
+    let out = Command::new(&p).arg("--version").output().map_err(|e| format!("{}: {e}", p.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u32> = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .take(3)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if v.len() != 3 || v < vec![1, 6, 4] || v >= vec![2, 0, 0] {
+        return Err(format!("{} is not smolvm >=1.6.4, <2.0.0: {}", p.display(), text.trim()));
+    }
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    kvm.map_err(|e| format!("/dev/kvm is not usable here: {e}"))?;
+    Ok(p)
+}
+
+#[test]
+fn a_vm_with_no_network_boots_a_local_rootfs_and_refuses_a_registry_image_docker_cannot_save() {
+    if !netns() {
+        return;
+    }
+    let Some(s) = Setup::at("1.9.3", "echo booted", 1) else { return };
+    let bottle = s.path("project/.bot-bottle/bottles/vm.yaml");
+    let base = std::fs::read_to_string(&bottle).expect("read");
+    std::fs::create_dir_all(s.path("project/rootfs")).expect("rootfs");
+    std::fs::write(&bottle, format!("{base}image: ./rootfs\n")).expect("write");
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let create = s.calls().into_iter().find(|c| c.get(1).is_some_and(|w| w == "create")).expect("create");
+    let at = create.iter().position(|w| w == "-I").expect("-I");
+    assert_eq!(Path::new(&create[at + 1]), s.path("project/./rootfs"), "{create:?}");
+
+    // A registry image: docker must save it, and here its daemon is down.
+    let bin = s.path("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::write(bin.join("docker"), "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+        .expect("w");
+    std::fs::set_permissions(bin.join("docker"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(&bottle, format!("{base}image: node:22-slim\n")).expect("write");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let before = s.called("create");
+    let out = s.command(&["start", "a", "--quiet"]).env("PATH", path).output().expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("`node:22-slim` needs docker") && err.contains("docker save"), "{err}");
+    assert_eq!(s.called("create"), before, "nothing is created");
+    assert!(s.machines().is_empty());
+}
