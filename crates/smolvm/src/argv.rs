@@ -159,7 +159,7 @@ pub fn machine_exec(opts: &ExecOpts) -> Result<Vec<OsString>> {
     }
     if opts.detach {
         if opts.interactive || opts.tty || opts.stream {
-            return Err(bad("exec -d", &opts.argv.join(" "), "a detached command has no terminal, stdin or stream"));
+            return Err(bad("exec -d", opts.argv.join(" "), "a detached command has no terminal, stdin or stream"));
         }
         a.push("-d".into());
     }

@@ -481,7 +481,7 @@ fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_ter
     assert_eq!(read("size-after"), read("size-before"), "the agent resized the user's terminal");
     assert_eq!(read("after"), read("before"), "the user's terminal modes changed");
     // smolvm's client ran in a session of its own, on bot-bottle's pty.
-    let exec = s.calls().into_iter().filter(|c| c.get(1).is_some_and(|w| w == "exec")).last().expect("exec");
+    let exec = s.calls().into_iter().rfind(|c| c.get(1).is_some_and(|w| w == "exec")).expect("exec");
     assert!(exec.iter().any(|w| w == "-t") && exec.iter().any(|w| w == "-i"), "{exec:?}");
     assert!(s.machines().is_empty());
 }
