@@ -23,6 +23,7 @@ mod bottle;
 mod detect;
 mod disk;
 mod fds;
+mod forward;
 pub mod native;
 pub mod smolmachines;
 mod teardown;
@@ -35,6 +36,8 @@ pub use bottle::{Bottle, Exec, Output, Owner, provision};
 pub use detect::{Detected, detect};
 pub use disk::{DEFAULT_DISK, DiskWatch};
 pub use fds::close_inherited as close_inherited_fds;
+/// `bot-bottle __bottle-forward`: the sidecar forwarder inside a smolmachines guest.
+pub use forward::guest_main as guest_forward_main;
 pub use teardown::Teardown;
 pub use workspace::{
     CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,
@@ -52,6 +55,10 @@ pub const PROXY_PORT: u16 = 3128;
 pub const GATE_PORT: u16 = 9420;
 /// The port of the supervise MCP server inside every bottle.
 pub const SUPERVISE_PORT: u16 = 9421;
+
+/// The sidecar sockets of a `Unix` endpoint and the port each is reached
+/// at inside the bottle, for backends that publish them one by one.
+pub const UNIX_SOCKETS: &[(&str, u16)] = &[("proxy.sock", PROXY_PORT), ("gate.sock", GATE_PORT)];
 
 /// What a backend is asked to build.
 #[derive(Clone, Copy, Debug)]

@@ -250,6 +250,11 @@ fn main() -> ExitCode {
         let code = bot_bottle_backend::native::init_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    // Copied into a smolmachines guest: its sidecar forwarder.
+    if args.get(1).map(String::as_str) == Some("__bottle-forward") {
+        let code = bot_bottle_backend::guest_forward_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     // Whatever our parent left open stays out of every bottle: nothing here
     // needs a descriptor it did not open itself. First, before any thread.
     if let Err(e) = bot_bottle_backend::close_inherited_fds() {

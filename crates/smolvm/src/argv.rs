@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Result, SmolvmError};
-use crate::opts::{CpOpts, CreateOpts, ExecOpts, NetBackend, PackOpts, Source, Volume};
+use crate::opts::{CpOpts, CreateOpts, ExecOpts, MountSocket, NetBackend, PackOpts, Source, Volume};
 
 /// `--version`.
 pub fn version() -> Vec<OsString> {
@@ -59,6 +59,10 @@ pub fn machine_create(opts: &CreateOpts) -> Result<Vec<OsString>> {
             return Err(bad("port", format!("{}:{}", p.host, p.guest), "port 0 cannot be published"));
         }
         a.extend(words(["-p", &format!("{}:{}", p.host, p.guest)]));
+    }
+    for m in &opts.mount_sockets {
+        a.push("--mount-socket".into());
+        a.push(mount_socket(m)?);
     }
     push_env(&mut a, &opts.env)?;
     if let Some(dir) = &opts.workdir {
@@ -152,6 +156,16 @@ pub fn machine_exec(opts: &ExecOpts) -> Result<Vec<OsString>> {
     }
     if opts.tty {
         a.push("-t".into());
+    }
+    if opts.detach {
+        if opts.interactive || opts.tty || opts.stream {
+            return Err(bad("exec -d", opts.argv.join(" "), "a detached command has no terminal, stdin or stream"));
+        }
+        a.push("-d".into());
+    }
+    if let Some(user) = &opts.user {
+        check_user(user)?;
+        a.extend(words(["-u", user]));
     }
     if opts.argv.is_empty() {
         return Err(bad("exec command", "", "empty"));
@@ -335,6 +349,33 @@ fn volume(v: &Volume) -> Result<OsString> {
         s.push(":ro");
     }
     Ok(s)
+}
+
+/// `HOST:GUEST`, both absolute and without `:` (smolvm splits on it).
+fn mount_socket(m: &MountSocket) -> Result<OsString> {
+    check_host_path("mount-socket host path", &m.host)?;
+    if !m.host.is_absolute() {
+        return Err(bad("mount-socket host path", m.host.display(), "not absolute"));
+    }
+    check_guest_path("mount-socket guest path", &m.guest)?;
+    let mut s = OsString::from(&m.host);
+    s.push(":");
+    s.push(&m.guest);
+    Ok(s)
+}
+
+/// A guest user: a name (`agent`) or `UID[:GID]`; never a flag.
+fn check_user(user: &str) -> Result<()> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && !w.starts_with('-')
+            && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    };
+    let ok = match user.split_once(':') {
+        Some((u, g)) => word(u) && word(g),
+        None => word(user),
+    };
+    if ok { Ok(()) } else { Err(bad("exec user", user, "not a user name or UID[:GID]")) }
 }
 
 /// `1.2.3.4`, `1.2.3.0/24`, `::1`, `2001:db8::/32`: an address, and a prefix

@@ -28,7 +28,10 @@ mod smolvm;
 mod version;
 
 pub use error::{Argv, Result, SmolvmError};
-pub use opts::{CpOpts, CreateOpts, ExecOpts, NetBackend, PackOpts, Port, Source, Volume};
-pub use output::{ExecOutput, MachineState, MachineStatus, PackOutput, StoredRecord};
+pub use opts::{CpOpts, CreateOpts, ExecOpts, MountSocket, NetBackend, PackOpts, Port, Source, Volume};
+pub use output::{ExecOutput, MachineState, MachineStatus, PackOutput, PublishedSocket, StoredRecord};
 pub use smolvm::{SIGKILL_STATUS, Smolvm, is_available};
-pub use version::{ALLOW_CIDR_WITH_FROM, SUPPORTED, Version, VersionRange};
+pub use version::{
+    ALLOW_CIDR_WITH_FROM, EXEC_USER, MOUNT_SOCKET, POLICY_ON_VIRTIO_NET, SOCKETS, SUPPORTED, TSI_LOOPBACK, Version,
+    VersionRange,
+};

@@ -18,6 +18,9 @@ pub struct CreateOpts {
     pub volumes: Vec<Volume>,
     /// `-p HOST:GUEST`.
     pub ports: Vec<Port>,
+    /// `--mount-socket HOST:GUEST` (since 1.6.4): a host unix socket the
+    /// guest reaches at GUEST over vsock; needs no network device.
+    pub mount_sockets: Vec<MountSocket>,
     /// `-e KEY=VALUE`: the environment of every exec in this machine.
     pub env: Vec<(String, String)>,
     /// `-w DIR`: the default working directory of exec.
@@ -63,6 +66,7 @@ impl fmt::Debug for CreateOpts {
             .field("mem_mib", &self.mem_mib)
             .field("volumes", &self.volumes)
             .field("ports", &self.ports)
+            .field("mount_sockets", &self.mount_sockets)
             .field("env", &EnvKeys(&self.env))
             .field("workdir", &self.workdir)
             .field("labels", &self.labels)
@@ -95,6 +99,13 @@ pub struct Volume {
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
+}
+
+/// `--mount-socket HOST:GUEST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSocket {
+    pub host: PathBuf,
+    pub guest: String,
 }
 
 /// `-p HOST:GUEST`.
@@ -141,6 +152,10 @@ pub struct ExecOpts {
     pub interactive: bool,
     /// `-t`: a terminal in the guest.
     pub tty: bool,
+    /// `-d`: started in the background; exec prints its pid and returns.
+    pub detach: bool,
+    /// `-u USER` (since 1.14): a name or `UID[:GID]` of the guest.
+    pub user: Option<String>,
 }
 
 impl ExecOpts {
@@ -160,6 +175,8 @@ impl fmt::Debug for ExecOpts {
             .field("stream", &self.stream)
             .field("interactive", &self.interactive)
             .field("tty", &self.tty)
+            .field("detach", &self.detach)
+            .field("user", &self.user)
             .finish()
     }
 }

@@ -133,4 +133,18 @@ pub struct StoredRecord {
     pub mounts: Vec<(String, String, bool)>,
     #[serde(default)]
     pub workdir: Option<String>,
+    /// `--mount-socket` (and `--expose-socket`) as smolvm recorded them.
+    #[serde(default)]
+    pub published_sockets: Vec<PublishedSocket>,
+}
+
+/// smolvm's `PublishedSocketConfig`: a host socket mounted in the guest
+/// (`mount`) or a guest socket exposed on the host (`expose`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct PublishedSocket {
+    #[serde(default)]
+    pub direction: Option<String>,
+    pub guest_path: String,
+    #[serde(default)]
+    pub host_path: Option<String>,
 }

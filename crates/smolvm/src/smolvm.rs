@@ -192,6 +192,43 @@ impl Smolvm {
         self.code(&args, status)
     }
 
+    /// `machine exec` attached to `terminal` (a pty's other side, which the
+    /// caller relays), not to this process's own: smolvm runs in a session
+    /// of its own (`setsid --ctty`) whose controlling terminal is that pty,
+    /// so neither smolvm nor anything it passes on can reach the caller's
+    /// terminal. Returns the guest's status, as
+    /// [`machine_exec_attached`](Self::machine_exec_attached) does.
+    pub fn machine_exec_on(&self, opts: &ExecOpts, terminal: &std::os::fd::OwnedFd) -> Result<i32> {
+        let args = argv::machine_exec(opts)?;
+        match self.machine_status(&opts.name)? {
+            Some(s) if s.state == MachineState::Running => {}
+            Some(s) => return Err(SmolvmError::NotRunning { name: opts.name.clone(), state: s.state.to_string() }),
+            None => return Err(SmolvmError::NotRunning { name: opts.name.clone(), state: "absent".into() }),
+        }
+        let setsid = which::which("setsid").map_err(|e| {
+            self.spawn_error(
+                &args,
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("setsid (util-linux): {e}")),
+            )
+        })?;
+        let io = |f: &std::os::fd::OwnedFd| f.try_clone().map(Stdio::from);
+        let (i, o, e) = match (io(terminal), io(terminal), io(terminal)) {
+            (Ok(i), Ok(o), Ok(e)) => (i, o, e),
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => return Err(self.spawn_error(&args, err)),
+        };
+        let status = Command::new(setsid)
+            .args(["--ctty", "--wait"])
+            .arg(&self.program)
+            .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(i)
+            .stdout(o)
+            .stderr(e)
+            .status()
+            .map_err(|e| self.spawn_error(&args, e))?;
+        self.code(&args, status)
+    }
+
     /// `machine cp HOST NAME:GUEST`: one file into a running machine
     /// (directories are not supported by smolvm).
     pub fn machine_cp_in(&self, name: &str, host: &Path, guest: &str, opts: &CpOpts) -> Result<()> {

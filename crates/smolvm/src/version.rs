@@ -102,6 +102,26 @@ pub const SUPPORTED: VersionRange = VersionRange { min: Version::new(1, 0, 2), b
 /// (smolvm PR #892).
 pub const ALLOW_CIDR_WITH_FROM: Version = Version::new(1, 8, 0);
 
+/// The first release where any egress policy runs on smolvm's virtio-net
+/// gateway (and a TSI policy is refused). There the guest's `127.0.0.0/8` is
+/// its own loopback: a sidecar on the host's `127.0.0.N` cannot be reached.
+pub const POLICY_ON_VIRTIO_NET: Version = Version::new(1, 1, 3);
+
+/// The first release with `machine create --mount-socket HOST:GUEST`: a host
+/// unix socket published in the guest over vsock, with or without a network.
+pub const MOUNT_SOCKET: Version = Version::new(1, 6, 4);
+
+/// The first release with `machine exec -u/--user` (smolvm PR #1148).
+pub const EXEC_USER: Version = Version::new(1, 14, 0);
+
+/// Releases where a bottle's VM has no network at all and its sidecars'
+/// sockets are published into it with `--mount-socket`.
+pub const SOCKETS: VersionRange = VersionRange { min: MOUNT_SOCKET, below: SUPPORTED.below };
+
+/// Releases where a policy still runs on TSI, so the VM reaches the host's
+/// `127.0.0.N` it is allowed (the seeds' design).
+pub const TSI_LOOPBACK: VersionRange = VersionRange { min: SUPPORTED.min, below: POLICY_ON_VIRTIO_NET };
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +155,11 @@ mod tests {
         assert!(!SUPPORTED.contains(Version::new(2, 0, 0)));
         assert_eq!(serde_json::to_string(&Version::new(1, 9, 3)).ok().as_deref(), Some("\"1.9.3\""));
         assert_eq!(serde_json::to_string(&SUPPORTED).ok().as_deref(), Some("\">=1.0.2, <2.0.0\""));
+        // The two designs never overlap, and 1.1.3 up to 1.6.3 is in neither.
+        assert_eq!(SOCKETS.to_string(), ">=1.6.4, <2.0.0");
+        assert_eq!(TSI_LOOPBACK.to_string(), ">=1.0.2, <1.1.3");
+        for v in [Version::new(1, 1, 3), Version::new(1, 6, 3)] {
+            assert!(!SOCKETS.contains(v) && !TSI_LOOPBACK.contains(v), "{v}");
+        }
     }
 }

@@ -488,25 +488,7 @@ fn loopback_up() -> R<()> {
 
 /// `127.0.0.1:port` inside, relayed to a sidecar's unix socket.
 fn forward(port: u16, socket: PathBuf) -> R<()> {
-    let l = ctx(std::net::TcpListener::bind(("127.0.0.1", port)), || format!("listen on 127.0.0.1:{port}"))?;
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let Ok(up) = std::os::unix::net::UnixStream::connect(&socket) else { return };
-                let (Ok(mut a_r), Ok(mut b_w)) = (conn.try_clone(), up.try_clone()) else { return };
-                let (mut a_w, mut b_r) = (conn, up);
-                let t = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut a_r, &mut b_w);
-                    let _ = b_w.shutdown(std::net::Shutdown::Write);
-                });
-                let _ = std::io::copy(&mut b_r, &mut a_w);
-                let _ = a_w.shutdown(std::net::Shutdown::Write);
-                let _ = t.join();
-            });
-        }
-    });
-    Ok(())
+    ctx(crate::forward::forward(port, socket), || format!("listen on 127.0.0.1:{port}"))
 }
 
 /// The environment variable that carries stage c's command from pid 1.

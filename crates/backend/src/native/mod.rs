@@ -13,7 +13,7 @@ mod idmap;
 mod init;
 mod landlock;
 mod pid1;
-mod seccomp;
+pub(crate) mod seccomp;
 mod spec;
 
 use std::fs;

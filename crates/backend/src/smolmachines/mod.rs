@@ -1,33 +1,32 @@
 //! The smolmachines backend: each bottle is a libkrun micro-VM run by the
-//! `smolvm` CLI, with a kernel of its own, confined to one loopback `/32`.
+//! `smolvm` CLI, with a kernel of its own. Which design confines it depends
+//! on the smolvm found (`smolvm --version`), and the plan says which:
 //!
-//! The bottle's sidecars listen on its own `127.0.0.N` (leased from the
-//! loopback pool), and the VM is created with `--allow-cidr 127.0.0.N/32`:
-//! the only place it may reach. Before `machine start`, the allowlist is
-//! confirmed in smolvm's own state DB (patched where an older smolvm dropped
-//! it) and the launch is refused if it cannot be confirmed.
-//!
-//! DNS: with a CIDR-only policy smolvm's gateway forwards every DNS query,
-//! unfiltered, to its upstream resolver. The VM is therefore created with
-//! `--dns 127.0.0.N`: the gateway's upstream is the bottle's own address,
-//! where nothing answers on port 53, so no query leaves the host. The
-//! residual risk: a process on the host that binds `127.0.0.N:53` (port 53
-//! needs root or a lowered `ip_unprivileged_port_start`) would receive the
-//! bottle's queries. Names resolve at the egress proxy, as in every bottle.
-//!
-//! Known gap, to settle on the first real smolvm: this is the seeds' design,
-//! made when a policy ran on TSI, where a guest's connection to `127.0.0.N`
-//! is made by the host. Since smolvm routes every policy through its
-//! virtio-net gateway, a guest's `127.0.0.0/8` is its own loopback, and the
-//! gateway relays only its own address to the host's `127.0.0.1` (smolvm PRs
-//! #784, #1060). That fails closed (the agent reaches nothing), but the agent
-//! would not reach its proxy either; the likely fix is to publish the
-//! sidecars' unix sockets with `--mount-socket` and create the VM with no
-//! network at all.
+//! - smolvm ≥ 1.6.4 ([`SOCKETS`], see [`sockets`]): the VM has no network
+//!   device at all. The bottle's sidecars listen on unix sockets in its
+//!   state directory ([`Endpoint::Unix`]), published into the guest with
+//!   `--mount-socket`; a forwarder in the guest makes them reachable at
+//!   `127.0.0.1:3128` and `:9420`, as in a native bottle. Nothing else is
+//!   reachable: no interface but `lo`, no DNS.
+//! - smolvm before 1.1.3 ([`TSI_LOOPBACK`], the seeds' design): a policy
+//!   ran on TSI, where a guest's connection to `127.0.0.N` is made by the
+//!   host. The sidecars listen on the bottle's own `127.0.0.N` (leased from
+//!   the loopback pool), and the VM is created with `--allow-cidr
+//!   127.0.0.N/32`; before `machine start` the allowlist is confirmed in
+//!   smolvm's own state DB (patched where smolvm dropped it) and the launch
+//!   is refused if it cannot be. DNS: `--dns 127.0.0.N`, where nothing
+//!   answers on port 53, so the gateway's forwarding carries nothing out.
+//! - In between, refused: from 1.1.3 every policy runs on the virtio-net
+//!   gateway, where the guest's `127.0.0.0/8` is its own loopback and only
+//!   the gateway's address reaches the host's `127.0.0.1` (smolvm #784,
+//!   #1060), and `--mount-socket` does not exist yet.
 //!
 //! Users: smolvm before 1.14 has no `exec --user`, so commands run as the
 //! image's user (root in the guest). The VM is the boundary here; ownership
 //! inside it is bookkeeping.
+
+mod image;
+mod sockets;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -37,8 +36,14 @@ use std::time::Duration;
 
 use bot_bottle_loopback::{self as loopback, Pool};
 use bot_bottle_manifest::WorkspaceMode;
-use bot_bottle_smolvm::{CpOpts, CreateOpts, ExecOpts, MachineState, SUPPORTED, Smolvm, Source, Volume};
+use bot_bottle_smolvm::{
+    CpOpts, CreateOpts, ExecOpts, MachineState, SOCKETS, SUPPORTED, Smolvm, Source, TSI_LOOPBACK, Version,
+    VersionRange, Volume,
+};
+pub use image::Image;
+pub use sockets::Published;
 
+use crate::terminal::Relay;
 use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, Target, Teardown, pause_point};
 
 /// The label that names a machine's bottle, and the one with its address.
@@ -76,16 +81,23 @@ impl Smolmachines {
         Smolmachines { smolvm, pool, leases, kvm }
     }
 
-    /// What must hold before anything is created: a supported smolvm and,
-    /// on Linux, a usable KVM device. Returns smolvm's version.
+    /// What must hold before anything is created: a supported smolvm of a
+    /// release one of the designs fits and, on Linux, a usable KVM device.
+    /// Returns smolvm's version and the design it gets.
     pub fn preflight(&self) -> Result<String, BackendError> {
+        let (v, design) = self.design()?;
+        Ok(format!("{v} ({})", design.describe()))
+    }
+
+    fn design(&self) -> Result<(Version, Design), BackendError> {
         if self.smolvm.program() == Path::new("smolvm") {
             return Err(bot_bottle_smolvm::SmolvmError::NotInstalled.into());
         }
         if let Some(dev) = &self.kvm {
             kvm_check(dev).map_err(BackendError::Preflight)?;
         }
-        Ok(self.smolvm.check_version()?.to_string())
+        let v = self.smolvm.check_version()?;
+        Ok((v, Design::for_version(v).map_err(BackendError::Preflight)?))
     }
 
     /// Addresses held by machines of any bottle that still exist.
@@ -119,20 +131,83 @@ pub fn kvm_check(dev: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// How a bottle's VM is confined; which one depends on smolvm's release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Design {
+    /// No network device; the sidecars' sockets published with
+    /// `--mount-socket` and forwarded to `127.0.0.1` inside.
+    Sockets,
+    /// The seeds' design: the sidecars on the bottle's own `127.0.0.N`, the
+    /// only address the VM's TSI policy allows.
+    TsiLoopback,
+}
+
+impl Design {
+    /// The smolvm releases this design is used for.
+    pub fn range(self) -> VersionRange {
+        match self {
+            Design::Sockets => SOCKETS,
+            Design::TsiLoopback => TSI_LOOPBACK,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Design::Sockets => "a VM with no network; its sidecar sockets published into it",
+            Design::TsiLoopback => "a VM confined by TSI to its own loopback address",
+        }
+    }
+
+    /// The design for smolvm `v`, or why there is none.
+    pub fn for_version(v: Version) -> Result<Design, String> {
+        if SOCKETS.contains(v) {
+            Ok(Design::Sockets)
+        } else if TSI_LOOPBACK.contains(v) {
+            Ok(Design::TsiLoopback)
+        } else if TSI_LOOPBACK.below <= v && v < SOCKETS.min {
+            Err(format!(
+                "smolvm {v} cannot confine a bottle: from {} its egress policy runs on the virtio-net gateway, \
+                 where a bottle's own 127.0.0.N is unreachable, and `--mount-socket` arrives only in {}. \
+                 Upgrade smolvm to {} or later",
+                TSI_LOOPBACK.below, SOCKETS.min, SOCKETS.min
+            ))
+        } else {
+            Err(format!("smolvm {v} is not supported: bot-bottle drives smolvm {SUPPORTED}"))
+        }
+    }
+}
+
 /// What a smolmachines launch builds; `--dry-run` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Prepared {
     pub machine: String,
-    /// The loopback address this bottle would get if launched now.
+    /// The confinement smolvm's release gets (the socket design when no
+    /// smolvm is found: what a current release gets).
+    pub design: Design,
+    /// `none`: the VM has no network device (socket design); `tsi`.
+    pub network: &'static str,
+    /// The sidecar sockets published in the guest (socket design).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<Published>,
+    /// The loopback address this bottle would get if launched now (TSI).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
-    pub pool: String,
-    /// What the VM may reach: the bottle's own address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// What the VM may reach: the bottle's own address (TSI).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowlist: Vec<String>,
     /// The gateway's upstream resolver: the bottle's own address, where
-    /// nothing answers, so DNS carries nothing out.
+    /// nothing answers, so DNS carries nothing out (TSI).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Ipv4Addr>,
     pub smolvm: SmolvmInfo,
     pub image: Option<String>,
+    /// What the VM boots from (socket design): docker's work, if any, is
+    /// done at launch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boots: Option<Image>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u32>,
     /// The host directory mounted at `/workspace`.
@@ -157,6 +232,10 @@ pub struct SmolvmInfo {
     pub supported: String,
     /// The version found, when smolvm runs here.
     pub found: Option<String>,
+    /// The releases the design in force is used for.
+    pub range: String,
+    /// Every design and its releases; the releases in none are refused.
+    pub designs: Vec<(Design, String)>,
 }
 
 /// A smolvm machine name for a bottle: smolvm allows `[A-Za-z0-9_-]`, no
@@ -185,20 +264,34 @@ impl Backend for Smolmachines {
     }
 
     fn prepare(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
-        // Read-only: which address the pool would hand out now.
-        let live: Vec<Ipv4Addr> = loopback::leases(&self.leases)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|l| !matches!(l.state, loopback::LeaseState::Stale { .. }))
-            .map(|l| l.addr)
-            .collect();
-        let address = self.pool.addrs().find(|a| !live.contains(a));
+        let found = self.smolvm.version().ok();
+        let mut warnings = Vec::new();
+        let design = match found.map(Design::for_version) {
+            Some(Ok(d)) => d,
+            Some(Err(why)) => {
+                warnings.push(format!("smolvm: {why}"));
+                Design::Sockets
+            }
+            None => Design::Sockets,
+        };
+        let (address, sockets) = match design {
+            Design::TsiLoopback => {
+                // Read-only: which address the pool would hand out now.
+                let live: Vec<Ipv4Addr> = loopback::leases(&self.leases)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|l| !matches!(l.state, loopback::LeaseState::Stale { .. }))
+                    .map(|l| l.addr)
+                    .collect();
+                (self.pool.addrs().find(|a| !live.contains(a)), vec![])
+            }
+            Design::Sockets => (None, sockets::published(&t.state.join("sockets"), t.plan.supervise)),
+        };
         let workspace = match t.plan.workspace {
             WorkspaceMode::None => None,
             WorkspaceMode::Mount => Some(t.project.to_path_buf()),
             WorkspaceMode::Copy => Some(t.state.join("workspace")),
         };
-        let mut warnings = Vec::new();
         if t.plan.resources.pids.is_some() {
             warnings.push("pids: not enforced: the VM is the boundary, and nothing inside it counts processes".into());
         }
@@ -207,18 +300,25 @@ impl Backend for Smolmachines {
         {
             warnings.push(format!("cpus: a VM has whole cpus: {c} becomes {}", c.0.div_ceil(1000)));
         }
+        let tsi = design == Design::TsiLoopback;
         Ok(Prepared {
             warnings,
             machine: machine_name(t.slug),
+            design,
+            network: if tsi { "tsi" } else { "none" },
+            sockets,
             address,
-            pool: self.pool.to_string(),
+            pool: tsi.then(|| self.pool.to_string()),
             allowlist: address.map(cidr).into_iter().collect(),
             dns: address,
             smolvm: SmolvmInfo {
                 program: self.smolvm.program().to_path_buf(),
                 supported: SUPPORTED.to_string(),
-                found: self.smolvm.version().ok().map(|v| v.to_string()),
+                found: found.map(|v| v.to_string()),
+                range: design.range().to_string(),
+                designs: [Design::Sockets, Design::TsiLoopback].map(|d| (d, d.range().to_string())).into(),
             },
+            boots: (!tsi).then(|| image::resolve(t.plan.image.as_ref(), t.project)),
             image: t.plan.image.as_ref().and_then(|i| match i {
                 bot_bottle_manifest::ImageSource::Image(r) => Some(r.clone()),
                 _ => None,
@@ -239,7 +339,16 @@ impl Backend for Smolmachines {
     }
 
     fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
-        self.preflight()?;
+        let (_, design) = self.design()?;
+        if design != p.design {
+            return Err(BackendError::Control(format!(
+                "smolvm changed while the bottle was planned: it now gets {design:?}, not {:?}",
+                p.design
+            )));
+        }
+        if design == Design::Sockets {
+            return reserve_sockets(p, teardown);
+        }
         loopback::ensure_pool(&self.pool)?;
         let owner = loopback::Owner::current(&p.slug)?;
         let mut busy = self.busy();
@@ -263,15 +372,14 @@ impl Backend for Smolmachines {
     }
 
     fn launch(&self, p: &Prepared, endpoint: &Endpoint, teardown: &mut Teardown) -> Result<SmolBottle, BackendError> {
+        if p.design == Design::Sockets {
+            return self.launch_sockets(p, endpoint, teardown);
+        }
         let Endpoint::Tcp { addr, .. } = endpoint else {
             return Err(BackendError::Control("a smolmachines bottle needs a loopback address".into()));
         };
         let addr = *addr;
         let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, None)?;
-        let source = match &p.image {
-            Some(i) => Source::Image(i.clone()),
-            None => Source::Bare,
-        };
         let opts = CreateOpts {
             cpus: p.cpus,
             mem_mib: p.memory_mib,
@@ -283,7 +391,7 @@ impl Backend for Smolmachines {
             net: true,
             dns: Some(addr),
             allow_cidrs: vec![cidr(addr)],
-            ..CreateOpts::new(p.machine.clone(), source)
+            ..CreateOpts::new(p.machine.clone(), source(p))
         };
         // Registered first, so a machine half made is deleted too.
         let (smolvm, name) = (self.smolvm.clone(), p.machine.clone());
@@ -310,7 +418,7 @@ impl Backend for Smolmachines {
         pause_point("vm-started");
         let scratch = p.state.join("copy-in");
         std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
-        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), scratch })
+        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner: None, scratch })
     }
 
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
@@ -323,10 +431,100 @@ impl Backend for Smolmachines {
         for addr in loopback::release_owner(&self.leases, slug).unwrap_or_default() {
             did.push(format!("released {addr}"));
         }
-        if std::fs::remove_dir_all(state.join("copy-in")).is_ok() {
-            did.push("removed copy-in".into());
+        for d in ["copy-in", "sockets", "image"] {
+            if std::fs::remove_dir_all(state.join(d)).is_ok() {
+                did.push(format!("removed {d}"));
+            }
         }
         did
+    }
+}
+
+/// The socket design's endpoint: a directory of the bottle's own (0700),
+/// whose sockets the sidecars make 0600.
+fn reserve_sockets(p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+    sockets::check_paths(&p.sockets)?;
+    let dir = p.state.join("sockets");
+    std::fs::create_dir_all(&dir).map_err(crate::io(format!("creating {}", dir.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(crate::io(format!("securing {}", dir.display())))?;
+    let d = dir.clone();
+    teardown.push("the sidecar sockets", move || {
+        if let Err(e) = std::fs::remove_dir_all(&d) {
+            tracing::warn!(dir = %d.display(), error = %e, "removing the sidecar sockets; `bot-bottle cleanup` retries");
+        }
+    });
+    Ok(Endpoint::Unix { dir, owner: None })
+}
+
+impl Smolmachines {
+    /// The socket design: a machine with no network device, the sidecar
+    /// sockets published, confirmed in smolvm's record before it starts, and
+    /// the forwarder running inside before anything else does.
+    fn launch_sockets(
+        &self,
+        p: &Prepared,
+        endpoint: &Endpoint,
+        teardown: &mut Teardown,
+    ) -> Result<SmolBottle, BackendError> {
+        let Endpoint::Unix { dir, .. } = endpoint else {
+            return Err(BackendError::Control("a smolmachines bottle on this smolvm needs a socket directory".into()));
+        };
+        if p.sockets.iter().any(|s| s.host.parent() != Some(dir.as_path())) {
+            return Err(BackendError::Control("the sidecar sockets are not where the plan said".into()));
+        }
+        let saved = p.state.join("image");
+        let s = saved.clone();
+        teardown.push("the saved image", move || {
+            if let Err(e) = std::fs::remove_dir_all(&s)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %s.display(), error = %e, "removing the saved image");
+            }
+        });
+        let source = image::source(p.boots.as_ref().unwrap_or(&Image::Bare), &p.slug, &saved)?;
+        let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, None)?;
+        let opts = CreateOpts {
+            cpus: p.cpus,
+            mem_mib: p.memory_mib,
+            volumes: workspace
+                .into_iter()
+                .map(|host| Volume { host, guest: "/workspace".into(), read_only: false })
+                .collect(),
+            mount_sockets: sockets::mount_sockets(&p.sockets),
+            labels: vec![(LABEL.into(), p.slug.clone())],
+            ..CreateOpts::new(p.machine.clone(), source)
+        };
+        let (smolvm, name) = (self.smolvm.clone(), p.machine.clone());
+        teardown.push(format!("the machine {name}"), move || {
+            if let Err(e) = smolvm.machine_delete(&name) {
+                tracing::warn!(machine = %name, error = %e, "deleting the machine; `bot-bottle cleanup` retries");
+            }
+        });
+        self.smolvm.machine_create(&opts)?;
+        pause_point("vm-created");
+        let record = self.smolvm.stored_record(&p.machine).map_err(|e| {
+            BackendError::Confinement(format!(
+                "machine {}'s record cannot be read ({e}): its network cannot be confirmed, refusing to start it",
+                p.machine
+            ))
+        })?;
+        sockets::confirm(&p.machine, record.as_ref(), &p.sockets)?;
+        self.smolvm.machine_start(&p.machine)?;
+        pause_point("vm-started");
+        sockets::start_forwarder(&self.smolvm, &p.machine, &p.sockets)?;
+        let scratch = p.state.join("copy-in");
+        std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
+        let confiner = Some(sockets::FORWARDER.to_owned());
+        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner, scratch })
+    }
+}
+
+fn source(p: &Prepared) -> Source {
+    match &p.image {
+        Some(i) => Source::Image(i.clone()),
+        None => Source::Bare,
     }
 }
 
@@ -335,6 +533,9 @@ impl Backend for Smolmachines {
 pub struct SmolBottle {
     smolvm: Smolvm,
     name: String,
+    /// The guest's copy of bot-bottle, which confines the agent before it
+    /// runs (socket design); `None` runs it as smolvm does.
+    confiner: Option<String>,
     /// Host scratch dir for files on their way in.
     scratch: PathBuf,
 }
@@ -379,18 +580,45 @@ impl Bottle for SmolBottle {
     }
 
     fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
-        let tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+        // As native: a pty when both stdin and stdout are a terminal.
+        let tty = crate::terminal::terminal_size().is_some();
+        let argv: Vec<String> = match &self.confiner {
+            Some(c) => [c.as_str(), "__bottle-forward", "--exec", "--"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(cmd.argv.iter().cloned())
+                .collect(),
+            None => cmd.argv.clone(),
+        };
         let opts = ExecOpts {
             env: cmd.env.clone(),
             workdir: cmd.workdir.clone(),
             interactive: tty,
             tty,
-            ..ExecOpts::new(self.name.clone(), cmd.argv.iter().cloned())
+            ..ExecOpts::new(self.name.clone(), argv)
         };
+        // On a terminal, smolvm's client is on a pty of ours, relayed: the
+        // user's terminal is never its terminal, so nothing the guest sends
+        // through it can type into the user's.
+        let (relay, terminal) = if tty {
+            let (master, slave) = pty().map_err(crate::io("opening a pseudo-terminal for the agent"))?;
+            (Some(Relay::pty(master).map_err(crate::io("putting your terminal in raw mode"))?), Some(slave))
+        } else {
+            (None, None)
+        };
+        let winch = Arc::new(AtomicBool::new(false));
+        let winch_id = signal_hook::flag::register(signal_hook::consts::SIGWINCH, winch.clone())
+            .map_err(crate::io("watching the window size"))?;
         let done = Arc::new(AtomicBool::new(false));
         let (smolvm, d) = (self.smolvm.clone(), done.clone());
         let agent = std::thread::spawn(move || {
-            let r = smolvm.machine_exec_attached(&opts);
+            let r = match &terminal {
+                Some(t) => smolvm.machine_exec_on(&opts, t),
+                None => smolvm.machine_exec_attached(&opts),
+            };
+            // Our copy of the pty's other side closes here, so the relay
+            // sees the end of the agent's output.
+            drop(terminal);
             d.store(true, Ordering::SeqCst);
             r
         });
@@ -403,13 +631,38 @@ impl Bottle for SmolBottle {
                 }
                 stopped = true;
             }
+            if winch.swap(false, Ordering::SeqCst)
+                && let Some(r) = &relay
+            {
+                r.resize();
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        match agent.join() {
+        signal_hook::low_level::unregister(winch_id);
+        let r = agent.join();
+        if let Some(r) = relay {
+            r.finish();
+        }
+        match r {
             Ok(r) => Ok(r?),
             Err(_) => Err(BackendError::Control("the agent's exec thread panicked".into())),
         }
     }
+}
+
+/// A new pseudo-terminal, sized as the user's.
+fn pty() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())?;
+    if let Some(size) = crate::terminal::terminal_size() {
+        rustix::termios::tcsetwinsize(&slave, size)?;
+    }
+    Ok((master, slave))
 }
 
 impl Drop for SmolBottle {

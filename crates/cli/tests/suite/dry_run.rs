@@ -169,16 +169,55 @@ fn help_texts() {
 #[test]
 fn dry_run_shows_what_a_smolmachines_launch_would_build() {
     let env = Env::new();
-    let r =
-        env.run(&examples(), &["start", "hello", "--backend", "smolmachines", "--dry-run", "--format", "json"], &[]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan is JSON");
-    let launch = &plan["launch"];
+    let plan = |extra: &[(&str, &str)]| -> serde_json::Value {
+        let args = ["start", "hello", "--backend", "smolmachines", "--dry-run", "--format", "json"];
+        let r = env.run(&examples(), &args, extra);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        serde_json::from_str(&r.stdout).expect("plan is JSON")
+    };
+    // No smolvm here: what a current release gets.
+    let launch = &plan(&[])["launch"];
     assert_eq!(launch["backend"], "smolmachines");
-    assert_eq!(launch["address"], "127.0.0.16", "the lowest free address of an empty pool");
-    assert_eq!(launch["allowlist"], serde_json::json!(["127.0.0.16/32"]));
-    assert_eq!(launch["dns"], "127.0.0.16");
-    assert_eq!(launch["pool"], "127.0.0.16-127.0.0.31");
+    assert_eq!(launch["design"], "sockets");
+    assert_eq!(launch["network"], "none");
     assert_eq!(launch["smolvm"]["supported"], ">=1.0.2, <2.0.0");
-    assert!(env.written().is_empty(), "dry run wrote {:?}", env.written());
+    assert_eq!(launch["smolvm"]["range"], ">=1.6.4, <2.0.0");
+    assert_eq!(
+        launch["smolvm"]["designs"],
+        serde_json::json!([["sockets", ">=1.6.4, <2.0.0"], ["tsi-loopback", ">=1.0.2, <1.1.3"]])
+    );
+    let sockets = launch["sockets"].as_array().expect("sockets");
+    let shown: Vec<(u64, &str)> =
+        sockets.iter().map(|s| (s["port"].as_u64().unwrap_or(0), s["guest"].as_str().unwrap_or(""))).collect();
+    assert_eq!(
+        shown,
+        vec![(3128, "/run/bot-bottle/sidecars/proxy.sock"), (9420, "/run/bot-bottle/sidecars/gate.sock")]
+    );
+    assert!(sockets.iter().all(|s| s["host"].as_str().is_some_and(|h| h.ends_with(".sock"))), "{sockets:?}");
+    assert!(launch.get("address").is_none() && launch.get("allowlist").is_none(), "{launch}");
+
+    // A smolvm of the seeds' era: its own loopback address.
+    let fake = std::path::Path::new(env!("CARGO_BIN_EXE_bot-bottle")).with_file_name("fake-smolvm");
+    if fake.exists() {
+        let data = env.path().join("smolvm");
+        let fake = fake.display().to_string();
+        let data = data.display().to_string();
+        let with = |v: &'static str| {
+            plan(&[("BOT_BOTTLE_SMOLVM", &fake), ("SMOLVM_DATA_DIR", &data), ("FAKE_SMOLVM_VERSION", v)])
+        };
+        let launch = &with("1.1.2")["launch"];
+        assert_eq!(launch["design"], "tsi-loopback");
+        assert_eq!(launch["smolvm"]["found"], "1.1.2");
+        assert_eq!(launch["smolvm"]["range"], ">=1.0.2, <1.1.3");
+        assert_eq!(launch["address"], "127.0.0.16", "the lowest free address of an empty pool");
+        assert_eq!(launch["allowlist"], serde_json::json!(["127.0.0.16/32"]));
+        assert_eq!(launch["dns"], "127.0.0.16");
+        assert_eq!(launch["pool"], "127.0.0.16-127.0.0.31");
+        assert!(launch.get("sockets").is_none(), "{launch}");
+        // In between: the plan says it will be refused.
+        let p = with("1.5.0");
+        let said = p.to_string();
+        assert!(said.contains("smolvm 1.5.0 cannot confine a bottle"), "{said}");
+    }
+    assert!(env.written().iter().all(|w| w.starts_with("smolvm")), "dry run wrote {:?}", env.written());
 }

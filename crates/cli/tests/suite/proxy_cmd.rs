@@ -62,14 +62,7 @@ fn serves_denies_and_stops_on_sigterm() {
     assert!(rest.iter().any(|l| l.starts_with("export SSL_CERT_FILE=") && l.ends_with("ca.pem")), "{rest:?}");
     assert_eq!(std::fs::metadata(state.join("ca.key")).expect("key").permissions().mode() & 0o777, 0o600);
     let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_connect} %{http_code}",
-            "--cacert",
-        ])
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_connect} %{http_code}", "--cacert"])
         .arg(state.join("ca.pem"))
         .args(["-x", &format!("http://{addr}"), "https://denied.example/"])
         .output()

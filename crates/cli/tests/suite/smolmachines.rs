@@ -25,10 +25,20 @@ fn fake() -> Result<PathBuf, String> {
 struct Setup {
     dir: tempfile::TempDir,
     fake: PathBuf,
+    /// The smolvm release the fake plays.
+    version: &'static str,
 }
 
+/// A release of the seeds' era (TSI), below 1.1.3.
+const TSI_ERA: &str = "1.1.2";
+
 impl Setup {
+    /// A bottle run by fake-smolvm playing the seeds' release.
     fn new(command: &str, port: u16) -> Option<Setup> {
+        Setup::at(TSI_ERA, command, port)
+    }
+
+    fn at(version: &'static str, command: &str, port: u16) -> Option<Setup> {
         let fake = match fake() {
             Ok(f) => f,
             Err(why) => {
@@ -54,7 +64,7 @@ impl Setup {
         .expect("write");
         std::fs::write(dir.path().join("project/notes.txt"), "the user's file\n").expect("write");
         std::fs::write(dir.path().join("kvm"), b"").expect("kvm stand-in");
-        Some(Setup { dir, fake })
+        Some(Setup { dir, fake, version })
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -71,6 +81,7 @@ impl Setup {
             .env("XDG_STATE_HOME", self.path("state"))
             .env("SMOLVM_DATA_DIR", self.path("smolvm"))
             .env("BOT_BOTTLE_SMOLVM", &self.fake)
+            .env("FAKE_SMOLVM_VERSION", self.version)
             // The fake needs no KVM; CI machines may have none.
             .env("BOT_BOTTLE_KVM_DEVICE", self.path("kvm"))
             .stdin(Stdio::null());
@@ -238,4 +249,354 @@ fn sigkill_then_cleanup_leaves_no_machine_address_or_sidecar() {
         assert_eq!(s.leases(), 0, "{phase}");
         assert!(std::net::TcpStream::connect((addr.as_str(), 3128)).is_err(), "{phase}: no sidecar listens");
     }
+}
+
+/// `unshare --net`: the fake gives a machine with no network a namespace of
+/// its own (root only).
+fn netns() -> bool {
+    let ok = Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        panic_or_skip("`unshare --net` does not work here: fake-smolvm's no-network machines need root");
+    }
+    ok
+}
+
+#[test]
+fn on_current_smolvm_the_vm_has_no_network_and_reaches_only_its_published_proxy() {
+    if !netns() {
+        return;
+    }
+    let (port, seen) = upstream();
+    let script = format!(
+        "echo proxy=$HTTPS_PROXY; cat /workspace/notes.txt; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/ok; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://denied.example/; \
+         curl -s -m 2 -o /dev/null -w 'direct=%{{http_code}}\\n' --noproxy '*' http://127.0.0.1:{port}/direct; \
+         echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '); \
+         getent hosts example.com || echo no-dns; exit 3"
+    );
+    let Some(s) = Setup::at("1.9.3", &script, port) else { return };
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("proxy=http://127.0.0.1:3128\nthe user's file\n200\n403\ndirect=000\nifaces=lo\nno-dns\n"),
+        "{stdout}"
+    );
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()], "only the proxy reached it");
+
+    // Created with no network and the sidecar sockets published.
+    let calls = s.calls();
+    let create = calls.iter().find(|c| c.get(1).is_some_and(|w| w == "create")).expect("create").join(" ");
+    for unwanted in ["--net", "--allow-cidr", "--dns", "--allow-host", "--outbound-localhost-only"] {
+        assert!(!create.split(' ').any(|w| w == unwanted), "{unwanted} in {create}");
+    }
+    for sock in ["proxy.sock:/run/bot-bottle/sidecars/proxy.sock", "gate.sock:/run/bot-bottle/sidecars/gate.sock"] {
+        assert!(create.contains(&format!("/sockets/{sock}")), "{sock} in {create}");
+    }
+    let order: Vec<&str> = calls.iter().filter_map(|c| c.get(1).map(String::as_str)).collect();
+    let pos = |w: &str| order.iter().position(|x| *x == w).unwrap_or_else(|| panic!("{w} in {order:?}"));
+    assert!(pos("create") < pos("start") && pos("start") < pos("exec") && pos("exec") < pos("delete"), "{order:?}");
+
+    // Nothing left: no machine, no guest process, no socket, no address.
+    assert!(s.machines().is_empty(), "{:?}", s.machines());
+    let guests = s.path("smolvm/.local/share/smolvm/fake-guests");
+    let left: Vec<_> =
+        std::fs::read_dir(&guests).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in the fake's guests: {left:?}");
+    assert_eq!(s.leases(), 0);
+    for b in std::fs::read_dir(s.path("state/bot-bottle/bottles")).expect("bottles").flatten() {
+        assert!(!b.path().join("sockets").exists(), "the sockets dir is removed");
+    }
+}
+
+#[test]
+fn a_smolvm_between_the_two_designs_is_refused_before_anything_is_made() {
+    for v in ["1.1.3", "1.6.3"] {
+        let Some(s) = Setup::at(v, "echo must-not-run", 1) else { return };
+        let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{v}: {err}");
+        assert!(
+            err.contains(&format!("smolvm {v} cannot confine a bottle")) && err.contains("1.6.4 or later"),
+            "{err}"
+        );
+        assert_eq!(s.called("create"), 0, "{v}: {:?}", s.calls());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("must-not-run"));
+    }
+}
+
+/// The escape suite's network cases (tests/escape), each run as the agent
+/// of a bottle on a current smolvm (the fake's guest): each must report
+/// `contained`, and no host listener may be reached.
+#[test]
+fn the_escape_suites_network_cases_are_contained_in_the_guest() {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if !netns() {
+        return;
+    }
+    let hits = Arc::new(AtomicUsize::new(0));
+    let tcp = std::net::TcpListener::bind("0.0.0.0:0").expect("tcp");
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    // What a neighbour bottle's port is to a native bottle: a port on the
+    // host's own loopback.
+    let neighbour = std::net::TcpListener::bind("127.0.0.1:0").expect("neighbour");
+    let name = format!("bb-smol-escape-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+    let abs = std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract");
+    for l in [tcp.try_clone().expect("clone"), neighbour.try_clone().expect("clone")] {
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for _ in l.incoming().flatten() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    {
+        let (h, u) = (hits.clone(), udp.try_clone().expect("clone"));
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while u.recv(&mut b).is_ok() {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for mut c in abs.incoming().flatten() {
+                let _ = c.read(&mut [0u8; 1]);
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let host = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(3).and_then(|a| a.split('/').next()).map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let env = format!(
+        "HOST_ADDR={host} HOST_PORT={} HOST_UDP_PORT={} HOST_ABSTRACT={name} HOST_PID={} NEIGHBOR_PORT={}",
+        tcp.local_addr().expect("addr").port(),
+        udp.local_addr().expect("addr").port(),
+        std::process::id(),
+        neighbour.local_addr().expect("addr").port(),
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/escape");
+    let network = ["01", "02", "03", "04", "05", "06", "07", "08", "09", "47", "51", "53"];
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/escape")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| network.iter().any(|c| n.to_string_lossy().starts_with(&format!("{c}-"))))
+        })
+        .collect();
+    cases.sort();
+    assert_eq!(cases.len(), network.len(), "{cases:?}");
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for case in &cases {
+        let Some(s) = Setup::at("1.9.3", &format!("env {env} sh /workspace/case.sh"), 1) else { return };
+        std::fs::copy(case, s.path("project/case.sh")).expect("copy");
+        let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let stem = case.file_stem().expect("stem").to_string_lossy().into_owned();
+        report.push(format!("{stem}: {said}"));
+        if out.status.code() != Some(0) || !said.starts_with("contained") {
+            failures.push(format!(
+                "{stem} (exit {:?}): {said} {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "escapes or broken cases:\n{}\n\nall:\n{}", failures.join("\n"), report.join("\n"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "something reached a host listener");
+}
+
+/// On the user's terminal: smolvm's client runs on a pty of bot-bottle's,
+/// relayed, so the agent's keystroke injection and terminal changes reach
+/// neither the user's shell nor the user's terminal, and the agent still
+/// gets a terminal.
+#[test]
+fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_terminal_as_it_was() {
+    if !netns() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mark = tmp.path().join("INJECTED");
+    let agent = format!(
+        "[ -t 0 ] && [ -t 1 ] && echo tty-ok; \
+         python3 -c 'import fcntl, termios\nfor fd in (0, 1, 2):\n    for c in b\"touch {mark}\\n\":\n        try: fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n        except OSError: pass'; \
+         for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/null; done; echo injector-done",
+        mark = mark.display()
+    );
+    let Some(s) = Setup::at("1.9.3", &agent, 1) else { return };
+    let t = tmp.path().display();
+    let env = format!(
+        "HOME={} XDG_STATE_HOME={} SMOLVM_DATA_DIR={} BOT_BOTTLE_SMOLVM={} FAKE_SMOLVM_VERSION=1.9.3 BOT_BOTTLE_KVM_DEVICE={}",
+        s.path("home").display(),
+        s.path("state").display(),
+        s.path("smolvm").display(),
+        s.fake.display(),
+        s.path("kvm").display()
+    );
+    let line = format!(
+        "stty -g > {t}/before; stty size > {t}/size-before; {env} {} start a --quiet; echo code=$?; \
+         stty -g > {t}/after; stty size > {t}/size-after; echo SHELL-$((1+1))BACK\n",
+        env!("CARGO_BIN_EXE_bot-bottle")
+    );
+    let steps = serde_json::json!([
+        ["wait", "bash-"],
+        ["type", line],
+        ["wait", "SHELL-2BACK"],
+        ["type", "echo E$((2+3))ND\n"],
+        ["wait", "E5ND"],
+        ["type", "exit\n"]
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_run.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(steps.to_string())
+        .args(["--", "bash", "--norc", "--noprofile", "-i"])
+        .current_dir(s.path("project"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .output()
+        .expect("python3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let shown = v["output"].as_str().unwrap_or_default().to_owned();
+    assert!(shown.contains("tty-ok") && shown.contains("injector-done"), "{shown}");
+    assert!(shown.contains("code=0") && shown.contains("E5ND"), "{shown}");
+    assert!(!mark.exists(), "the agent's keystrokes ran in the user's shell: {shown}");
+    let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}: {shown}"));
+    assert_eq!(read("size-before").trim(), "24 80");
+    assert_eq!(read("size-after"), read("size-before"), "the agent resized the user's terminal");
+    assert_eq!(read("after"), read("before"), "the user's terminal modes changed");
+    // smolvm's client ran in a session of its own, on bot-bottle's pty.
+    let exec = s.calls().into_iter().rfind(|c| c.get(1).is_some_and(|w| w == "exec")).expect("exec");
+    assert!(exec.iter().any(|w| w == "-t") && exec.iter().any(|w| w == "-i"), "{exec:?}");
+    assert!(s.machines().is_empty());
+}
+
+/// The same end to end on a real smolvm, where one runs: smolvm ≥ 1.6.4 on
+/// PATH, a usable /dev/kvm, and `BOT_BOTTLE_TEST_SMOLVM_IMAGE`, an image
+/// smolvm can boot without a network (a `docker save` tar or a rootfs
+/// directory) that has curl and getent and runs glibc binaries (bot-bottle's
+/// forwarder is copied in). Says why it skips otherwise, CI included: no
+/// runner of ours has KVM.
+#[test]
+#[expect(clippy::print_stderr, reason = "a gated test says why it skips")]
+fn on_a_real_smolvm_the_vm_reaches_only_its_published_proxy() {
+    let smolvm = match which_smolvm() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("skipping the real-smolvm test: {why}");
+            return;
+        }
+    };
+    let Ok(image) = std::env::var("BOT_BOTTLE_TEST_SMOLVM_IMAGE") else {
+        eprintln!("skipping the real-smolvm test: set BOT_BOTTLE_TEST_SMOLVM_IMAGE to a local image (see the test)");
+        return;
+    };
+    let (port, seen) = upstream();
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/ok; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://denied.example/; \
+         echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '); \
+         getent hosts example.com || echo no-dns; exit 3"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = dir.path().join("project/.bot-bottle");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::fs::write(
+        m.join("bottles/vm.yaml"),
+        format!(
+            "backend: smolmachines\nimage: {image:?}\negress:\n  routes:\n    - host: \"127.0.0.1:{port}\"\n      methods: [GET]\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        m.join("agents/a.md"),
+        format!("---\nprovider: command\ncommand: [\"sh\", \"-c\", {script:?}]\nbottle: vm\n---\n"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
+        .args(["start", "a", "--quiet"])
+        .current_dir(dir.path().join("project"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .env("BOT_BOTTLE_SMOLVM", &smolvm)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("200\n403\nifaces=lo\nno-dns\n"), "{stdout}");
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()]);
+}
+
+/// A real smolvm of the socket design's releases, and KVM to run it.
+fn which_smolvm() -> Result<PathBuf, String> {
+    let p = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("smolvm"))
+        .find(|p| p.is_file())
+        .ok_or("no smolvm on PATH")?;
+    let out = Command::new(&p).arg("--version").output().map_err(|e| format!("{}: {e}", p.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u32> = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .take(3)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if v.len() != 3 || v < vec![1, 6, 4] || v >= vec![2, 0, 0] {
+        return Err(format!("{} is not smolvm >=1.6.4, <2.0.0: {}", p.display(), text.trim()));
+    }
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    kvm.map_err(|e| format!("/dev/kvm is not usable here: {e}"))?;
+    Ok(p)
+}
+
+#[test]
+fn a_vm_with_no_network_boots_a_local_rootfs_and_refuses_a_registry_image_docker_cannot_save() {
+    if !netns() {
+        return;
+    }
+    let Some(s) = Setup::at("1.9.3", "echo booted", 1) else { return };
+    let bottle = s.path("project/.bot-bottle/bottles/vm.yaml");
+    let base = std::fs::read_to_string(&bottle).expect("read");
+    std::fs::create_dir_all(s.path("project/rootfs")).expect("rootfs");
+    std::fs::write(&bottle, format!("{base}image: ./rootfs\n")).expect("write");
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let create = s.calls().into_iter().find(|c| c.get(1).is_some_and(|w| w == "create")).expect("create");
+    let at = create.iter().position(|w| w == "-I").expect("-I");
+    assert_eq!(Path::new(&create[at + 1]), s.path("project/./rootfs"), "{create:?}");
+
+    // A registry image: docker must save it, and here its daemon is down.
+    let bin = s.path("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::write(bin.join("docker"), "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+        .expect("w");
+    std::fs::set_permissions(bin.join("docker"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(&bottle, format!("{base}image: node:22-slim\n")).expect("write");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let before = s.called("create");
+    let out = s.command(&["start", "a", "--quiet"]).env("PATH", path).output().expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("`node:22-slim` needs docker") && err.contains("docker save"), "{err}");
+    assert_eq!(s.called("create"), before, "nothing is created");
+    assert!(s.machines().is_empty());
 }

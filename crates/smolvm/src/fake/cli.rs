@@ -72,6 +72,9 @@ pub(super) struct CreateArgs {
     pub(super) volume: Vec<String>,
     #[arg(short = 'p', long = "port", value_parser = port)]
     pub(super) port: Vec<(u16, u16)>,
+    /// Since 1.6.4.
+    #[arg(long = "mount-socket", value_parser = mount_socket)]
+    pub(super) mount_socket: Vec<(PathBuf, String)>,
     #[arg(long)]
     pub(super) net: bool,
     #[arg(long, value_enum)]
@@ -148,6 +151,9 @@ pub(super) struct ExecArgs {
     pub(super) stream: bool,
     #[arg(short = 'd', long, conflicts_with_all = ["interactive", "tty", "stream"])]
     pub(super) detach: bool,
+    /// Since 1.14.
+    #[arg(short = 'u', long)]
+    pub(super) user: Option<String>,
     #[arg(required = true, trailing_var_arg = true)]
     pub(super) command: Vec<String>,
 }
@@ -190,6 +196,14 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 fn port(s: &str) -> Result<(u16, u16), String> {
     let parsed = s.split_once(':').and_then(|(h, g)| Some((h.parse().ok()?, g.parse().ok()?)));
     parsed.ok_or_else(|| format!("expected HOST:GUEST ports, got '{s}'"))
+}
+
+/// `HOST:GUEST`, both absolute.
+fn mount_socket(s: &str) -> Result<(PathBuf, String), String> {
+    match s.split_once(':') {
+        Some((h, g)) if h.starts_with('/') && g.starts_with('/') => Ok((h.into(), g.to_owned())),
+        _ => Err(format!("expected HOST_PATH:GUEST_PATH (both absolute), got '{s}'")),
+    }
 }
 
 fn cidr(s: &str) -> Result<String, String> {

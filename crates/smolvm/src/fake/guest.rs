@@ -47,7 +47,17 @@ impl Fake {
             let kv = kv.as_array()?;
             Some((kv.first()?.as_str()?.to_owned(), kv.get(1)?.as_str()?.to_owned()))
         });
-        let mut cmd = rooted(&guest, &rec, workdir.as_deref(), &a.command)?;
+        let netns = if rec.get("network").and_then(Value::as_bool).unwrap_or(false) {
+            None
+        } else {
+            // Never the host's network: no holder, no exec.
+            let Some(pid) = self.runtime(&a.name).netns else {
+                return Err(format!("agent operation failed: machine '{}' has lost its network namespace", a.name));
+            };
+            Some(pid)
+        };
+        let how = Rooted { netns, user: a.user.as_deref(), detach: a.detach };
+        let mut cmd = rooted(&guest, &rec, workdir.as_deref(), &a.command, &how)?;
         cmd.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
@@ -55,10 +65,14 @@ impl Fake {
         cmd.envs(machine_env).envs(env_specs(&a.env)).env("FAKE_SMOLVM_GUEST", "/");
         cmd.stdin(if a.interactive { Stdio::inherit() } else { Stdio::null() });
         if a.detach {
-            let child = match cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            // Outlives this exec, as a guest process does; `stop` ends it.
+            let child = match cmd.stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).spawn() {
                 Ok(c) => c,
                 Err(e) => return Ok(not_spawned(&a.command[0], &e)),
             };
+            let mut rt = self.runtime(&a.name);
+            rt.detached.push(child.id());
+            self.save_runtime(&a.name, &rt)?;
             out(&format!("{}\n", child.id()))?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -174,12 +188,32 @@ fn not_spawned(cmd: &str, e: &io::Error) -> ExitCode {
     ExitCode::from(if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 })
 }
 
+/// How an exec runs besides its command.
+struct Rooted<'a> {
+    /// The machine's network namespace (held by this pid) when it has no
+    /// network device; `None` shares the host's network.
+    netns: Option<u32>,
+    /// `-u`: `UID[:GID]` or a name, switched to with `setpriv`.
+    user: Option<&'a str>,
+    /// `-d`: not tied to this exec's life.
+    detach: bool,
+}
+
 /// The guest command, run under bubblewrap with the guest directory as its
 /// root: what a command writes lands in the guest, never on the host. The
 /// host's system directories are bound read-only so programs run; the
-/// machine's volumes are bound where `-v` put them. The host's network is
-/// shared: the fake does not model smolvm's gateway or its egress policy.
-fn rooted(guest: &Path, rec: &serde_json::Map<String, Value>, workdir: Option<&str>, argv: &[String]) -> R<Command> {
+/// machine's volumes are bound where `-v` put them, and each published
+/// socket (`--mount-socket`) at its guest path. A machine with a network
+/// shares the host's (the fake does not model smolvm's gateway or its egress
+/// policy); one without runs in the machine's own network namespace, entered
+/// with `nsenter`, where only `lo` exists.
+fn rooted(
+    guest: &Path,
+    rec: &serde_json::Map<String, Value>,
+    workdir: Option<&str>,
+    argv: &[String],
+    how: &Rooted<'_>,
+) -> R<Command> {
     let bwrap = which::which("bwrap")
         .map_err(|_| "fake-smolvm runs guest commands under bwrap: apt-get install bubblewrap".to_owned())?;
     for d in ["tmp", "run"] {
@@ -187,7 +221,14 @@ fn rooted(guest: &Path, rec: &serde_json::Map<String, Value>, workdir: Option<&s
         std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
     }
     let _ = set_mode(&guest.join("tmp"), 0o1777);
-    let mut c = Command::new(bwrap);
+    let mut c = match how.netns {
+        Some(pid) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/proc/{pid}/ns/net")).arg("--").arg(bwrap);
+            c
+        }
+        None => Command::new(bwrap),
+    };
     c.arg("--bind").arg(guest).arg("/");
     for d in ["usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
         let host = Path::new("/").join(d);
@@ -206,7 +247,10 @@ fn rooted(guest: &Path, rec: &serde_json::Map<String, Value>, workdir: Option<&s
             _ => {}
         }
     }
-    c.args(["--proc", "/proc", "--dev", "/dev", "--die-with-parent"]);
+    c.args(["--proc", "/proc", "--dev", "/dev"]);
+    if !how.detach {
+        c.arg("--die-with-parent");
+    }
     let mut targets = Vec::new();
     for m in rec.get("mounts").and_then(Value::as_array).into_iter().flatten() {
         let (Some(host), Some(target)) = (m.get(0).and_then(Value::as_str), m.get(1).and_then(Value::as_str)) else {
@@ -216,10 +260,27 @@ fn rooted(guest: &Path, rec: &serde_json::Map<String, Value>, workdir: Option<&s
         c.arg(if ro { "--ro-bind" } else { "--bind" }).arg(host).arg(target);
         targets.push(target.to_owned());
     }
+    for s in rec.get("published_sockets").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(host), Some(at)) =
+            (s.get("host_path").and_then(Value::as_str), s.get("guest_path").and_then(Value::as_str))
+        else {
+            continue;
+        };
+        // Nothing listens on the host yet: the guest's path refuses, as
+        // smolvm's bridge does.
+        if Path::new(host).exists() {
+            c.arg("--bind").arg(host).arg(at);
+        }
+    }
     let cwd = workdir
         .filter(|w| targets.iter().any(|t| t == w) || in_guest(guest, w).is_ok_and(|p| p.is_dir()))
         .unwrap_or("/");
     // Through sh, so a missing program exits 127 as in a real guest.
-    c.args(["--chdir", cwd, "--", "/bin/sh", "-c", "exec \"$@\"", "sh"]).args(argv);
+    c.args(["--chdir", cwd, "--"]);
+    if let Some(user) = how.user {
+        let (u, g) = user.split_once(':').unwrap_or((user, user));
+        c.args(["setpriv", "--reuid", u, "--regid", g, "--clear-groups", "--"]);
+    }
+    c.args(["/bin/sh", "-c", "exec \"$@\"", "sh"]).args(argv);
     Ok(c)
 }

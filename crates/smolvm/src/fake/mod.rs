@@ -12,7 +12,13 @@
 //! copies into and out of it, and `exec` runs the command under bubblewrap
 //! with that directory as its root (`/`), the host's system directories
 //! (`/usr`, `/etc`, `/bin`, `/lib*`) bound read-only over it, the machine's
-//! `-v` volumes bound in, and the host's network shared; in `-w` (when it
+//! `-v` volumes bound in, each `--mount-socket` host socket bound at its
+//! guest path, and the host's network shared when the machine has one
+//! (`--net`, a policy, a port, `--dns`). A machine with none has no network
+//! device, as in smolvm: `start` makes it a network namespace of its own
+//! (`unshare --net`, held by a process until `stop`), where only `lo` exists
+//! and is down, and every exec joins it (`nsenter`); `exec -d` processes
+//! live there until `stop` or `delete` ends them. Then in `-w` (when it
 //! exists in the guest) or `/`, with the environment cleared but for `PATH`,
 //! the machine's `-e` env, exec's `-e` env and `FAKE_SMOLVM_GUEST=/`. `<data>` is smolvm's
 //! data-local dir: `$SMOLVM_DATA_DIR/.local/share`, else `$XDG_DATA_HOME`,
@@ -21,6 +27,9 @@
 //! Knobs, all environment variables:
 //! - `FAKE_SMOLVM_VERSION` (default `1.9.3`): what `--version` prints; below
 //!   1.8.0, `create --from` drops the egress flags as smolvm did up to 1.7.7.
+//!   `--mount-socket` is an unknown flag before 1.6.4 and exec's `-u/--user`
+//!   before 1.14.0, as in those releases; `-u UID[:GID]` runs the command
+//!   through `setpriv`.
 //! - `FAKE_SMOLVM_EXEC_137_ONCE=1`: the first exec (per data dir) exits 137
 //!   without running anything; later ones run.
 //! - `FAKE_SMOLVM_UNKNOWN_FLAGS=--allow-host,--stream`: flags this smolvm
@@ -47,7 +56,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::paths::{self, Os};
-use crate::version::{ALLOW_CIDR_WITH_FROM, Version};
+use crate::version::{ALLOW_CIDR_WITH_FROM, EXEC_USER, MOUNT_SOCKET, Version};
 
 /// The `main` of the `fake-smolvm` binary. Public so that another crate's
 /// tests can build the same fake as their own `[[bin]]`.
@@ -61,7 +70,8 @@ pub fn main() -> ExitCode {
     let version = std::env::var("FAKE_SMOLVM_VERSION").unwrap_or_else(|_| "1.9.3".to_owned());
     // A process that ends in a moment: leaking the string is clap's way to a
     // version known only at run time (without its `string` feature).
-    if let Some(code) = unknown_flag(&args) {
+    let parsed = Version::parse(&version).unwrap_or(Version::new(1, 9, 3));
+    if let Some(code) = unknown_flag(&args, parsed) {
         return code;
     }
     let cmd = cli::Cli::command().version(&*String::leak(version.clone()));
@@ -72,18 +82,25 @@ pub fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let fake = Fake { version: Version::parse(&version).unwrap_or(Version::new(1, 9, 3)), ..fake };
+    let fake = Fake { version: parsed, ..fake };
     match fake.run(cli.cmd) {
         Ok(code) => code,
         Err(msg) => fail(&msg),
     }
 }
 
-/// A flag named in `FAKE_SMOLVM_UNKNOWN_FLAGS`, before any `--`: clap's
-/// error for it.
-fn unknown_flag(args: &[OsString]) -> Option<ExitCode> {
-    let unknown = std::env::var("FAKE_SMOLVM_UNKNOWN_FLAGS").ok()?;
-    let unknown: Vec<&str> = unknown.split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
+/// A flag this version does not have (`--mount-socket` before 1.6.4, exec
+/// `-u/--user` before 1.14) or one named in `FAKE_SMOLVM_UNKNOWN_FLAGS`,
+/// before any `--`: clap's error for it.
+fn unknown_flag(args: &[OsString], version: Version) -> Option<ExitCode> {
+    let listed = std::env::var("FAKE_SMOLVM_UNKNOWN_FLAGS").unwrap_or_default();
+    let mut unknown: Vec<&str> = listed.split(',').map(str::trim).filter(|f| !f.is_empty()).collect();
+    if version < MOUNT_SOCKET {
+        unknown.push("--mount-socket");
+    }
+    if version < EXEC_USER && args.get(2).is_some_and(|a| a == "exec") {
+        unknown.extend(["-u", "--user"]);
+    }
     let found = args.iter().skip(1).map(|a| a.to_string_lossy()).take_while(|a| a != "--").find(|a| {
         let flag = a.split_once('=').map_or(a.as_ref(), |(f, _)| f);
         unknown.contains(&flag)

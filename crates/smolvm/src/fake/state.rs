@@ -93,6 +93,12 @@ fn now() -> u64 {
 /// The `VmRecord` fields of v1.9.3, in its order; `skip if None/empty` fields
 /// are left out when so.
 fn record(name: &str, a: &CreateArgs, egress: Egress, env: Vec<(String, String)>, mounts: Vec<Value>) -> Record {
+    // `PublishedSocketConfig`, as `parse_published_sockets` makes it.
+    let sockets: Vec<Value> = a
+        .mount_socket
+        .iter()
+        .map(|(h, g)| json!({"direction": "mount", "guest_path": g, "host_path": h.display().to_string()}))
+        .collect();
     let network_backend = match (a.net_backend, egress.forces_virtio || !a.port.is_empty()) {
         (Some(Backend::Tsi), _) => Some("tsi"),
         (Some(Backend::VirtioNet), _) | (None, true) => Some("virtio-net"),
@@ -109,7 +115,7 @@ fn record(name: &str, a: &CreateArgs, egress: Egress, env: Vec<(String, String)>
         "mem": a.mem.unwrap_or(8192),
         "mounts": mounts,
         "ports": a.port.iter().map(|(h, g)| json!([h, g])).collect::<Vec<_>>(),
-        "published_sockets": [],
+        "published_sockets": sockets,
         "network": network,
         "gpu": false,
         "gpu_vram_mib": null,
@@ -266,10 +272,17 @@ impl Fake {
             out(&format!("Machine '{name}' is already running\n"))?;
             return Ok(ExitCode::SUCCESS);
         }
+        std::fs::create_dir_all(self.guest_dir(name)).map_err(|e| e.to_string())?;
+        // The VM's one network stack: with no network device, a namespace
+        // of its own holding only `lo` (down, as smolvm's stub may leave it);
+        // every exec of this machine joins it.
+        if !rec.get("network").and_then(Value::as_bool).unwrap_or(false) {
+            let holder = spawn_netns_holder()?;
+            self.save_runtime(name, &Runtime { netns: Some(holder), detached: vec![] })?;
+        }
         rec.insert("state".into(), "running".into());
         rec.insert("pid".into(), std::process::id().into());
         db.put(name, &rec)?;
-        std::fs::create_dir_all(self.guest_dir(name)).map_err(|e| e.to_string())?;
         out(&format!("Started machine: {name}\n"))?;
         Ok(ExitCode::SUCCESS)
     }
@@ -277,6 +290,7 @@ impl Fake {
     pub(super) fn stop(&self, name: &str) -> R<ExitCode> {
         let db = Db::open(self)?;
         let mut rec = db.must_get(name)?;
+        self.kill_runtime(name);
         if state(&rec) == "running" {
             rec.insert("state".into(), "stopped".into());
             rec.insert("pid".into(), Value::Null);
@@ -297,6 +311,7 @@ impl Fake {
                 return Err("deletion cancelled".into());
             }
         }
+        self.kill_runtime(&a.name);
         db.delete(&a.name)?;
         let guest = self.guest_dir(&a.name);
         if guest.exists() {
@@ -404,4 +419,70 @@ fn status_json(r: &Record) -> Value {
         "health_startup_grace_secs": get("health_startup_grace_secs"),
         "network": r.get("network").cloned().unwrap_or(false.into()),
     })
+}
+
+/// What a running machine holds on the host: its network namespace's holder
+/// and the processes `exec -d` left running. Kept beside the guest dir, out
+/// of the guest's reach.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Runtime {
+    pub(super) netns: Option<u32>,
+    pub(super) detached: Vec<u32>,
+}
+
+/// `unshare --net sleep infinity`, in a process group of its own: the
+/// network namespace lives as long as it does.
+fn spawn_netns_holder() -> R<u32> {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new("unshare")
+        .args(["--net", "--", "sleep", "infinity"])
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("fake-smolvm models no network with `unshare --net` (util-linux): {e}"))?;
+    let pid = child.id();
+    // Its namespace exists once it has left ours.
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        if theirs.is_some() && theirs != ours {
+            return Ok(pid);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("unshare --net did not make a network namespace (run as root)".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl Fake {
+    fn runtime_path(&self, name: &str) -> PathBuf {
+        self.smolvm_dir().join("fake-guests").join(format!("{name}.runtime.json"))
+    }
+
+    pub(super) fn runtime(&self, name: &str) -> Runtime {
+        std::fs::read(self.runtime_path(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    pub(super) fn save_runtime(&self, name: &str, r: &Runtime) -> R<()> {
+        let body = serde_json::to_vec(r).map_err(|e| e.to_string())?;
+        std::fs::write(self.runtime_path(name), body).map_err(|e| format!("write runtime of {name}: {e}"))
+    }
+
+    /// Ends what the machine runs, as stopping a VM does.
+    fn kill_runtime(&self, name: &str) {
+        use nix::sys::signal::{Signal, kill, killpg};
+        use nix::unistd::Pid;
+        let r = self.runtime(name);
+        for pid in r.detached.into_iter().chain(r.netns) {
+            let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            if killpg(pid, Signal::SIGKILL).is_err() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(self.runtime_path(name));
+    }
 }

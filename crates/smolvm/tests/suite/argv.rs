@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bot_bottle_smolvm::argv;
-use bot_bottle_smolvm::{CpOpts, CreateOpts, ExecOpts, NetBackend, PackOpts, Port, SmolvmError, Source, Volume};
+use bot_bottle_smolvm::{
+    CpOpts, CreateOpts, ExecOpts, MountSocket, NetBackend, PackOpts, Port, SmolvmError, Source, Volume,
+};
 
 fn check(got: Result<Vec<OsString>, SmolvmError>, expect: &[&str]) {
     let got = got.unwrap_or_else(|e| panic!("refused: {e}"));
@@ -55,6 +57,7 @@ fn create_with_everything() {
             Volume { host: "/etc/ssl".into(), guest: "/host-ssl".into(), read_only: true },
         ],
         ports: vec![Port { host: 8080, guest: 80 }],
+        mount_sockets: vec![MountSocket { host: "/s/p.sock".into(), guest: "/run/p.sock".into() }],
         env: vec![("HTTPS_PROXY".into(), "http://10.0.0.1:3128".into()), ("EMPTY".into(), String::new())],
         workdir: Some("/workspace".into()),
         labels: vec![("bot-bottle".into(), "demo".into()), ("owner".into(), "a=b".into())],
@@ -73,6 +76,7 @@ fn create_with_everything() {
             "--cpus", "2", "--mem", "1024",
             "-v", "/home/u/src:/workspace", "-v", "/etc/ssl:/host-ssl:ro",
             "-p", "8080:80",
+            "--mount-socket", "/s/p.sock:/run/p.sock",
             "-e", "HTTPS_PROXY=http://10.0.0.1:3128", "-e", "EMPTY=",
             "-w", "/workspace",
             "--label", "bot-bottle=demo", "--label", "owner=a=b",
@@ -118,6 +122,57 @@ fn exec() {
     );
     let opts = ExecOpts { timeout: Some(Duration::from_millis(2500)), ..ExecOpts::new("b", ["--help"]) };
     check(argv::machine_exec(&opts), &["machine", "exec", "--name", "b", "--timeout", "2500ms", "--", "--help"]);
+}
+
+#[test]
+fn sockets_detach_and_user() {
+    let opts = CreateOpts {
+        mount_sockets: vec![
+            MountSocket { host: "/run/b/proxy.sock".into(), guest: "/run/bot-bottle/proxy.sock".into() },
+            MountSocket { host: "/run/b/gate.sock".into(), guest: "/run/bot-bottle/gate.sock".into() },
+        ],
+        ..CreateOpts::new("b", Source::Bare)
+    };
+    check(
+        argv::machine_create(&opts),
+        &[
+            "machine",
+            "create",
+            "--name",
+            "b",
+            "--mount-socket",
+            "/run/b/proxy.sock:/run/bot-bottle/proxy.sock",
+            "--mount-socket",
+            "/run/b/gate.sock:/run/bot-bottle/gate.sock",
+        ],
+    );
+    let opts = ExecOpts { detach: true, user: Some("1000:1000".into()), ..ExecOpts::new("b", ["fwd"]) };
+    check(argv::machine_exec(&opts), &["machine", "exec", "--name", "b", "-d", "-u", "1000:1000", "--", "fwd"]);
+    for (opts, want) in [
+        (
+            ExecOpts { detach: true, tty: true, ..ExecOpts::new("b", ["x"]) },
+            "a detached command has no terminal, stdin or stream",
+        ),
+        (ExecOpts { user: Some("-x".into()), ..ExecOpts::new("b", ["x"]) }, "not a user name or UID[:GID]"),
+        (ExecOpts { user: Some("a:".into()), ..ExecOpts::new("b", ["x"]) }, "not a user name or UID[:GID]"),
+        (ExecOpts { user: Some("a b".into()), ..ExecOpts::new("b", ["x"]) }, "not a user name or UID[:GID]"),
+    ] {
+        let e = refused(argv::machine_exec(&opts));
+        assert!(e.contains(want), "{e}");
+    }
+    for (host, guest, want) in [
+        ("rel.sock", "/g", "not absolute"),
+        ("/a:b", "/g", "contains ':'"),
+        ("/a", "g", "not absolute"),
+        ("/a", "/g:x", "contains ':'"),
+    ] {
+        let o = CreateOpts {
+            mount_sockets: vec![MountSocket { host: host.into(), guest: guest.into() }],
+            ..CreateOpts::new("b", Source::Bare)
+        };
+        let e = refused(argv::machine_create(&o));
+        assert!(e.contains("mount-socket") && e.contains(want), "{e}");
+    }
 }
 
 #[test]

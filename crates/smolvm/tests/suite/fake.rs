@@ -201,3 +201,82 @@ fn every_call_is_logged_in_order() {
         ]
     );
 }
+
+/// `unshare --net` needs root (or a user namespace); the fake's no-network
+/// machines need it.
+fn netns_available() -> Result<(), String> {
+    let ok = Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|s| s.success());
+    if ok { Ok(()) } else { Err("`unshare --net` does not work here (needs root and util-linux)".into()) }
+}
+
+#[test]
+fn a_machine_without_network_has_only_lo_and_its_published_socket() {
+    if let Err(why) = netns_available() {
+        super::skip(&why);
+        return;
+    }
+    let f = fake();
+    let d = f.dir.path();
+    let sock = d.join("p.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut c, b"from the host\n");
+        }
+    });
+    let spec = format!("{}:/run/s/p.sock", sock.display());
+    assert!(run(d, &["machine", "create", "--name", "m", "--mount-socket", &spec]).status.success());
+    assert!(run(d, &["machine", "start", "--name", "m"]).status.success());
+    let probe = "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/s/p.sock'); print(s.recv(99).decode(), end='')";
+    let out = run(
+        d,
+        &[
+            "machine",
+            "exec",
+            "--name",
+            "m",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; python3 -c \"{probe}\"; getent hosts example.com || echo no-dns"
+            ),
+        ],
+    );
+    assert_eq!(text(&out.stdout), "lo\nfrom the host\nno-dns\n", "{}", text(&out.stderr));
+    // A detached process runs in the same namespace and ends with the machine.
+    let out = run(d, &["machine", "exec", "--name", "m", "-d", "--", "sleep", "60"]);
+    let pid = text(&out.stdout).trim().to_owned();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{pid}");
+    assert!(run(d, &["machine", "stop", "--name", "m"]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(std::time::Instant::now() < deadline, "the detached process outlived its machine");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(run(d, &["machine", "delete", "-f", "--name", "m"]).status.success());
+}
+
+#[test]
+fn flags_appear_with_the_release_that_added_them() {
+    let f = fake();
+    let d = f.dir.path();
+    let with = |v: &str, args: &[&str]| {
+        Command::new(FAKE).env("SMOLVM_DATA_DIR", d).env("FAKE_SMOLVM_VERSION", v).args(args).output().expect("run")
+    };
+    let create = ["machine", "create", "--name", "x", "--mount-socket", "/a.sock:/b.sock"];
+    let out = with("1.6.3", &create);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unexpected argument '--mount-socket'"), "{}", text(&out.stderr));
+    assert!(with("1.6.4", &create).status.success());
+    assert!(with("1.6.4", &["machine", "start", "--name", "x"]).status.success() || netns_available().is_err());
+    let exec = ["machine", "exec", "--name", "x", "-u", "1000:1000", "--", "true"];
+    let out = with("1.13.9", &exec);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unexpected argument '-u'"), "{}", text(&out.stderr));
+    if netns_available().is_ok() {
+        let out = with("1.14.0", &["machine", "exec", "--name", "x", "-u", "1000:1000", "--", "id", "-u"]);
+        assert_eq!(text(&out.stdout), "1000\n", "{}", text(&out.stderr));
+    }
+    assert!(run(d, &["machine", "delete", "-f", "--name", "x"]).status.success());
+}

@@ -1,0 +1,173 @@
+//! The forwarder that makes a bottle's sidecars reachable at
+//! `127.0.0.1:PORT` inside it, each relayed to its unix socket: run by the
+//! native init, and in a smolmachines guest as `bot-bottle __bottle-forward`.
+
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// `127.0.0.1:port`, relayed to `socket` one connection at a time, on
+/// threads of its own; returns once the port is bound.
+pub(crate) fn forward(port: u16, socket: PathBuf) -> io::Result<()> {
+    let l = TcpListener::bind(("127.0.0.1", port))?;
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let socket = socket.clone();
+            std::thread::spawn(move || relay(conn, &socket));
+        }
+    });
+    Ok(())
+}
+
+fn relay(conn: TcpStream, socket: &std::path::Path) {
+    // A sidecar that is gone refuses the connection: it is closed unanswered.
+    let Ok(up) = UnixStream::connect(socket) else { return };
+    let (Ok(mut a_r), Ok(mut b_w)) = (conn.try_clone(), up.try_clone()) else { return };
+    let (mut a_w, mut b_r) = (conn, up);
+    let t = std::thread::spawn(move || {
+        let _ = io::copy(&mut a_r, &mut b_w);
+        let _ = b_w.shutdown(Shutdown::Write);
+    });
+    let _ = io::copy(&mut b_r, &mut a_w);
+    let _ = a_w.shutdown(Shutdown::Write);
+    let _ = t.join();
+}
+
+/// Brings `lo` up over rtnetlink (RTM_NEWLINK with IFF_UP), so that no
+/// `ip` program is needed in an image we did not build.
+pub(crate) fn loopback_up() -> io::Result<()> {
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netdevice, netlink, recv, sendto, socket};
+    let probe = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
+    let index = netdevice::name_to_index(&probe, "lo")?;
+    let nl = socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
+    const RTM_NEWLINK: u16 = 16;
+    const NLM_F_REQUEST_ACK: u16 = 0x1 | 0x4;
+    const IFF_UP: u32 = 0x1;
+    let mut msg = Vec::with_capacity(32);
+    msg.extend_from_slice(&32u32.to_ne_bytes()); // nlmsg_len
+    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&NLM_F_REQUEST_ACK.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel's
+    msg.extend_from_slice(&[0, 0]); // ifi_family AF_UNSPEC, pad
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
+    msg.extend_from_slice(&index.to_ne_bytes()); // ifi_index
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_flags
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_change
+    sendto(&nl, &msg, SendFlags::empty(), &netlink::SocketAddrNetlink::new(0, 0))?;
+    let mut ack = [0u8; 256];
+    let (_, n) = recv(&nl, &mut ack, RecvFlags::empty())?;
+    // NLMSG_ERROR (2) carrying errno 0 is the acknowledgement.
+    let kind = ack.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let errno = ack.get(16..20).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match (n >= 20, kind, errno) {
+        (true, Some(2), Some(0)) => Ok(()),
+        (true, Some(2), Some(e)) => Err(io::Error::from_raw_os_error(-e)),
+        _ => Err(io::Error::other("no acknowledgement from rtnetlink")),
+    }
+}
+
+/// `bot-bottle __bottle-forward PORT=SOCKET…`: brings `lo` up if it is down,
+/// binds every port, then relays until killed (the VM's stop ends it).
+/// `bot-bottle __bottle-forward --ready PORT…`: waits up to 10 s until
+/// each port accepts a connection; exit 0, or 1 saying which does not.
+/// `bot-bottle __bottle-forward --exec -- ARGV…`: runs ARGV (the agent)
+/// with every capability gone (bounding set too), `no_new_privs`, and the
+/// native bottle's seccomp filter: in a guest where smolvm runs it as root,
+/// it opens no raw or packet socket, no vsock, and regains nothing.
+/// Returns the exit code.
+pub fn guest_main(args: &[String]) -> i32 {
+    let (code, msg) = match guest(args) {
+        Ok(()) => return 0,
+        Err(Failed::NotRun(e)) if e.kind() == io::ErrorKind::NotFound => (127, e.to_string()),
+        Err(Failed::NotRun(e)) => (126, e.to_string()),
+        Err(Failed::Said(e)) => (1, e),
+    };
+    let _ = io::Write::write_all(&mut io::stderr(), format!("bot-bottle forwarder: {msg}\n").as_bytes());
+    code
+}
+
+/// Why the guest mode failed: a command that could not run (exit 127 or
+/// 126, as a shell says), or anything else (exit 1).
+enum Failed {
+    NotRun(io::Error),
+    Said(String),
+}
+
+impl From<String> for Failed {
+    fn from(s: String) -> Self {
+        Failed::Said(s)
+    }
+}
+
+fn guest(args: &[String]) -> Result<(), Failed> {
+    if args.first().map(String::as_str) == Some("--exec") {
+        let argv = match args.get(1).map(String::as_str) {
+            Some("--") => &args[2..],
+            _ => &args[1..],
+        };
+        return confine_and_exec(argv);
+    }
+    if args.first().map(String::as_str) == Some("--ready") {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &args[1..] {
+            let port: u16 = p.parse().map_err(|_| format!("not a port: {p}"))?;
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    return Err(format!("nothing listens on 127.0.0.1:{port}").into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        return Ok(());
+    }
+    let mut pairs = Vec::new();
+    for a in args {
+        let Some((port, socket)) = a.split_once('=') else {
+            return Err(format!("expected PORT=SOCKET, got {a}").into());
+        };
+        let port: u16 = port.parse().map_err(|_| format!("not a port: {port}"))?;
+        pairs.push((port, PathBuf::from(socket)));
+    }
+    if pairs.is_empty() {
+        return Err(Failed::Said("nothing to forward".into()));
+    }
+    // smolvm's no-network guest may leave `lo` down; an `lo` already up
+    // (or a bind that works) needs nothing.
+    if let Err(e) = loopback_up()
+        && TcpListener::bind(("127.0.0.1", 0)).is_err()
+    {
+        return Err(format!("bringing lo up: {e}").into());
+    }
+    for (port, socket) in pairs {
+        forward(port, socket.clone()).map_err(|e| format!("listening on 127.0.0.1:{port}: {e}"))?;
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Never returns on success: the process becomes ARGV.
+fn confine_and_exec(argv: &[String]) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let Some((prog, rest)) = argv.split_first() else { return Err(Failed::Said("--exec needs a command".into())) };
+    for cap in caps::all() {
+        // Only a process with CAP_SETPCAP may shrink the bounding set; one
+        // without has nothing there to lose that it could use.
+        if caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false) {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
+        }
+    }
+    for set in [caps::CapSet::Ambient, caps::CapSet::Inheritable, caps::CapSet::Effective, caps::CapSet::Permitted] {
+        caps::clear(None, set).map_err(|e| format!("dropping {set:?} capabilities: {e}"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    for f in crate::native::seccomp::filters().map_err(|e| format!("seccomp: {e}"))? {
+        seccompiler::apply_filter(&f).map_err(|e| format!("applying seccomp: {e}"))?;
+    }
+    let err = std::process::Command::new(prog).args(rest).exec();
+    Err(Failed::NotRun(io::Error::new(err.kind(), format!("cannot run `{prog}`: {err}"))))
+}
