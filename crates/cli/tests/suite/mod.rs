@@ -15,5 +15,6 @@ mod scan;
 mod smolmachines;
 mod start_native;
 mod supervise;
+mod supervise_claude;
 mod terminal;
 mod workspace;
