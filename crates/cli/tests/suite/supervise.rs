@@ -49,11 +49,16 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
         return;
     }
     let (port, seen) = upstream();
+    let (port2, seen2) = upstream();
     let script = format!(
         "{MCP_SH}\n\
          curl -s --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/data; echo; \
+         echo \"https: $(curl -s https://denied.example/x | tr '\\n' ' ')\"; \
          echo \"approved: $(tool request_egress '{{\"host\":\"127.0.0.1:{port}\",\"methods\":[\"GET\"],\"justification\":\"fetch the data\"}}')\"; \
          echo \"then: $(curl -s --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/data)\"; \
+         echo \"modified: $(tool request_egress '{{\"host\":\"127.0.0.1:{port2}\",\"justification\":\"everything there\"}}')\"; \
+         echo \"granted: $(curl -s --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port2}/data)\"; \
+         echo \"outside: $(curl -s --noproxy '' -x \"$HTTP_PROXY\" -X POST http://127.0.0.1:{port2}/data | head -n 3 | tr '\\n' ' ')\"; \
          echo \"rejected: $(tool request_egress '{{\"host\":\"other.example\",\"justification\":\"just because\"}}')\"; \
          echo \"denials: $(tool recent_denials '{{}}')\""
     );
@@ -64,7 +69,7 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     let end = Instant::now() + Duration::from_secs(60);
     let mut decided = 0;
     let mut follow = None;
-    while decided < 2 && Instant::now() < end {
+    while decided < 3 && Instant::now() < end {
         let (code, out) = cli(&p, &["requests", "list", "--format", "json"]);
         assert_eq!(code, 0, "{out}");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
@@ -76,8 +81,12 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
                 follow = Some((slug, f));
             }
             let id = r["id"].as_str().expect("id");
+            let host2 = format!("127.0.0.1:{port2}");
             let args: Vec<&str> = if r["route"]["host"] == "other.example" {
                 vec!["requests", "reject", id, "--comment", "not needed"]
+            } else if r["route"]["host"] == host2.as_str() {
+                // Modified: only GET, only /data.
+                vec!["requests", "approve", id, "--path", "/data", "--method", "GET"]
             } else {
                 vec!["requests", "approve", id]
             };
@@ -96,6 +105,22 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     );
     assert!(stdout.contains(r#"approved: "#) && stdout.contains(r#"\"status\":\"approved\""#), "{stdout}");
     assert!(stdout.contains("then: upstream-ok"), "the next request got through: {stdout}");
+    // An https request to a host no route names is answered inside the
+    // tunnel, and the answer names the tool too.
+    let https = stdout.lines().find(|l| l.starts_with("https: ")).unwrap_or_default();
+    assert!(
+        https.contains("request denied") && https.contains("denied.example") && https.contains("request_egress"),
+        "{stdout}"
+    );
+    // Modified: the granted route applies, not the one asked for.
+    let modified = stdout.lines().find(|l| l.starts_with("modified: ")).unwrap_or_default();
+    assert!(
+        modified.contains(r#"\"status\":\"modified\""#) && modified.contains(r#"\"paths\":[\"/data\"]"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("granted: upstream-ok"), "{stdout}");
+    assert!(stdout.contains("outside: bot-bottle egress proxy: request denied"), "POST was not granted: {stdout}");
+    assert_eq!(*seen2.lock().expect("lock"), vec!["GET /data HTTP/1.1".to_owned()]);
     assert!(stdout.contains(r#"\"status\":\"rejected\""#) && stdout.contains("not needed"), "{stdout}");
     assert!(stdout.contains(r#"\"rule\":\"host\""#), "recent_denials: {stdout}");
     assert_eq!(*seen.lock().expect("lock"), vec!["GET /data HTTP/1.1".to_owned()]);
@@ -104,7 +129,7 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     assert_eq!(code, 0);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
     let states: Vec<&str> = rows.iter().filter_map(|r| r["state"].as_str()).collect();
-    assert_eq!(states, ["approved", "rejected"]);
+    assert_eq!(states, ["approved", "modified", "rejected"]);
     // A decided request cannot be decided again.
     let id = rows[0]["id"].as_str().expect("id");
     assert_eq!(cli(&p, &["requests", "reject", id]).0, 2);
@@ -140,7 +165,8 @@ fn an_agent_asks_the_operator_decides_and_the_next_request_succeeds() {
     assert_eq!((count("allow"), count("deny")), (Some(1.into()), Some(1.into())), "{out}");
     let (code, out) = cli(&p, &["logs", &slug, "--denied"]);
     assert_eq!(code, 0);
-    assert!(out.lines().all(|l| l.contains(" deny ") || l.contains("rejected")) && out.lines().count() == 2, "{out}");
+    // The http and https denials, the POST outside the modified grant, the rejection.
+    assert!(out.lines().all(|l| l.contains(" deny ") || l.contains("rejected")) && out.lines().count() == 4, "{out}");
 }
 
 #[test]
