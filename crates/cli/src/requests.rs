@@ -19,11 +19,13 @@ pub(crate) enum RequestsCommand {
         /// Decided requests too.
         #[arg(long)]
         all: bool,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
     /// Approve a request: as asked, or modified with --host/--path/--method.
     Approve {
+        /// The request's id (from `requests list`).
         id: String,
         /// Grant this host instead of the one asked for.
         #[arg(long)]
@@ -37,14 +39,18 @@ pub(crate) enum RequestsCommand {
         /// A note for the agent.
         #[arg(long)]
         comment: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
     /// Reject a request, with a comment the agent reads.
     Reject {
+        /// The request's id (from `requests list`).
         id: String,
+        /// Why, for the agent.
         #[arg(long)]
         comment: Option<String>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
     },
@@ -150,42 +156,61 @@ pub(crate) fn decide(
     Ok(Row { slug, request })
 }
 
+/// `s` safe to print on the operator's terminal: the justification is the
+/// agent's text, and an escape sequence in it must not reach the terminal
+/// (rewrite what is shown, set the title, write the clipboard). Control
+/// characters become spaces (line breaks, tabs) or U+FFFD; so do the bidi
+/// controls that would reorder what the operator reads.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' => '\u{fffd}',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
 fn show(rows: &[Row], format: ListFormat) -> Result<(), Failure> {
     let out = match format {
         ListFormat::Json => serde_json::to_string_pretty(rows).map_err(|e| failure(e.to_string()))? + "\n",
-        ListFormat::Text => {
-            let mut s = String::new();
-            for r in rows {
-                let q = &r.request;
-                s.push_str(&format!(
-                    "{}  {}  {}  {}  {}\n    why: {}\n",
-                    q.id,
-                    r.slug,
-                    state_text(q.state),
-                    route_text(&q.route),
-                    match q.lifetime {
-                        bot_bottle_sidecars::Lifetime::Session => "session",
-                        bot_bottle_sidecars::Lifetime::Persist => "persist",
-                    },
-                    q.justification.replace('\n', " ")
-                ));
-                if let Some(d) = &q.decision {
-                    s.push_str(&format!(
-                        "    decided by {} at {}{}{}\n",
-                        d.by,
-                        d.at,
-                        d.route.as_ref().map(|r| format!(": {}", route_text(r))).unwrap_or_default(),
-                        d.comment.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
-                    ));
-                }
-            }
-            if s.is_empty() {
-                s.push_str("no requests\n");
-            }
-            s
-        }
+        ListFormat::Text => text(rows),
     };
     print(&out)
+}
+
+/// The text listing of `rows`, every line [`printable`].
+fn text(rows: &[Row]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let q = &r.request;
+        s.push_str(&format!(
+            "{}  {}  {}  {}  {}\n    why: {}\n",
+            q.id,
+            r.slug,
+            state_text(q.state),
+            route_text(&q.route),
+            match q.lifetime {
+                bot_bottle_sidecars::Lifetime::Session => "session",
+                bot_bottle_sidecars::Lifetime::Persist => "persist",
+            },
+            q.justification.replace('\n', " ")
+        ));
+        if let Some(d) = &q.decision {
+            s.push_str(&format!(
+                "    decided by {} at {}{}{}\n",
+                d.by,
+                d.at,
+                d.route.as_ref().map(|r| format!(": {}", route_text(r))).unwrap_or_default(),
+                d.comment.as_ref().map(|c| format!(" ({c})")).unwrap_or_default()
+            ));
+        }
+    }
+    if s.is_empty() {
+        s.push_str("no requests\n");
+    }
+    s.lines().map(|l| printable(l) + "\n").collect()
 }
 
 pub(crate) fn run(cmd: RequestsCommand) -> Result<(), Failure> {
@@ -200,5 +225,41 @@ pub(crate) fn run(cmd: RequestsCommand) -> Result<(), Failure> {
             show(&[decide(&id, Some(&grant), comment)?], format)
         }
         RequestsCommand::Reject { id, comment, format } => show(&[decide(&id, None, comment)?], format),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bot_bottle_sidecars::{Decision, Lifetime};
+
+    #[test]
+    fn the_agents_text_cannot_reach_the_terminal_as_escapes() {
+        let evil = "need it\x1b]52;c;ZXZpbA==\x07\x1b[2J\u{9b}31m\u{202e}txet\r\nfake: line";
+        let row = Row {
+            slug: "b".into(),
+            request: EgressRequest {
+                id: "r1".into(),
+                bottle: "b".into(),
+                created: "2026-01-01T00:00:00Z".into(),
+                run: "x".into(),
+                route: RouteSpec { host: "a.example".into(), paths: vec![], methods: vec![] },
+                justification: evil.into(),
+                lifetime: Lifetime::Session,
+                state: RequestState::Rejected,
+                decision: Some(Decision {
+                    by: "op".into(),
+                    at: "t".into(),
+                    route: None,
+                    comment: Some("no\x1b[1m".into()),
+                }),
+                applied: false,
+                apply_error: None,
+            },
+        };
+        let out = text(&[row]);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n' || c == '\u{202e}'), "{out:?}");
+        assert_eq!(out.lines().count(), 3, "the justification stays on its line: {out}");
+        assert!(out.contains("need it"), "{out}");
     }
 }

@@ -16,5 +16,6 @@ mod smolmachines;
 mod start_native;
 mod supervise;
 mod supervise_claude;
+mod supervise_tui;
 mod terminal;
 mod workspace;

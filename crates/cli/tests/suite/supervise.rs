@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::native::{available, panic_or_skip};
 use super::start_native::{Project, cli, command, upstream};
 
-fn project(script: &str) -> Project {
+pub(super) fn project(script: &str) -> Project {
     let dir = tempfile::tempdir().expect("tempdir");
     let m = dir.path().join(".bot-bottle");
     std::fs::create_dir_all(m.join("agents")).expect("mkdir");
@@ -28,7 +28,7 @@ fn project(script: &str) -> Project {
 }
 
 /// A shell function that calls one supervise tool over streamable HTTP.
-const MCP_SH: &str = r#"
+pub(super) const MCP_SH: &str = r#"
 H='Content-Type: application/json'; A='Accept: application/json, text/event-stream'
 SID=$(curl -s -D - -o /dev/null -X POST "$BOT_BOTTLE_SUPERVISE_URL" -H "$H" -H "$A" \
   -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"sh","version":"1"}}}' \
@@ -192,7 +192,7 @@ fn a_bottle_that_could_write_its_own_manifest_is_refused() {
     std::fs::remove_dir_all(p.dir.path().join(".bot-bottle")).expect("rm");
     let m = outside.path().join("m");
     let out =
-        command(&p, &["--manifest", m.to_str().expect("utf-8"), "start", "a", "--quiet"]).output().expect("start");
+        command(&p, &["start", "--manifest", m.to_str().expect("utf-8"), "a", "--quiet"]).output().expect("start");
     if available().is_ok() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     }
