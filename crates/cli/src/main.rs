@@ -7,6 +7,7 @@
 mod bottles;
 mod launch;
 mod logs;
+mod persist;
 mod proxy;
 mod render;
 mod requests;

@@ -39,6 +39,10 @@ pub(crate) enum RequestsCommand {
         /// A note for the agent.
         #[arg(long)]
         comment: Option<String>,
+        /// For good: also write the granted route into the bottle's manifest file
+        /// (done anyway when the agent asked for it for good).
+        #[arg(long)]
+        persist: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Text)]
         format: ListFormat,
@@ -61,6 +65,9 @@ pub(crate) struct Row {
     pub(crate) slug: String,
     #[serde(flatten)]
     pub(crate) request: EgressRequest,
+    /// The manifest file the grant was written into ("for good").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) persisted: Option<PathBuf>,
 }
 
 /// Every bottle's state dir with its slug, newest first.
@@ -77,11 +84,11 @@ pub(crate) fn rows(slug: Option<&str>, all: bool) -> Result<Vec<Row>, Failure> {
     let mut v = Vec::new();
     for (slug, dir) in bottles(slug) {
         let reqs = Queue::new(&dir).all().map_err(|e| failure(format!("error: {slug}: {}", chain(&e))))?;
-        v.extend(
-            reqs.into_iter()
-                .filter(|r| all || r.state == RequestState::Pending)
-                .map(|request| Row { slug: slug.clone(), request }),
-        );
+        v.extend(reqs.into_iter().filter(|r| all || r.state == RequestState::Pending).map(|request| Row {
+            slug: slug.clone(),
+            request,
+            persisted: None,
+        }));
     }
     v.sort_by(|a, b| (&a.request.created, &a.request.id).cmp(&(&b.request.created, &b.request.id)));
     Ok(v)
@@ -137,11 +144,14 @@ fn find(id: &str) -> Result<(String, Queue), Failure> {
 }
 
 /// Decides `id`: `grant` builds the granted route from the asked one
-/// (`None` rejects).
+/// (`None` rejects). A grant is also written into the bottle's manifest
+/// file when `persist` is set or the agent asked for it for good; that
+/// edit is checked before anything is decided.
 pub(crate) fn decide(
     id: &str,
     grant: Option<&dyn Fn(&RouteSpec) -> RouteSpec>,
     comment: Option<String>,
+    persist: bool,
 ) -> Result<Row, Failure> {
     let (slug, q) = find(id)?;
     let asked = q.get(id).map_err(|e| failure(format!("error: {}", chain(&e))))?;
@@ -149,11 +159,21 @@ pub(crate) fn decide(
     if let Some(r) = &route {
         bot_bottle_sidecars::check_route(r).map_err(|e| usage(format!("error: {}", chain(&e))))?;
     }
+    let for_good = route.clone().filter(|_| persist || asked.lifetime == bot_bottle_sidecars::Lifetime::Persist);
+    if let Some(r) = &for_good {
+        crate::persist::check(&slug, r)?;
+    }
     let request = q.decide(id, &operator(), route, comment).map_err(|e| match e {
         bot_bottle_sidecars::SuperviseError::AlreadyDecided { .. } => usage(format!("error: {e}")),
         e => failure(format!("error: {}", chain(&e))),
     })?;
-    Ok(Row { slug, request })
+    let persisted = match &for_good {
+        Some(r) => Some(crate::persist::persist(&slug, r).map_err(|f| {
+            failure(format!("{}\n(the grant is in force for this run of `{slug}`, but was not written)", f.message))
+        })?),
+        None => None,
+    };
+    Ok(Row { slug, request, persisted })
 }
 
 /// `s` safe to print on the operator's terminal: the justification is the
@@ -197,6 +217,9 @@ fn text(rows: &[Row]) -> String {
             },
             q.justification.replace('\n', " ")
         ));
+        if let Some(f) = &r.persisted {
+            s.push_str(&format!("    written for good into {}\n", f.display()));
+        }
         if let Some(d) = &q.decision {
             s.push_str(&format!(
                 "    decided by {} at {}{}{}\n",
@@ -216,15 +239,15 @@ fn text(rows: &[Row]) -> String {
 pub(crate) fn run(cmd: RequestsCommand) -> Result<(), Failure> {
     match cmd {
         RequestsCommand::List { slug, all, format } => show(&rows(slug.as_deref(), all)?, format),
-        RequestsCommand::Approve { id, host, paths, methods, comment, format } => {
+        RequestsCommand::Approve { id, host, paths, methods, comment, persist, format } => {
             let grant = move |asked: &RouteSpec| RouteSpec {
                 host: host.clone().unwrap_or_else(|| asked.host.clone()),
                 paths: if paths.is_empty() { asked.paths.clone() } else { paths.clone() },
                 methods: if methods.is_empty() { asked.methods.clone() } else { methods.clone() },
             };
-            show(&[decide(&id, Some(&grant), comment)?], format)
+            show(&[decide(&id, Some(&grant), comment, persist)?], format)
         }
-        RequestsCommand::Reject { id, comment, format } => show(&[decide(&id, None, comment)?], format),
+        RequestsCommand::Reject { id, comment, format } => show(&[decide(&id, None, comment, false)?], format),
     }
 }
 
@@ -256,6 +279,7 @@ mod tests {
                 applied: false,
                 apply_error: None,
             },
+            persisted: None,
         };
         let out = text(&[row]);
         assert!(!out.chars().any(|c| c.is_control() && c != '\n' || c == '\u{202e}'), "{out:?}");

@@ -59,7 +59,13 @@ impl App {
 
     fn decided(&mut self, r: Result<Row, Failure>) {
         self.status = match r {
-            Ok(row) => format!("{} {}: {}", row.request.id, state(&row), route_text(&row.request.route)),
+            Ok(row) => format!(
+                "{} {}: {}{}",
+                row.request.id,
+                state(&row),
+                route_text(&row.request.route),
+                row.persisted.map(|f| format!(" (written into {})", f.display())).unwrap_or_default()
+            ),
             Err(f) => f.message,
         };
         self.mode = Mode::List;
@@ -112,7 +118,7 @@ fn key(term: &mut DefaultTerminal, app: &mut App, code: KeyCode) -> Result<bool,
             KeyCode::Enter => {
                 let (id, text) = (id.clone(), text.trim().to_owned());
                 let comment = if text.is_empty() { None } else { Some(text) };
-                let r = requests::decide(&id, None, comment);
+                let r = requests::decide(&id, None, comment, false);
                 app.decided(r);
             }
             KeyCode::Esc => app.mode = Mode::List,
@@ -142,7 +148,14 @@ fn key(term: &mut DefaultTerminal, app: &mut App, code: KeyCode) -> Result<bool,
             KeyCode::Enter => app.mode = Mode::Detail,
             KeyCode::Char('a') => {
                 if let Some(id) = app.selected().map(|r| r.request.id.clone()) {
-                    let r = requests::decide(&id, Some(&|asked: &RouteSpec| asked.clone()), None);
+                    let r = requests::decide(&id, Some(&|asked: &RouteSpec| asked.clone()), None, false);
+                    app.decided(r);
+                }
+            }
+            KeyCode::Char('p') => {
+                // For good: also into the bottle's manifest file.
+                if let Some(id) = app.selected().map(|r| r.request.id.clone()) {
+                    let r = requests::decide(&id, Some(&|asked: &RouteSpec| asked.clone()), None, true);
                     app.decided(r);
                 }
             }
@@ -189,7 +202,7 @@ fn modify(term: &mut DefaultTerminal, app: &mut App, id: &str, yaml: String) -> 
     });
     match checked {
         Ok(spec) => {
-            let r = requests::decide(id, Some(&move |_: &RouteSpec| spec.clone()), None);
+            let r = requests::decide(id, Some(&move |_: &RouteSpec| spec.clone()), None, false);
             app.decided(r);
         }
         Err(error) => app.mode = Mode::Invalid { id: id.to_owned(), yaml: edited, error },
@@ -248,7 +261,7 @@ fn draw(f: &mut Frame<'_>, app: &mut App) {
     let keys = match &app.mode {
         Mode::Comment { .. } => "type the comment for the agent; Enter rejects, Esc cancels",
         Mode::Invalid { .. } => "e edit again, Esc cancel",
-        _ => "a approve  m modify  r reject  Enter detail  Esc back  q quit",
+        _ => "a approve  p approve for good  m modify  r reject  Enter detail  Esc back  q quit",
     };
     f.render_widget(Paragraph::new(keys), help);
     let line = match &app.mode {
