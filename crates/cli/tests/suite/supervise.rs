@@ -197,3 +197,83 @@ fn a_bottle_that_could_write_its_own_manifest_is_refused() {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// Waits for the one pending request of `p`'s bottles; its id.
+fn pending(p: &Project) -> String {
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        let (code, out) = cli(p, &["requests", "list", "--format", "json"]);
+        assert_eq!(code, 0, "{out}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+        if let Some(id) = rows.first().and_then(|r| r["id"].as_str()) {
+            return id.to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no request showed up");
+}
+
+/// A grant for good lands in the bottle's manifest file, comments and all;
+/// a bottle file that resolves into a mounted project is never written.
+#[test]
+fn for_good_writes_the_manifest_file_the_agent_cannot_reach() {
+    if let Err(why) = available() {
+        panic_or_skip(&why);
+        return;
+    }
+    let ask = format!(
+        "{MCP_SH}\necho \"asked: $(tool request_egress '{{\"host\":\"kept.example\",\"paths\":[\"/v1\"],\"justification\":\"for every run\",\"lifetime\":\"persist\"}}')\""
+    );
+    let p = project(&ask);
+    let b = p.dir.path().join(".bot-bottle/bottles/b.yaml");
+    let original = format!("# the operator's notes\n{}", std::fs::read_to_string(&b).expect("read"));
+    std::fs::write(&b, &original).expect("write");
+    let agent = command(&p, &["start", "a", "--quiet"]).stdout(Stdio::piped()).spawn().expect("start");
+    let id = pending(&p);
+    let (code, out) = cli(&p, &["requests", "approve", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("written for good into"), "{out}");
+    let out = agent.wait_with_output().expect("agent");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#"\"status\":\"approved\""#));
+    let now = std::fs::read_to_string(&b).expect("read");
+    assert_eq!(now, format!("{original}    - host: \"kept.example\"\n      paths: [\"/v1\"]\n"));
+
+    // A bottle file that is a symlink into the mounted project is refused at
+    // start; one that becomes such a symlink while the bottle runs is refused
+    // by --persist, and nothing is decided.
+    let p = project(&ask.replace("\\\"lifetime\\\":\\\"persist\\\"", "\\\"lifetime\\\":\\\"session\\\""));
+    let outside = tempfile::tempdir().expect("tempdir");
+    let m = outside.path().join("m");
+    let moved = Command::new("cp").args(["-r", ".bot-bottle"]).arg(&m).current_dir(p.dir.path()).status();
+    assert!(moved.expect("cp").success());
+    std::fs::remove_dir_all(p.dir.path().join(".bot-bottle")).expect("rm");
+    let inside = p.dir.path().join("b.yaml");
+    let text = std::fs::read_to_string(m.join("bottles/b.yaml")).expect("read");
+    std::fs::write(&inside, text.replace("supervise: true\n", "supervise: true\nworkspace: mount\n")).expect("write");
+    let own = m.join("bottles/b.yaml");
+    std::fs::copy(&inside, m.join("real.yaml")).expect("copy");
+    std::fs::remove_file(&own).expect("rm");
+    std::os::unix::fs::symlink(&inside, &own).expect("symlink");
+    let ms = m.to_str().expect("utf-8");
+    let o = command(&p, &["start", "--manifest", ms, "a", "--quiet"]).output().expect("start");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("resolves to") && stderr.contains("inside the project"), "{stderr}");
+    std::fs::remove_file(&own).expect("rm");
+    std::fs::rename(m.join("real.yaml"), &own).expect("mv");
+    let agent =
+        command(&p, &["start", "--manifest", ms, "a", "--quiet"]).stdout(Stdio::piped()).spawn().expect("start");
+    let id = pending(&p);
+    std::fs::remove_file(&own).expect("rm");
+    std::os::unix::fs::symlink(&inside, &own).expect("symlink");
+    let before = std::fs::read_to_string(&inside).expect("read");
+    let o = command(&p, &["requests", "approve", &id, "--persist"]).output().expect("approve");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("inside the project"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&inside).expect("read"), before, "nothing written");
+    assert_eq!(cli(&p, &["requests", "list", "--format", "json"]).1.matches(&id).count(), 1, "still pending");
+    assert_eq!(cli(&p, &["requests", "reject", &id]).0, 0);
+    let out = agent.wait_with_output().expect("agent");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#"\"status\":\"rejected\""#));
+}
