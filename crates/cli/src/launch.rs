@@ -580,5 +580,17 @@ pub(crate) fn manifest_out_of_reach(plan: &Plan, request: &Stored) -> Result<(),
             project.display()
         )));
     }
+    // A file of the manifest may be a symlink into the project.
+    for file in plan.bottle.files.iter().chain([&plan.agent.file]) {
+        if real(file).starts_with(&project) {
+            return Err(usage(format!(
+                "error: the manifest file {} resolves to {}, inside the project {}, which `workspace: mount` lets \
+                 the agent write: it could widen its own egress. Use `workspace: copy`, or keep the file outside the project",
+                file.display(),
+                real(file).display(),
+                project.display()
+            )));
+        }
+    }
     Ok(())
 }

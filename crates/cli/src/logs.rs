@@ -27,7 +27,7 @@ pub(crate) struct LogsArgs {
     /// The agent's output (`agent.log` of a detached bottle) instead.
     #[arg(long, conflicts_with_all = ["denied", "format"])]
     agent: bool,
-    /// Output format (json: one audit entry per line, as written).
+    /// Output format (json: one audit entry per line, as stored).
     #[arg(long, value_enum)]
     format: Option<ListFormat>,
 }
@@ -66,12 +66,16 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// One entry as a line of text.
+/// One entry as a line of text, safe for the terminal.
 fn line(e: &Value) -> String {
+    crate::requests::printable(&entry(e)) + "\n"
+}
+
+fn entry(e: &Value) -> String {
     let t = s(&e["time"]);
     match e["service"].as_str() {
         None => format!(
-            "{t} proxy     {:<5} {} {}:{}{} {}\n",
+            "{t} proxy     {:<5} {} {}:{}{} {}",
             s(&e["decision"]),
             s(&e["method"]),
             s(&e["host"]),
@@ -80,7 +84,7 @@ fn line(e: &Value) -> String {
             e["rule"].as_str().map(|r| format!("rule={r}")).unwrap_or_default()
         ),
         Some("gate") => format!(
-            "{t} gate      {:<5} {} {} {}{}\n",
+            "{t} gate      {:<5} {} {} {}{}",
             s(&e["decision"]),
             s(&e["op"]),
             s(&e["repo"]),
@@ -88,14 +92,14 @@ fn line(e: &Value) -> String {
             e["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
         ),
         Some("supervise") => format!(
-            "{t} supervise {:<8} {} {} {}{}\n",
+            "{t} supervise {:<8} {} {} {}{}",
             s(&e["op"]),
             s(&e["id"]),
             s(&e["route"]["host"]),
             s(&e["state"]),
             e["by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default()
         ),
-        Some(_) => format!("{e}\n"),
+        Some(_) => e.to_string(),
     }
 }
 

@@ -7,11 +7,13 @@
 mod bottles;
 mod launch;
 mod logs;
+mod persist;
 mod proxy;
 mod render;
 mod requests;
 mod scan;
 mod state;
+mod supervise;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -125,6 +127,11 @@ enum Command {
     /// Egress requests from supervised bottles: list, approve, reject.
     #[command(subcommand)]
     Requests(requests::RequestsCommand),
+    /// Work through pending egress requests in a TUI: approve, modify in $EDITOR, reject.
+    Supervise {
+        /// Only this bottle's requests.
+        slug: Option<String>,
+    },
     /// Print shell completions.
     Completions {
         /// The shell to print completions for.
@@ -295,6 +302,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Doctor => doctor(),
         Command::List(args) => bottles::list(&args),
         Command::Requests(cmd) => requests::run(cmd),
+        Command::Supervise { slug } => supervise::run(slug),
         Command::Logs(args) => logs::logs(args),
         Command::Policy(args) => logs::policy(args),
         Command::Stop { slugs, all, time } => bottles::stop(&slugs, all, std::time::Duration::from_secs(time)),

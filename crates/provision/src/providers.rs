@@ -231,14 +231,15 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     dir(p, dot.clone(), 0o700, Owner::Agent);
     dir(p, format!("{dot}/skills"), 0o755, Owner::Agent);
     skills_into(plan, p, &format!("{dot}/skills"));
+    let supervise = l.supervise_url.filter(|_| plan.supervise);
     // First-run screens would stall an unattended agent.
-    file(
-        p,
-        format!("{}/.claude.json", l.home),
-        0o600,
-        Owner::Agent,
-        text("{\n  \"hasCompletedOnboarding\": true,\n  \"bypassPermissionsModeAccepted\": true\n}\n"),
-    );
+    let mut user = serde_json::json!({ "hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true });
+    if let Some(url) = supervise {
+        // User scope as well as `--mcp-config`: `claude mcp list` and an
+        // interactive session started without our flags see it there.
+        user["mcpServers"] = mcp_servers(url);
+    }
+    file(p, format!("{}/.claude.json", l.home), 0o600, Owner::Agent, text(format!("{user:#}\n")));
     verify(
         p,
         &["claude", "--version"],
@@ -252,9 +253,11 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     if let Some(m) = &plan.agent.model {
         argv.extend(["--model".into(), m.clone()]);
     }
-    if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
+    if let Some(url) = supervise {
+        // The operator's copy, out of the agent's reach, and with
+        // `--strict-mcp-config` the only servers the session loads.
         let mcp = format!("{}/mcp.json", l.state_dir);
-        let cfg = serde_json::json!({ "mcpServers": { "supervise": { "type": "http", "url": url } } });
+        let cfg = serde_json::json!({ "mcpServers": mcp_servers(url) });
         file(p, mcp.clone(), 0o644, Owner::Root, text(format!("{cfg:#}\n")));
         argv.extend(["--mcp-config".into(), mcp, "--strict-mcp-config".into()]);
     }
@@ -263,6 +266,11 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     }
     argv.extend(plan.args.iter().cloned());
     p.argv = argv;
+}
+
+/// Claude Code's `mcpServers` entry for supervise.
+fn mcp_servers(url: &str) -> serde_json::Value {
+    serde_json::json!({ "supervise": { "type": "http", "url": url } })
 }
 
 /// Codex: its own home with config, placeholder auth and the prompt as

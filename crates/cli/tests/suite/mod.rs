@@ -15,5 +15,7 @@ mod scan;
 mod smolmachines;
 mod start_native;
 mod supervise;
+mod supervise_claude;
+mod supervise_tui;
 mod terminal;
 mod workspace;
