@@ -7,6 +7,7 @@ mod launch;
 mod proxy;
 mod render;
 mod scan;
+mod task;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -317,6 +318,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         )));
     }
     launch::check_built(&plan)?;
+    // The detached launcher's own run was checked by the `start --detach`
+    // that spawned it, with the task it had then.
+    if std::env::var_os(launch::DETACHED).is_none() {
+        task::check(&plan, args.detach)?;
+    }
     let request = launch::Stored {
         agent: plan.agent.name.clone(),
         bottles: req.bottles.clone(),

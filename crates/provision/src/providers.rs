@@ -227,14 +227,25 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     dir(p, dot.clone(), 0o700, Owner::Agent);
     dir(p, format!("{dot}/skills"), 0o755, Owner::Agent);
     skills_into(plan, p, &format!("{dot}/skills"));
-    // First-run screens would stall an unattended agent.
-    file(
-        p,
-        format!("{}/.claude.json", l.home),
-        0o600,
-        Owner::Agent,
-        text("{\n  \"hasCompletedOnboarding\": true,\n  \"bypassPermissionsModeAccepted\": true\n}\n"),
-    );
+    // First-run screens would stall an unattended agent, and two dialogs
+    // block one on a terminal: folder trust (answered per directory) and
+    // "use this API key?" (answered by the key's last 20 characters; its
+    // default leaves Claude Code logged out). The key it sees is the
+    // placeholder, so that is the one approved; the real key never enters.
+    let mut projects = serde_json::Map::new();
+    for dir in [l.workspace, l.home] {
+        projects.insert(
+            dir.to_owned(),
+            serde_json::json!({ "hasTrustDialogAccepted": true, "hasCompletedProjectOnboarding": true }),
+        );
+    }
+    let cfg = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "bypassPermissionsModeAccepted": true,
+        "projects": projects,
+        "customApiKeyResponses": { "approved": [key_suffix(PLACEHOLDER_KEY)], "rejected": [] },
+    });
+    file(p, format!("{}/.claude.json", l.home), 0o600, Owner::Agent, text(format!("{cfg:#}\n")));
     verify(
         p,
         &["claude", "--version"],
@@ -243,6 +254,10 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     env(p, "ANTHROPIC_API_KEY", PLACEHOLDER_KEY);
     env(p, "DISABLE_AUTOUPDATER", "1");
     env(p, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    // An unprivileged launch runs the agent as uid 0 inside its own user
+    // namespace, where Claude Code refuses `--dangerously-skip-permissions`
+    // unless told it is in a sandbox. It is: the bottle is the boundary.
+    env(p, "IS_SANDBOX", "1");
     let mut argv: Vec<String> = vec!["claude".into(), "--dangerously-skip-permissions".into()];
     argv.extend(["--append-system-prompt-file".into(), prompt_path(l)]);
     if let Some(m) = &plan.agent.model {
@@ -257,8 +272,24 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     if !l.interactive {
         argv.push("--print".into());
     }
-    argv.extend(plan.args.iter().cloned());
+    task_args(plan, &mut argv);
     p.argv = argv;
+}
+
+/// The arguments after `--`, else the agent's `task:`; with neither, an
+/// unattended agent reads its task from stdin.
+fn task_args(plan: &Plan, argv: &mut Vec<String>) {
+    if plan.args.is_empty() {
+        argv.extend(plan.agent.task.iter().cloned());
+    } else {
+        argv.extend(plan.args.iter().cloned());
+    }
+}
+
+/// What Claude Code remembers of an approved API key: its last 20 characters.
+fn key_suffix(key: &str) -> &str {
+    let start = key.char_indices().rev().nth(19).map_or(0, |(i, _)| i);
+    &key[start..]
 }
 
 /// Codex: its own home with config, placeholder auth and the prompt as
@@ -296,7 +327,7 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
         // Unattended; the workspace copy need not be a git repository.
         argv.extend(["exec".into(), "--skip-git-repo-check".into()]);
     }
-    argv.extend(plan.args.iter().cloned());
+    task_args(plan, &mut argv);
     p.argv = argv;
 }
 
@@ -374,6 +405,13 @@ mod tests {
         // With a port, an ssh remote has no scp-like spelling.
         let ssh = GitUrl::Ssh { user: None, host: "h".into(), port: Some(2222), path: "a.git".into() };
         assert_eq!(url_forms(&ssh), ["ssh://h:2222/a.git", "https://h/a.git", "ssh://h:2222/a", "https://h/a"]);
+    }
+
+    #[test]
+    fn the_approved_key_is_the_placeholders_last_20_characters() {
+        assert_eq!(key_suffix(PLACEHOLDER_KEY).len(), 20);
+        assert!(PLACEHOLDER_KEY.ends_with(key_suffix(PLACEHOLDER_KEY)));
+        assert_eq!(key_suffix("short"), "short");
     }
 
     #[test]
