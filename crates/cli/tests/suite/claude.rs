@@ -10,7 +10,7 @@ use bot_bottle_provision::PLACEHOLDER_KEY;
 
 use super::native::{available, panic_or_skip};
 
-fn claude_installed() -> Result<(), String> {
+pub(super) fn claude_installed() -> Result<(), String> {
     let ok = Command::new("claude").arg("--version").output().is_ok_and(|o| o.status.success());
     if ok { Ok(()) } else { Err("claude is not installed (npm i -g @anthropic-ai/claude-code)".into()) }
 }
@@ -23,7 +23,7 @@ fn sh(dir: &Path, script: &str) {
 /// A test CA and a certificate for 127.0.0.2, made with openssl. (Not
 /// [::1]: Claude Code's runtime sends a bracketed IPv6 literal as SNI,
 /// which rustls refuses as malformed.)
-fn pki(dir: &Path) {
+pub(super) fn pki(dir: &Path) {
     sh(
         dir,
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null && \
@@ -78,7 +78,13 @@ fn agent_project(dir: &Path, bottle: &str, name: &str, provider: &str) -> std::p
 
 /// `bot-bottle start AGENT --quiet -- ARGS` in `project`, its state in
 /// `state`, with nothing of this process's environment but PATH and `env`.
-fn start_in(project: &Path, state: &Path, env: &[(&str, &std::ffi::OsStr)], agent: &str, args: &[&str]) -> Command {
+pub(super) fn start_in(
+    project: &Path,
+    state: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+    agent: &str,
+    args: &[&str],
+) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
     c.args(["start", agent, "--quiet", "--"])
         .args(args)
@@ -161,7 +167,7 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
     assert!(!stdout.contains(real_key), "the real key never reaches the agent");
 }
 
-fn codex_installed() -> Result<(), String> {
+pub(super) fn codex_installed() -> Result<(), String> {
     let ok = Command::new("codex").arg("--version").output().is_ok_and(|o| o.status.success());
     if ok { Ok(()) } else { Err("codex is not installed (npm i -g @openai/codex)".into()) }
 }
@@ -208,7 +214,7 @@ fn codex_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
 
 /// `bot-bottle cleanup` for a state home: a launcher killed by the test
 /// leaves its bottle's cgroup behind.
-fn cleanup(state: &Path) {
+pub(super) fn cleanup(state: &Path) {
     let s = Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
         .arg("cleanup")
         .env_clear()
@@ -221,7 +227,7 @@ fn cleanup(state: &Path) {
 }
 
 /// Every bottle's audit log under a state home, for failure messages.
-fn audit(state: &Path) -> String {
+pub(super) fn audit(state: &Path) -> String {
     let dir = state.join("bot-bottle/bottles");
     std::fs::read_dir(dir)
         .into_iter()

@@ -8,6 +8,7 @@ mod escape;
 mod gate;
 mod malformed;
 mod native;
+mod providers;
 mod proxy_cmd;
 mod scan;
 mod smolmachines;
