@@ -268,3 +268,53 @@ fn claude_launched_by_an_unprivileged_user_runs_as_uid_0_inside_and_does_its_tas
     let out = fx.start(state.path(), "c", &[TASK], None, user);
     fx.assert_done(state.path(), &out, "unprivileged");
 }
+
+/// On a terminal Claude Code starts its interactive session with the task
+/// as its first message: no folder-trust dialog, no "use this API key?"
+/// (whose default would leave it logged out), no onboarding.
+#[test]
+fn claude_on_a_terminal_shows_no_dialog_and_does_its_task() {
+    if !probe() {
+        return;
+    }
+    let fx = fixture();
+    let state = tempfile::tempdir().expect("state");
+    let done = state.path().join("bot-bottle/bottles/*/workspace/hello.txt");
+    let steps = serde_json::json!([
+        ["waitfile", done.display().to_string()],
+        // The commit follows hello.txt at once, then the final answer. (Not
+        // a wait for its text: the screen is redrawn with cursor moves, so
+        // no phrase is sure to be written whole.)
+        ["sleep", 3],
+        ["type", "\u{3}"],
+        ["sleep", 0.5],
+        ["type", "\u{3}"],
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pty_run.py");
+    let mut c = Command::new("python3");
+    c.arg(script)
+        .arg(steps.to_string())
+        .args(["--", env!("CARGO_BIN_EXE_bot-bottle"), "start", "c", "--quiet", "--", TASK])
+        .current_dir(fx.project())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", state.path())
+        .env("XDG_STATE_HOME", state.path())
+        .env("TERM", "xterm-256color")
+        .envs(fx.env());
+    let out = c.output().expect("pty_run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let shown = v["output"].as_str().unwrap_or_default().to_owned();
+    cleanup(state.path());
+    for dialog in ["trust", "Do you want to use this API key", "Choose the text style", "Yes, I accept"] {
+        assert!(!shown.contains(dialog), "a dialog (`{dialog}`) showed:\n{shown}");
+    }
+    let o = Output { status: exit_status(v["code"].as_i64().unwrap_or(-1)), stdout: Vec::new(), stderr: shown.into() };
+    fx.assert_done(state.path(), &o, "terminal");
+}
+
+fn exit_status(code: i64) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    std::process::ExitStatus::from_raw(i32::try_from(code).unwrap_or(255).clamp(0, 255) << 8)
+}
