@@ -292,6 +292,9 @@ fn key_suffix(key: &str) -> &str {
     &key[start..]
 }
 
+/// Where Codex's requests go when the bottle sets no `OPENAI_BASE_URL`.
+const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
 /// Codex: its own home with config, placeholder auth and the prompt as
 /// global instructions; approvals off (the bottle is the boundary).
 pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
@@ -301,11 +304,27 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     if let Some(m) = &plan.agent.model {
         cfg.push_str(&format!("model = {}\n", toml_str(m)));
     }
+    // Codex ignores OPENAI_BASE_URL and tries a WebSocket before HTTPS (6.5 s
+    // lost when refused): a provider of our own, over HTTPS only, at the
+    // bottle's OPENAI_BASE_URL when it sets one.
+    cfg.push_str("model_provider = \"bot-bottle\"\n");
+    // Update checks and analytics are noise in the audit log and denied anyway.
+    cfg.push_str("check_for_update_on_startup = false\n");
     cfg.push_str("approval_policy = \"never\"\n");
     cfg.push_str("# The bottle is the sandbox; Codex's own would only get in the way.\n");
     cfg.push_str("sandbox_mode = \"danger-full-access\"\n");
     // The workspace is the bottle's own copy: trusted, git repository or not.
     cfg.push_str(&format!("\n[projects.{}]\ntrust_level = \"trusted\"\n", toml_str(l.workspace)));
+    cfg.push_str("\n[analytics]\nenabled = false\n\n[feedback]\nenabled = false\n");
+    // Plugins, apps and in-app updates fetch from github.com and chatgpt.com
+    // in the background: denied by the proxy, noise in the audit log.
+    cfg.push_str("\n[features]\nplugins = false\nremote_plugin = false\napps = false\nin_app_updates = false\n");
+    let base =
+        plan.env.iter().find(|(k, _)| k.as_str() == "OPENAI_BASE_URL").map_or(OPENAI_BASE_URL, |(_, v)| v.as_str());
+    cfg.push_str(&format!(
+        "\n[model_providers.bot-bottle]\nname = \"OpenAI\"\nbase_url = {}\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\nsupports_websockets = false\n",
+        toml_str(base)
+    ));
     if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
         cfg.push_str(&format!("\n[mcp_servers.supervise]\nurl = {}\n", toml_str(url)));
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bot_bottle_provision::PLACEHOLDER_KEY;
 
-use super::claude::{claude_installed, cleanup, pki, start_in};
+use super::claude::{audit, claude_installed, cleanup, codex_installed, pki, start_in};
 use super::native::{available, panic_or_skip};
 
 const REAL_KEY: &str = "real-anthropic-key-for-the-providers-test-0123456789";
@@ -27,13 +27,10 @@ struct Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // The fake API is this test's child; it must not outlive it.
-        if let Err(e) = self.api.kill() {
-            eprintln!("stopping the fake API: {e}");
-        }
-        if let Err(e) = self.api.wait() {
-            eprintln!("waiting for the fake API: {e}");
-        }
+        // The fake API is this test's child; it must not outlive it. (An
+        // error here means it is gone already.)
+        self.api.kill().ok();
+        self.api.wait().ok();
     }
 }
 
@@ -48,12 +45,23 @@ fn probe() -> bool {
 }
 
 fn fixture() -> Fixture {
+    fixture_for("claude", "fake_anthropic.py", |port| {
+        format!(
+            "backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: x-api-key, env: BB_TEST_ANTHROPIC_KEY }}\n"
+        )
+    })
+}
+
+/// The fake API `script` (in tests/support) and agents of `provider` in a
+/// bottle made by `bottle(port)`.
+fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     pki(d);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_anthropic.py");
+    let script = format!("{}/tests/support/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut api = Command::new("python3")
-        .args([script, "127.0.0.2", "leaf.pem", "leaf.key"])
+        .arg(script)
+        .args(["127.0.0.2", "leaf.pem", "leaf.key"])
         .arg(d.join("requests.jsonl"))
         .current_dir(d)
         .stdout(Stdio::piped())
@@ -66,12 +74,10 @@ fn fixture() -> Fixture {
     let m = d.join("project/.bot-bottle");
     std::fs::create_dir_all(m.join("agents")).expect("mkdir");
     std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
-    let bottle = format!(
-        "backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: x-api-key, env: BB_TEST_ANTHROPIC_KEY }}\n"
-    );
-    std::fs::write(m.join("bottles/api.yaml"), bottle).expect("write");
-    std::fs::write(m.join("agents/c.md"), "---\nprovider: claude\nbottle: api\n---\nBe brief.\n").expect("write");
-    let t = format!("---\nprovider: claude\nbottle: api\ntask: \"{TASK}\"\n---\nBe brief.\n");
+    std::fs::write(m.join("bottles/api.yaml"), bottle(port)).expect("write");
+    std::fs::write(m.join("agents/c.md"), format!("---\nprovider: {provider}\nbottle: api\n---\nBe brief.\n"))
+        .expect("write");
+    let t = format!("---\nprovider: {provider}\nbottle: api\ntask: \"{TASK}\"\n---\nBe brief.\n");
     std::fs::write(m.join("agents/t.md"), t).expect("write");
     // A repository with one commit and no identity of its own: the commit
     // inside needs the bottle's default one.
@@ -105,6 +111,7 @@ impl Fixture {
         vec![
             ("BOT_BOTTLE_UPSTREAM_CA", self.dir.path().join("ca.pem").into_os_string()),
             ("BB_TEST_ANTHROPIC_KEY", REAL_KEY.into()),
+            ("BB_TEST_OPENAI_KEY", REAL_KEY.into()),
         ]
     }
 
@@ -169,10 +176,11 @@ impl Fixture {
             "{shown}"
         );
         let requests = self.requests();
-        assert!(requests.contains("\"tools\": true"), "{shown}");
+        assert!(requests.contains("\"tools\": true") || requests.contains("\"tools\": [\""), "{shown}");
         for l in requests.lines() {
             let r: serde_json::Value = serde_json::from_str(l).expect("json");
-            assert_eq!(r["key"], REAL_KEY, "the proxy injected the real key: {l}");
+            let key = r["key"].as_str().or_else(|| r["authorization"].as_str()?.strip_prefix("Bearer "));
+            assert_eq!(key, Some(REAL_KEY), "the proxy injected the real key: {l}");
             assert!(!l.contains(PLACEHOLDER_KEY), "{l}");
         }
         assert!(!String::from_utf8_lossy(&out.stdout).contains(REAL_KEY));
@@ -317,4 +325,39 @@ fn claude_on_a_terminal_shows_no_dialog_and_does_its_task() {
 fn exit_status(code: i64) -> std::process::ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     std::process::ExitStatus::from_raw(i32::try_from(code).unwrap_or(255).clamp(0, 255) << 8)
+}
+
+fn codex_fixture() -> Fixture {
+    fixture_for("codex", "fake_openai.py", |port| {
+        format!(
+            "backend: native\nenv: {{ OPENAI_BASE_URL: \"https://127.0.0.2:{port}/v1\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: authorization, env: BB_TEST_OPENAI_KEY, format: \"Bearer {{}}\" }}\n"
+        )
+    })
+}
+
+/// Codex reads its base URL from config.toml, never a WebSocket first, and
+/// calls nothing in the background: every request the proxy saw went to
+/// the one API.
+#[test]
+fn codex_does_its_task_unattended_over_https_with_no_background_calls() {
+    for p in [available(), codex_installed()] {
+        if let Err(why) = p {
+            panic_or_skip(&why);
+            return;
+        }
+    }
+    let fx = codex_fixture();
+    for (how, agent, args, stdin) in [("-- TASK", "c", &[TASK][..], None), ("task:", "t", &[][..], None)] {
+        let state = tempfile::tempdir().expect("state");
+        let out = fx.start(state.path(), agent, args, stdin, None);
+        let audit = audit(state.path());
+        fx.assert_done(state.path(), &out, how);
+        let requests = fx.requests();
+        assert!(!requests.contains("\"websocket\": true"), "{how}: no WebSocket attempt:\n{requests}");
+        // The proxy's entries (the gate's have a `service`).
+        let elsewhere: Vec<&str> =
+            audit.lines().filter(|l| l.contains("\"method\"") && !l.contains("127.0.0.2")).collect();
+        assert!(elsewhere.is_empty(), "{how}: background calls:\n{}", elsewhere.join("\n"));
+        std::fs::write(fx.dir.path().join("requests.jsonl"), "").expect("truncate");
+    }
 }
