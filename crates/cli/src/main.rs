@@ -14,6 +14,7 @@ mod requests;
 mod scan;
 mod state;
 mod supervise;
+mod task;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -422,6 +423,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         )));
     }
     launch::check_built(&plan)?;
+    // The detached launcher's own run was checked by the `start --detach`
+    // that spawned it, with the task it had then.
+    if std::env::var_os(launch::DETACHED).is_none() {
+        task::check(&plan, args.detach)?;
+    }
     let request = launch::Stored {
         agent: plan.agent.name.clone(),
         bottles: req.bottles.clone(),

@@ -74,6 +74,11 @@ pub(crate) fn plan_text(p: &Plan) -> String {
     let _ = writeln!(s, ")");
     let _ =
         writeln!(s, "prompt     {} from line {} ({} bytes)", a.prompt.file.display(), a.prompt.line, a.prompt.bytes);
+    if let Some(t) = &a.task {
+        let one_line = t.lines().next().unwrap_or_default();
+        let more = if t.lines().nth(1).is_some() { " …" } else { "" };
+        let _ = writeln!(s, "task       {one_line}{more} (used when no arguments follow `--`)");
+    }
     if !a.skills.is_empty() {
         let names: Vec<&str> = a.skills.iter().map(|k| k.name.as_str()).collect();
         let _ = writeln!(s, "skills     {}", names.join(", "));

@@ -86,6 +86,9 @@ pub struct PlanAgent {
     /// argv, for `provider: command`.
     pub command: Option<Vec<String>>,
     pub model: Option<String>,
+    /// The unattended task (`task:`), used when no arguments follow `--`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
     pub prompt: PromptRef,
     pub skills: Vec<PlanSkill>,
 }
@@ -250,6 +253,7 @@ impl Manifest {
                 provider,
                 command: (provider == Provider::Command).then(|| head.command.clone()),
                 model: head.model.clone(),
+                task: head.task.clone(),
                 prompt: PromptRef { file: agent.file.path.clone(), line: agent.prompt_line, bytes: agent.prompt_bytes },
                 skills,
             },

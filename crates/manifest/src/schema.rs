@@ -949,7 +949,10 @@ pub(crate) fn expand_path(s: &str, dir: &Path, home: Option<&Path>) -> PathBuf {
 // ---------------------------------------------------------------------------
 // Agents
 
-pub(crate) const AGENT_KEYS: &[&str] = &["description", "provider", "command", "bottle", "skills", "model"];
+pub(crate) const AGENT_KEYS: &[&str] = &["description", "provider", "command", "bottle", "skills", "model", "task"];
+
+/// The longest `task:` accepted: it travels as one argv element.
+const TASK_MAX: usize = 64 * 1024;
 
 /// An agent's frontmatter, checked.
 #[derive(Clone, Debug)]
@@ -960,6 +963,7 @@ pub(crate) struct AgentHead {
     pub(crate) bottles: Vec<NameRef>,
     pub(crate) skills: Vec<NameRef>,
     pub(crate) model: Option<String>,
+    pub(crate) task: Option<String>,
 }
 
 pub(crate) fn agent(ck: &mut Checker<'_>, root: &Value) -> AgentHead {
@@ -970,6 +974,7 @@ pub(crate) fn agent(ck: &mut Checker<'_>, root: &Value) -> AgentHead {
         bottles: Vec::new(),
         skills: Vec::new(),
         model: None,
+        task: None,
     };
     let top = YamlPath::default();
     let m = match root {
@@ -1065,5 +1070,41 @@ pub(crate) fn agent(ck: &mut Checker<'_>, root: &Value) -> AgentHead {
             }
         }
     }
+    if let Some(v) = get(m, "task") {
+        let p = top.key("task");
+        if out.provider == Some(Provider::Command) {
+            ck.error(
+                &p,
+                "`task` is for `provider: claude` or `codex`; a command's program decides what it reads",
+                "remove `task`, or put the task in `command`",
+            );
+        } else if let Some(s) = ck.str(&p, v) {
+            out.task = check_task(ck, &p, s);
+        }
+    }
     out
+}
+
+/// The unattended task: one argv element after the agent's own flags, so
+/// it may not be empty, hold a NUL, or look like a flag.
+fn check_task(ck: &mut Checker<'_>, p: &YamlPath, s: &str) -> Option<String> {
+    let t = s.trim();
+    let problem = if t.is_empty() {
+        Some("`task` is empty")
+    } else if s.contains('\0') {
+        Some("`task` holds a NUL byte")
+    } else if t.starts_with('-') {
+        Some("`task` starts with `-`, which the agent would read as a flag")
+    } else if s.len() > TASK_MAX {
+        Some("`task` is longer than 64 KiB")
+    } else {
+        None
+    };
+    match problem {
+        Some(m) => {
+            ck.error(p, m, "write the task as a sentence, e.g. `task: \"fix the failing tests\"`");
+            None
+        }
+        None => Some(t.to_owned()),
+    }
 }

@@ -231,15 +231,31 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     dir(p, dot.clone(), 0o700, Owner::Agent);
     dir(p, format!("{dot}/skills"), 0o755, Owner::Agent);
     skills_into(plan, p, &format!("{dot}/skills"));
+    // First-run screens would stall an unattended agent, and two dialogs
+    // block one on a terminal: folder trust (answered per directory) and
+    // "use this API key?" (answered by the key's last 20 characters; its
+    // default leaves Claude Code logged out). The key it sees is the
+    // placeholder, so that is the one approved; the real key never enters.
+    let mut projects = serde_json::Map::new();
+    for dir in [l.workspace, l.home] {
+        projects.insert(
+            dir.to_owned(),
+            serde_json::json!({ "hasTrustDialogAccepted": true, "hasCompletedProjectOnboarding": true }),
+        );
+    }
+    let mut cfg = serde_json::json!({
+        "hasCompletedOnboarding": true,
+        "bypassPermissionsModeAccepted": true,
+        "projects": projects,
+        "customApiKeyResponses": { "approved": [key_suffix(PLACEHOLDER_KEY)], "rejected": [] },
+    });
     let supervise = l.supervise_url.filter(|_| plan.supervise);
-    // First-run screens would stall an unattended agent.
-    let mut user = serde_json::json!({ "hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true });
     if let Some(url) = supervise {
         // User scope as well as `--mcp-config`: `claude mcp list` and an
         // interactive session started without our flags see it there.
-        user["mcpServers"] = mcp_servers(url);
+        cfg["mcpServers"] = mcp_servers(url);
     }
-    file(p, format!("{}/.claude.json", l.home), 0o600, Owner::Agent, text(format!("{user:#}\n")));
+    file(p, format!("{}/.claude.json", l.home), 0o600, Owner::Agent, text(format!("{cfg:#}\n")));
     verify(
         p,
         &["claude", "--version"],
@@ -248,6 +264,10 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     env(p, "ANTHROPIC_API_KEY", PLACEHOLDER_KEY);
     env(p, "DISABLE_AUTOUPDATER", "1");
     env(p, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+    // An unprivileged launch runs the agent as uid 0 inside its own user
+    // namespace, where Claude Code refuses `--dangerously-skip-permissions`
+    // unless told it is in a sandbox. It is: the bottle is the boundary.
+    env(p, "IS_SANDBOX", "1");
     let mut argv: Vec<String> = vec!["claude".into(), "--dangerously-skip-permissions".into()];
     argv.extend(["--append-system-prompt-file".into(), prompt_path(l)]);
     if let Some(m) = &plan.agent.model {
@@ -264,7 +284,7 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     if !l.interactive {
         argv.push("--print".into());
     }
-    argv.extend(plan.args.iter().cloned());
+    task_args(plan, &mut argv);
     p.argv = argv;
 }
 
@@ -272,6 +292,25 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
 fn mcp_servers(url: &str) -> serde_json::Value {
     serde_json::json!({ "supervise": { "type": "http", "url": url } })
 }
+
+/// The arguments after `--`, else the agent's `task:`; with neither, an
+/// unattended agent reads its task from stdin.
+fn task_args(plan: &Plan, argv: &mut Vec<String>) {
+    if plan.args.is_empty() {
+        argv.extend(plan.agent.task.iter().cloned());
+    } else {
+        argv.extend(plan.args.iter().cloned());
+    }
+}
+
+/// What Claude Code remembers of an approved API key: its last 20 characters.
+fn key_suffix(key: &str) -> &str {
+    let start = key.char_indices().rev().nth(19).map_or(0, |(i, _)| i);
+    &key[start..]
+}
+
+/// Where Codex's requests go when the bottle sets no `OPENAI_BASE_URL`.
+const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 
 /// Codex: its own home with config, placeholder auth and the prompt as
 /// global instructions; approvals off (the bottle is the boundary).
@@ -282,11 +321,27 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     if let Some(m) = &plan.agent.model {
         cfg.push_str(&format!("model = {}\n", toml_str(m)));
     }
+    // Codex ignores OPENAI_BASE_URL and tries a WebSocket before HTTPS (6.5 s
+    // lost when refused): a provider of our own, over HTTPS only, at the
+    // bottle's OPENAI_BASE_URL when it sets one.
+    cfg.push_str("model_provider = \"bot-bottle\"\n");
+    // Update checks and analytics are noise in the audit log and denied anyway.
+    cfg.push_str("check_for_update_on_startup = false\n");
     cfg.push_str("approval_policy = \"never\"\n");
     cfg.push_str("# The bottle is the sandbox; Codex's own would only get in the way.\n");
     cfg.push_str("sandbox_mode = \"danger-full-access\"\n");
     // The workspace is the bottle's own copy: trusted, git repository or not.
     cfg.push_str(&format!("\n[projects.{}]\ntrust_level = \"trusted\"\n", toml_str(l.workspace)));
+    cfg.push_str("\n[analytics]\nenabled = false\n\n[feedback]\nenabled = false\n");
+    // Plugins, apps and in-app updates fetch from github.com and chatgpt.com
+    // in the background: denied by the proxy, noise in the audit log.
+    cfg.push_str("\n[features]\nplugins = false\nremote_plugin = false\napps = false\nin_app_updates = false\n");
+    let base =
+        plan.env.iter().find(|(k, _)| k.as_str() == "OPENAI_BASE_URL").map_or(OPENAI_BASE_URL, |(_, v)| v.as_str());
+    cfg.push_str(&format!(
+        "\n[model_providers.bot-bottle]\nname = \"OpenAI\"\nbase_url = {}\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\nsupports_websockets = false\n",
+        toml_str(base)
+    ));
     if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
         cfg.push_str(&format!("\n[mcp_servers.supervise]\nurl = {}\n", toml_str(url)));
     }
@@ -308,7 +363,7 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
         // Unattended; the workspace copy need not be a git repository.
         argv.extend(["exec".into(), "--skip-git-repo-check".into()]);
     }
-    argv.extend(plan.args.iter().cloned());
+    task_args(plan, &mut argv);
     p.argv = argv;
 }
 
@@ -386,6 +441,13 @@ mod tests {
         // With a port, an ssh remote has no scp-like spelling.
         let ssh = GitUrl::Ssh { user: None, host: "h".into(), port: Some(2222), path: "a.git".into() };
         assert_eq!(url_forms(&ssh), ["ssh://h:2222/a.git", "https://h/a.git", "ssh://h:2222/a", "https://h/a"]);
+    }
+
+    #[test]
+    fn the_approved_key_is_the_placeholders_last_20_characters() {
+        assert_eq!(key_suffix(PLACEHOLDER_KEY).len(), 20);
+        assert!(PLACEHOLDER_KEY.ends_with(key_suffix(PLACEHOLDER_KEY)));
+        assert_eq!(key_suffix("short"), "short");
     }
 
     #[test]

@@ -112,3 +112,39 @@ fn bad_inputs_are_refused() {
     l.home = "relative/home";
     assert!(provision(&pl, &l).is_err());
 }
+
+#[test]
+fn the_task_comes_from_the_arguments_else_the_task_field() {
+    let (_tmp, m) = manifest(&[
+        ("agents/c.md", "---\nprovider: claude\nbottle: dev\ntask: create hello.txt\n---\nGo.\n"),
+        ("agents/x.md", "---\nprovider: codex\nbottle: dev\ntask: create hello.txt\n---\nGo.\n"),
+        ("agents/bare.md", "---\nprovider: claude\nbottle: dev\n---\nGo.\n"),
+        ("bottles/dev.yaml", "{}\n"),
+    ]);
+    let argv = |agent: &str, args: &[&str], interactive: bool| {
+        provision(&plan(&m, agent, args), &launch("Go.\n", interactive)).expect("provision").argv
+    };
+    let c = argv("c", &[], false);
+    assert_eq!(c[c.len() - 2..], ["--print", "create hello.txt"]);
+    let c = argv("c", &["say hi"], false);
+    assert_eq!(c[c.len() - 2..], ["--print", "say hi"], "arguments replace the task");
+    let c = argv("c", &[], true);
+    assert_eq!(c.last().map(String::as_str), Some("create hello.txt"), "a terminal session starts with the task");
+    assert_eq!(argv("x", &[], false)[1..], ["exec", "--skip-git-repo-check", "create hello.txt"]);
+    // Neither: an unattended agent reads stdin.
+    assert_eq!(argv("bare", &[], false).last().map(String::as_str), Some("--print"));
+}
+
+#[test]
+fn claude_needs_no_dialog_and_accepts_root_in_the_bottle() {
+    let (_tmp, m) =
+        manifest(&[("agents/c.md", "---\nprovider: claude\nbottle: dev\n---\nGo.\n"), ("bottles/dev.yaml", "{}\n")]);
+    let p = provision(&plan(&m, "c", &[]), &launch("Go.\n", true)).expect("provision");
+    assert_eq!(p.env.get("IS_SANDBOX").map(String::as_str), Some("1"));
+    let f = p.files.iter().find(|f| f.path == "/home/agent/.claude.json").expect(".claude.json");
+    let bot_bottle_provision::Content::Inline(b) = &f.content else { panic!("inline") };
+    let cfg: serde_json::Value = serde_json::from_slice(b).expect("json");
+    assert_eq!(cfg["projects"]["/workspace"]["hasTrustDialogAccepted"], true);
+    let approved = cfg["customApiKeyResponses"]["approved"][0].as_str().expect("approved");
+    assert!(approved.len() == 20 && PLACEHOLDER_KEY.ends_with(approved), "{approved}");
+}

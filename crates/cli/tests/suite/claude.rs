@@ -167,7 +167,7 @@ fn claude_code_runs_in_a_bottle_and_its_requests_go_through_the_proxy() {
     assert!(!stdout.contains(real_key), "the real key never reaches the agent");
 }
 
-fn codex_installed() -> Result<(), String> {
+pub(super) fn codex_installed() -> Result<(), String> {
     let ok = Command::new("codex").arg("--version").output().is_ok_and(|o| o.status.success());
     if ok { Ok(()) } else { Err("codex is not installed (npm i -g @openai/codex)".into()) }
 }

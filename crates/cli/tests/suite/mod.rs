@@ -10,6 +10,7 @@ mod gate;
 mod lifecycle;
 mod malformed;
 mod native;
+mod providers;
 mod proxy_cmd;
 mod scan;
 mod smolmachines;

@@ -70,7 +70,10 @@ for step in steps:
             pump(0.05)
 while proc.poll() is None and time.time() < deadline:
     pump(0.1)
-while pump(0.1):
+# Drain what is left, but not forever: a select timeout is not EOF, and a
+# process that outlives the command may hold the terminal open.
+drained = time.time() + 5
+while time.time() < drained and pump(0.1):
     pass
 if proc.poll() is None:
     proc.kill()

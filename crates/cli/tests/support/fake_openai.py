@@ -1,0 +1,149 @@
+"""A scripted stand-in for the OpenAI Responses API, over TLS.
+
+usage: fake_openai.py HOST CERT KEY LOG
+Prints the port it listens on. Every request is logged to LOG as one JSON
+line (method, path, authorization, the tool names offered, whether it was a
+WebSocket upgrade). POST .../responses streams SSE like the real API: a
+conversation whose user text mentions hello.txt gets one shell call (create
+hello.txt and commit it); once its output is back, or otherwise, a short
+message. A WebSocket upgrade is refused with 426, as a server without
+WebSocket support answers.
+"""
+import http.server
+import json
+import ssl
+import sys
+
+host, cert, key, log = sys.argv[1:5]
+SCRIPT = "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed"
+
+
+def user_texts(items):
+    for it in items if isinstance(items, list) else [{"role": "user", "content": items}]:
+        if it.get("role") != "user":
+            continue
+        c = it.get("content")
+        if isinstance(c, str):
+            yield c
+        elif isinstance(c, list):
+            for b in c:
+                if isinstance(b, dict):
+                    yield b.get("text", "")
+
+
+def tool_names(req):
+    """Every tool offered: in `tools`, or (Codex 0.169) in `additional_tools`
+    input items, namespaces flattened."""
+    out = []
+
+    def walk(ts):
+        for t in ts or []:
+            if isinstance(t, dict):
+                if t.get("name"):
+                    out.append((t.get("type"), t["name"]))
+                walk(t.get("tools"))
+
+    walk(req.get("tools"))
+    for it in req.get("input") or []:
+        if isinstance(it, dict) and it.get("type") == "additional_tools":
+            walk(it.get("tools"))
+    return out
+
+
+def tool_call(tools):
+    """The call item that runs SCRIPT with the tools on offer."""
+    names = [n for _, n in tools]
+    if ("custom", "exec") in tools:
+        # Code mode: JavaScript that calls the nested exec_command tool.
+        js = "const r = await tools.exec_command({cmd: %s, login: false}); text(r.output ?? r);" % json.dumps(SCRIPT)
+        return {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_1", "name": "exec", "input": js,
+                "status": "completed"}
+    for name, args in (("exec_command", {"cmd": SCRIPT}), ("shell_command", {"command": SCRIPT}),
+                       ("shell", {"command": ["bash", "-lc", SCRIPT]})):
+        if name in names:
+            return {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name,
+                    "arguments": json.dumps(args), "status": "completed"}
+    return None
+
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_any(self):
+        n = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(n)
+        try:
+            req = json.loads(raw) if raw else {}
+        except ValueError:
+            req = {}
+        upgrade = (self.headers.get("upgrade") or "").lower() == "websocket"
+        tools = tool_names(req)
+        with open(log, "a") as f:
+            f.write(json.dumps({"method": self.command, "path": self.path,
+                                "authorization": self.headers.get("authorization"),
+                                "account": self.headers.get("chatgpt-account-id"),
+                                "tools": [n for _, n in tools],
+                                "websocket": upgrade}) + "\n")
+        if upgrade:
+            return self.send(426, {"error": {"message": "websocket not supported"}})
+        path = self.path.split("?")[0]
+        if self.command == "POST" and path.endswith("/responses"):
+            return self.respond(req, tools)
+        if path.endswith("/models"):
+            return self.send(200, {"models": [], "data": [], "object": "list"})
+        return self.send(200, {})
+
+    do_GET = do_POST = do_any
+
+    def send(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def respond(self, req, tools):
+        items = req.get("input", [])
+        done = isinstance(items, list) and any(
+            isinstance(i, dict) and i.get("type") in ("function_call_output", "custom_tool_call_output")
+            for i in items)
+        asked = any("hello.txt" in t for t in user_texts(items))
+        item = tool_call(tools) if asked and not done else None
+        if item is None:
+            item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "done: hello from the fake API", "annotations": []}]}
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        resp = {"id": "resp_1", "object": "response", "status": "in_progress", "model": req.get("model", "gpt-test"),
+                "output": []}
+
+        def ev(kind, data):
+            data["type"] = kind
+            chunk = f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+
+        ev("response.created", {"response": resp})
+        ev("response.output_item.added", {"output_index": 0, "item": item})
+        ev("response.output_item.done", {"output_index": 0, "item": item})
+        done_resp = dict(resp, status="completed", output=[item],
+                         usage={"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+                                "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                                "total_tokens": 15})
+        ev("response.completed", {"response": done_resp})
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def log_message(self, *a):
+        pass
+
+
+s = http.server.ThreadingHTTPServer((host, 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print(s.server_address[1], flush=True)
+s.serve_forever()
