@@ -22,6 +22,7 @@
 mod bottle;
 mod detect;
 mod disk;
+pub mod docker;
 mod fds;
 mod forward;
 pub mod native;
@@ -174,6 +175,13 @@ pub enum BackendError {
     /// The workspace copy failed; nothing of it is left.
     #[error("copying the project into the workspace")]
     Workspace(#[from] WorkspaceError),
+    /// A request to the docker daemon failed.
+    #[error("{what}")]
+    Docker {
+        what: String,
+        #[source]
+        source: Box<bollard::errors::Error>,
+    },
     #[error(transparent)]
     Smolvm(#[from] bot_bottle_smolvm::SmolvmError),
     #[error(transparent)]

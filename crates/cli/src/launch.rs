@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use bot_bottle_backend::docker::Docker;
 use bot_bottle_backend::native::Native;
 use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
@@ -165,15 +166,10 @@ fn valid_slug(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Fails unless the plan's backend is in this build.
+/// Fails unless the plan's backend is in this build: every backend is.
 pub(crate) fn check_built(plan: &Plan) -> Result<(), Failure> {
     match plan.backend.requested {
-        BackendKind::Auto | BackendKind::Native | BackendKind::Smolmachines => Ok(()),
-        other => Err(failure(format!(
-            "error: cannot start `{}`: {}; use --backend native",
-            plan.agent.name,
-            BackendError::NotBuilt(other.as_str())
-        ))),
+        BackendKind::Auto | BackendKind::Native | BackendKind::Smolmachines | BackendKind::Docker => Ok(()),
     }
 }
 
@@ -186,6 +182,7 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
         detect(plan.backend.requested).map_err(|e| failure(format!("error: cannot start `{name}`: {}", chain(&e))))?;
     match detected.kind {
         BackendKind::Smolmachines => run_on(&smolmachines()?, plan, opts),
+        BackendKind::Docker => run_on(&Docker::from_env(), plan, opts),
         _ => run_on(&native()?, plan, opts),
     }
 }
@@ -196,6 +193,7 @@ pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     let mut did = match BackendKind::parse(&m.backend) {
         Some(BackendKind::Native) => native().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
         Some(BackendKind::Smolmachines) => smolmachines().map(|b| b.cleanup(&m.slug, state)).unwrap_or_default(),
+        Some(BackendKind::Docker) => Docker::from_env().cleanup(&m.slug, state),
         _ => Vec::new(),
     };
     let env = |name: &str| std::env::var(name).ok();
@@ -230,6 +228,7 @@ pub(crate) fn dry_run(plan: &Plan, project: &Project) -> Result<serde_json::Valu
     match detect(plan.backend.requested) {
         Ok(d) if d.kind == BackendKind::Smolmachines => describe(&smolmachines()?, &target),
         Ok(d) if d.kind == BackendKind::Native => describe(&native()?, &target),
+        Ok(d) if d.kind == BackendKind::Docker => describe(&Docker::from_env(), &target),
         Ok(d) => Ok(serde_json::json!({ "backend": d.kind.as_str(), "available": false })),
         Err(e) => Ok(serde_json::json!({ "backend": null, "error": chain(&e) })),
     }

@@ -201,7 +201,7 @@ enum BackendArg {
     Auto,
     /// Linux namespaces on this host.
     Native,
-    /// Docker containers (not in this build yet).
+    /// Docker containers through the local daemon.
     Docker,
     /// Micro-VMs through the smolvm CLI.
     Smolmachines,
@@ -528,6 +528,11 @@ fn doctor() -> Result<(), Failure> {
     match launch::smolmachines()?.preflight() {
         Ok(v) => out.push_str(&format!("  ok   {:<16} smolvm {v}, and KVM where needed\n", "smolvm")),
         Err(e) => out.push_str(&format!("  FAIL {:<16} {}\n", "smolvm", chain(&e))),
+    }
+    out.push_str("docker backend\n");
+    match bot_bottle_backend::docker::Docker::from_env().preflight() {
+        Ok(v) => out.push_str(&format!("  ok   {:<16} {v}\n", "dockerd")),
+        Err(e) => out.push_str(&format!("  FAIL {:<16} {}\n", "dockerd", chain(&e))),
     }
     if doctor_ready(&checks) {
         out.push_str("native bottles can run here\n");
