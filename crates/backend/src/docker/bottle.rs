@@ -257,7 +257,7 @@ fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut t = rustix::termios::tcgetattr(&slave)?;
     t.make_raw();
     rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &t)?;
-    Ok((master, slave.into()))
+    Ok((master, slave))
 }
 
 impl Drop for DockerBottle {

@@ -78,7 +78,9 @@ impl Client {
                     ))
                 })?;
                 if let Some(status) = m.status {
-                    eprintln!("bot-bottle: {image}: {status}");
+                    // Progress on stderr: a pull can take minutes.
+                    let line = format!("bot-bottle: {image}: {status}\n");
+                    std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes()).ok();
                 }
             }
             Ok(())

@@ -62,35 +62,56 @@ pub(crate) fn containers(slugs: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The runtimes the daemon has of `runc` and `runsc`.
+fn runtimes() -> Vec<&'static str> {
+    let out = Command::new("docker").args(["info", "--format", "{{range $k, $v := .Runtimes}}{{$k}} {{end}}"]).output();
+    let have = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    ["runc", "runsc"].into_iter().filter(|r| have.split_whitespace().any(|h| h == *r)).collect()
+}
+
 #[test]
 fn a_docker_bottle_reaches_only_what_its_routes_allow_and_leaves_nothing() {
     let image = match image() {
         Ok(i) => i,
         Err(why) => return panic_or_skip(&why),
     };
+    let runtimes = runtimes();
+    if std::env::var_os("CI").is_some() {
+        assert!(runtimes.contains(&"runsc"), "CI registers runsc with dockerd: {runtimes:?}");
+    }
+    for runtime in runtimes {
+        reaches_only_its_routes(&image, runtime);
+    }
+}
+
+fn reaches_only_its_routes(image: &str, runtime: &str) {
     let (port, seen) = upstream();
     let script = format!(
         "for u in http://127.0.0.1:{port}/ok http://denied.example/ 'http://127.0.0.1:{port}/leak?t={GHP}'; do \
            curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" \"$u\"; done; \
          curl -s --max-time 3 -o /dev/null --noproxy '*' http://172.17.0.1:{port}/direct || echo direct-refused; \
-         id -u; cat /proc/self/status | grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' | tr -s '\\t ' ' '; \
+         id -u; cat /proc/self/status | grep -E '^(CapEff|CapBnd|Seccomp):' | tr -s '\\t ' ' '; \
+         grep -q '^NoNewPrivs:.1' /proc/self/status && echo nnp || echo nnp-unreported; \
          ls /sys/class/net; cat /run/bot-bottle/prompt.md >/dev/null && echo prompt; \
          touch /etc/x 2>/dev/null || echo root-read-only; \
          echo changed >> /workspace/notes.txt; exit 3"
     );
-    let p = project(&image, port, &script);
-    let out = command(&p, &["start", "a", "--quiet"]).output().expect("start");
+    let p = project(image, port, &script);
+    let out =
+        command(&p, &["start", "a", "--quiet"]).env("BOT_BOTTLE_DOCKER_RUNTIME", runtime).output().expect("start");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "exit code passes through: {stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{runtime}: exit code passes through: {stdout}\n{stderr}");
+    // gVisor's /proc reports no NoNewPrivs line; runc's must say 1.
+    let nnp = if runtime == "runsc" { "nnp-unreported" } else { "nnp" };
     let agent = if nix::unistd::geteuid().is_root() { "1000".to_owned() } else { nix::unistd::geteuid().to_string() };
     assert_eq!(
         stdout,
         format!(
             "200\n403\n403\ndirect-refused\n{agent}\nCapEff: 0000000000000000\nCapBnd: 0000000000000000\n\
-             NoNewPrivs: 1\nSeccomp: 2\nlo\nprompt\nroot-read-only\n"
+             Seccomp: 2\n{nnp}\nlo\nprompt\nroot-read-only\n"
         ),
-        "{stderr}"
+        "{runtime}: {stderr}"
     );
     assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()], "only the allowed request arrived");
     assert_eq!(std::fs::read_to_string(p.dir.path().join("notes.txt")).expect("read"), "the user's file\n");
