@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use bot_bottle_manifest::BackendKind;
 
+use crate::docker::Docker;
 use crate::native::Native;
 use crate::smolmachines::Smolmachines;
 use crate::{Backend, BackendError, Status};
@@ -19,7 +20,7 @@ pub struct Context {
 }
 
 /// The backends this build has, in the order `auto` tries them.
-pub const KINDS: &[BackendKind] = &[BackendKind::Native, BackendKind::Smolmachines];
+pub const KINDS: &[BackendKind] = &[BackendKind::Native, BackendKind::Docker, BackendKind::Smolmachines];
 
 /// The backend `kind` (`auto`: [`detect`]).
 pub fn open(kind: BackendKind, ctx: &Context) -> Result<Box<dyn Backend>, BackendError> {
@@ -27,7 +28,7 @@ pub fn open(kind: BackendKind, ctx: &Context) -> Result<Box<dyn Backend>, Backen
         BackendKind::Auto => detect(ctx),
         BackendKind::Native => Ok(Box::new(Native::new()?)),
         BackendKind::Smolmachines => Ok(Box::new(Smolmachines::from_env(&ctx.state_root))),
-        other => Err(BackendError::NotBuilt(other.as_str())),
+        BackendKind::Docker => Ok(Box::new(Docker::from_env())),
     }
 }
 
@@ -53,6 +54,5 @@ pub fn detect(ctx: &Context) -> Result<Box<dyn Backend>, BackendError> {
             missing.push(format!("  {}: {}: {}{fix}", kind.as_str(), c.name, c.detail));
         }
     }
-    missing.push("  docker: not in this build yet".into());
     Err(BackendError::NoBackend(missing))
 }

@@ -23,6 +23,7 @@ mod bottle;
 mod check;
 mod detect;
 mod disk;
+pub mod docker;
 mod fds;
 mod forward;
 pub mod native;
@@ -138,6 +139,13 @@ pub enum BackendError {
     /// The workspace copy failed; nothing of it is left.
     #[error("copying the project into the workspace")]
     Workspace(#[from] WorkspaceError),
+    /// A request to the docker daemon failed.
+    #[error("{what}")]
+    Docker {
+        what: String,
+        #[source]
+        source: Box<bollard::errors::Error>,
+    },
     #[error(transparent)]
     Smolvm(#[from] bot_bottle_smolvm::SmolvmError),
     #[error(transparent)]

@@ -201,7 +201,7 @@ enum BackendArg {
     Auto,
     /// Linux namespaces on this host.
     Native,
-    /// Docker containers (not in this build yet).
+    /// Docker containers through the local daemon.
     Docker,
     /// Micro-VMs through the smolvm CLI.
     Smolmachines,
