@@ -1,38 +1,58 @@
-//! `backend: auto`: which backend can run here.
+//! Backends chosen at run time: [`open`] builds the one a plan names,
+//! [`detect`] resolves `auto` to the first that can run here. Callers hold a
+//! `Box<dyn Backend>` and never name a backend type.
+
+use std::path::PathBuf;
 
 use bot_bottle_manifest::BackendKind;
 
-use crate::BackendError;
-use crate::native;
+use crate::docker::Docker;
+use crate::native::Native;
+use crate::smolmachines::Smolmachines;
+use crate::{Backend, BackendError, Status};
 
-/// The backend `auto` resolved to, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Detected {
-    pub kind: BackendKind,
-    pub why: String,
+/// What building a backend needs from its caller.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// This user's bot-bottle state directory (`$XDG_STATE_HOME/bot-bottle`):
+    /// backends keep host-wide records there (smolmachines' address leases).
+    pub state_root: PathBuf,
 }
 
-/// Resolves `requested`: an explicit backend is taken as asked (its own
-/// preflight speaks at launch); `auto` is native on Linux when user
-/// namespaces work. Otherwise the error lists, per backend, what is missing
-/// and how to fix it.
-pub fn detect(requested: BackendKind) -> Result<Detected, BackendError> {
-    if requested != BackendKind::Auto {
-        return Ok(Detected { kind: requested, why: "asked for".into() });
+/// The backends this build has, in the order `auto` tries them.
+pub const KINDS: &[BackendKind] = &[BackendKind::Native, BackendKind::Docker, BackendKind::Smolmachines];
+
+/// The backend `kind` (`auto`: [`detect`]).
+pub fn open(kind: BackendKind, ctx: &Context) -> Result<Box<dyn Backend>, BackendError> {
+    match kind {
+        BackendKind::Auto => detect(ctx),
+        BackendKind::Native => Ok(Box::new(Native::new()?)),
+        BackendKind::Smolmachines => Ok(Box::new(Smolmachines::from_env(&ctx.state_root))),
+        BackendKind::Docker => Ok(Box::new(Docker::from_env())),
     }
-    let checks = native::doctor();
-    if cfg!(target_os = "linux") && native::doctor_ready(&checks) {
-        return Ok(Detected { kind: BackendKind::Native, why: "user namespaces work here".into() });
-    }
+}
+
+/// What `auto` means here: the first backend of [`KINDS`] whose doctor
+/// finds nothing failing. Otherwise the error lists, per backend, what is
+/// missing and how to fix it.
+pub fn detect(ctx: &Context) -> Result<Box<dyn Backend>, BackendError> {
     let mut missing = Vec::new();
-    for c in checks.iter().filter(|c| c.status == native::Status::Fail) {
-        let fix = c.fix.as_deref().map(|f| format!(" (fix: {f})")).unwrap_or_default();
-        missing.push(format!("  native: {}: {}{fix}", c.name, c.detail));
+    for &kind in KINDS {
+        let backend = match open(kind, ctx) {
+            Ok(b) => b,
+            Err(e) => {
+                missing.push(format!("  {}: {e}", kind.as_str()));
+                continue;
+            }
+        };
+        let checks = backend.doctor();
+        if crate::checks_ready(&checks) {
+            return Ok(backend);
+        }
+        for c in checks.iter().filter(|c| c.status == Status::Fail) {
+            let fix = c.fix.as_deref().map(|f| format!(" (fix: {f})")).unwrap_or_default();
+            missing.push(format!("  {}: {}: {}{fix}", kind.as_str(), c.name, c.detail));
+        }
     }
-    if !cfg!(target_os = "linux") {
-        missing.push("  native: needs Linux".into());
-    }
-    missing.push("  docker: not in this build yet".into());
-    missing.push("  smolmachines: not in this build yet".into());
     Err(BackendError::NoBackend(missing))
 }

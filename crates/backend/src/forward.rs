@@ -149,6 +149,18 @@ fn guest(args: &[String]) -> Result<(), Failed> {
     }
 }
 
+/// Whether this process has no ambient capability: `/proc/self/status`
+/// says the set is empty, or has no `CapAmb` line at all (a kernel without
+/// ambient capabilities, such as gVisor's: the line came with them).
+fn ambient_empty() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        match s.lines().find_map(|l| l.strip_prefix("CapAmb:")) {
+            Some(v) => v.trim().chars().all(|c| c == '0'),
+            None => true,
+        }
+    })
+}
+
 /// Never returns on success: the process becomes ARGV.
 fn confine_and_exec(argv: &[String]) -> Result<(), Failed> {
     use std::os::unix::process::CommandExt;
@@ -162,7 +174,13 @@ fn confine_and_exec(argv: &[String]) -> Result<(), Failed> {
         }
     }
     for set in [caps::CapSet::Ambient, caps::CapSet::Inheritable, caps::CapSet::Effective, caps::CapSet::Permitted] {
-        caps::clear(None, set).map_err(|e| format!("dropping {set:?} capabilities: {e}"))?;
+        if let Err(e) = caps::clear(None, set) {
+            // gVisor (runsc) refuses PR_CAP_AMBIENT_CLEAR_ALL; an ambient
+            // set the kernel reports empty has nothing to clear.
+            if !(matches!(set, caps::CapSet::Ambient) && ambient_empty()) {
+                return Err(format!("dropping {set:?} capabilities: {e}").into());
+            }
+        }
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     for f in crate::native::seccomp::filters().map_err(|e| format!("seccomp: {e}"))? {

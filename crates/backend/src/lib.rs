@@ -20,11 +20,14 @@
 //! is found again by [`Backend::cleanup`].
 
 mod bottle;
+mod check;
 mod detect;
 mod disk;
+pub mod docker;
 mod fds;
 mod forward;
 pub mod native;
+mod session;
 pub mod smolmachines;
 mod teardown;
 mod terminal;
@@ -32,33 +35,24 @@ mod workspace;
 
 /// Whether a process is still the one that was recorded: pid plus start time.
 pub use bot_bottle_loopback::start_token;
+pub use bot_bottle_sidecars::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT, UNIX_SOCKETS};
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
-pub use detect::{Detected, detect};
+pub use check::{Check, Status, ready as checks_ready};
+pub use detect::{Context, KINDS, detect, open};
 pub use disk::{DEFAULT_DISK, DiskWatch};
 pub use fds::close_inherited as close_inherited_fds;
 /// `bot-bottle __bottle-forward`: the sidecar forwarder inside a smolmachines guest.
 pub use forward::guest_main as guest_forward_main;
+pub use session::{Events, Outcome, Session, SessionError, run as run_session};
 pub use teardown::Teardown;
 pub use workspace::{
     CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,
     check_project, copy_owner, copy_project, find_project, guarded, partial_path, prepare_workspace, workdir_in,
 };
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use bot_bottle_manifest::Plan;
-
-/// The port of the egress proxy inside every bottle.
-pub const PROXY_PORT: u16 = 3128;
-/// The port of the git gate inside every bottle.
-pub const GATE_PORT: u16 = 9420;
-/// The port of the supervise MCP server inside every bottle.
-pub const SUPERVISE_PORT: u16 = 9421;
-
-/// The sidecar sockets of a `Unix` endpoint and the port each is reached
-/// at inside the bottle, for backends that publish them one by one.
-pub const UNIX_SOCKETS: &[(&str, u16)] = &[("proxy.sock", PROXY_PORT), ("gate.sock", GATE_PORT)];
+use bot_bottle_manifest::{BackendKind, Plan};
 
 /// What a backend is asked to build.
 #[derive(Clone, Copy, Debug)]
@@ -74,91 +68,62 @@ pub struct Target<'a> {
     pub resume: bool,
 }
 
-/// Where a bottle's sidecar bundle listens.
-#[derive(Clone, Debug)]
-pub enum Endpoint {
-    /// Unix sockets in `dir`, which only `owner` (a host uid, when set) may
-    /// use; the bottle reaches them through forwarders on its loopback.
-    Unix { dir: PathBuf, owner: Option<u32> },
-    /// TCP on a loopback address of the bottle's own. The proxy's port is
-    /// already bound (`listener`), so no one can take it in between.
-    Tcp { addr: Ipv4Addr, listener: std::sync::Arc<std::net::TcpListener> },
-}
-
-impl Endpoint {
-    /// Makes a socket a sidecar created in a `Unix` endpoint usable by the
-    /// bottle alone (0600, its owner's); nothing to do for `Tcp`.
-    pub fn secure(&self, socket: &Path) -> std::io::Result<()> {
-        match self {
-            Endpoint::Unix { owner, .. } => own(socket, 0o600, *owner),
-            Endpoint::Tcp { .. } => Ok(()),
-        }
-    }
-
-    /// The proxy's URL as the agent reaches it.
-    pub fn proxy_url(&self) -> String {
-        match self {
-            Endpoint::Unix { .. } => format!("http://127.0.0.1:{PROXY_PORT}"),
-            Endpoint::Tcp { addr, .. } => format!("http://{addr}:{PROXY_PORT}"),
-        }
-    }
-
-    /// The git gate's URL as the agent reaches it.
-    pub fn gate_url(&self) -> String {
-        match self {
-            Endpoint::Unix { .. } => format!("http://127.0.0.1:{GATE_PORT}"),
-            Endpoint::Tcp { addr, .. } => format!("http://{addr}:{GATE_PORT}"),
-        }
-    }
-
-    /// The supervise MCP endpoint as the agent reaches it.
-    pub fn supervise_url(&self) -> String {
-        format!("http://{}/mcp", self.supervise_host())
-    }
-
-    /// The `host:port` in the `Host` header of the agent's requests to
-    /// supervise: the only one the server accepts.
-    pub fn supervise_host(&self) -> String {
-        match self {
-            Endpoint::Unix { .. } => format!("127.0.0.1:{SUPERVISE_PORT}"),
-            Endpoint::Tcp { addr, .. } => format!("{addr}:{SUPERVISE_PORT}"),
-        }
-    }
-}
-
-/// One backend. `prepare` is pure; `reserve` and `launch` create things and
-/// register their teardown; `cleanup` removes what a killed launcher left.
-pub trait Backend {
-    /// What `prepare` resolves to: shown by `--dry-run`, consumed by `launch`.
-    type Prepared: serde::Serialize + std::fmt::Debug;
-    type Bottle: Bottle;
-
-    /// The name used in manifests, `--backend` and `list`.
-    fn name(&self) -> &'static str;
+/// One backend, chosen at run time ([`open`], [`detect`]): every caller
+/// holds a `Box<dyn Backend>`, so a new backend is a module here and a name
+/// in [`KINDS`], with no change to any caller.
+///
+/// `prepare` is pure and yields a [`PreparedBottle`], whose `reserve` and
+/// `launch` create things and register their teardown; `cleanup` removes
+/// what a killed launcher left.
+pub trait Backend: std::fmt::Debug {
+    /// Which backend this is; its name is used in manifests, `--backend`
+    /// and `list`.
+    fn kind(&self) -> BackendKind;
 
     /// Pure resolution of `target` into what would be built.
-    fn prepare(&self, target: &Target<'_>) -> Result<Self::Prepared, BackendError>;
-
-    /// Every setting of the plan that `prepared` cannot enforce as asked on
-    /// this host: shown in the plan and at start, never silently dropped.
-    fn warnings(&self, prepared: &Self::Prepared) -> Vec<String>;
-
-    /// Takes the bottle's place on the host, where its sidecars will listen.
-    fn reserve(&self, prepared: &Self::Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
-
-    /// Creates the bottle, ready for provisioning, able to reach its
-    /// sidecars at `endpoint` (from `reserve`). The handle tears the bottle
-    /// down when dropped.
-    fn launch(
-        &self,
-        prepared: &Self::Prepared,
-        endpoint: &Endpoint,
-        teardown: &mut Teardown,
-    ) -> Result<Self::Bottle, BackendError>;
+    fn prepare(&self, target: &Target<'_>) -> Result<Box<dyn PreparedBottle>, BackendError>;
 
     /// Removes what a launcher killed without tearing down left behind for
     /// the bottle `slug` with state dir `state`; says what it removed.
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String>;
+
+    /// What this backend needs from the host, each with a fix.
+    fn doctor(&self) -> Vec<Check>;
+
+    /// Runs `argv` in the running bottle `slug` (state dir `state`) as its
+    /// agent, on this process's terminal or streams; returns its exit code.
+    fn exec(&self, slug: &str, state: &Path, argv: &[String]) -> Result<i32, BackendError> {
+        let _ = (slug, state, argv);
+        Err(BackendError::Unsupported { backend: self.kind().as_str(), what: "exec" })
+    }
+}
+
+/// A bottle resolved for a target and not built yet: what `--dry-run`
+/// shows and what a launch builds.
+pub trait PreparedBottle: std::fmt::Debug {
+    /// What would be built, for `--dry-run` (the plan's `launch` view).
+    fn view(&self) -> serde_json::Value;
+
+    /// Every setting of the plan this cannot enforce as asked on this host:
+    /// shown in the plan and at start, never silently dropped.
+    fn warnings(&self) -> Vec<String>;
+
+    /// Takes the bottle's place on the host, where its sidecars will listen.
+    fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
+
+    /// Creates the bottle, ready for provisioning, able to reach its
+    /// sidecars at `endpoint` (from `reserve`). The handle tears the bottle
+    /// down when dropped.
+    fn launch(&self, endpoint: &Endpoint, teardown: &mut Teardown) -> Result<Box<dyn Bottle>, BackendError>;
+}
+
+/// `value` (a backend's prepared bottle) as its `--dry-run` view, named.
+pub(crate) fn view_of(kind: BackendKind, value: &impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("backend".into(), kind.as_str().into());
+    }
+    v
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +139,13 @@ pub enum BackendError {
     /// The workspace copy failed; nothing of it is left.
     #[error("copying the project into the workspace")]
     Workspace(#[from] WorkspaceError),
+    /// A request to the docker daemon failed.
+    #[error("{what}")]
+    Docker {
+        what: String,
+        #[source]
+        source: Box<bollard::errors::Error>,
+    },
     #[error(transparent)]
     Smolvm(#[from] bot_bottle_smolvm::SmolvmError),
     #[error(transparent)]
@@ -201,6 +173,9 @@ pub enum BackendError {
     NoBackend(Vec<String>),
     #[error("the {0} backend is not in this build yet")]
     NotBuilt(&'static str),
+    /// The backend has no way to do this yet.
+    #[error("`{what}` is not available for the {backend} backend yet")]
+    Unsupported { backend: &'static str, what: &'static str },
 }
 
 fn tail(stderr: &str) -> String {
@@ -210,6 +185,19 @@ fn tail(stderr: &str) -> String {
     }
     let start = s.char_indices().rev().nth(400).map_or(0, |(i, _)| i);
     format!(": {}", &s[start..])
+}
+
+/// The hidden modes of the bot-bottle binary that backends run inside
+/// bottles (`__bottle-init` for a native bottle's init stages,
+/// `__bottle-forward` for a guest's sidecar forwarder): `args` are the
+/// program's arguments without its name. `Some(exit code)` when `args` ask
+/// for one; the caller's `main` must return it before doing anything else.
+pub fn helper_main(args: &[String]) -> Option<i32> {
+    match args.first().map(String::as_str) {
+        Some("__bottle-init") => Some(native::init_main(&args[1..])),
+        Some("__bottle-forward") => Some(guest_forward_main(&args[1..])),
+        _ => None,
+    }
 }
 
 /// Test hooks: when `BOT_BOTTLE_PAUSE_AT` names this launch phase, say so

@@ -231,10 +231,10 @@ pub(crate) fn exec(slug: &str, argv: &[String]) -> Result<(), Failure> {
     if !running(&m) {
         return Err(usage(format!("error: bottle `{slug}` is not running ({}); `resume` starts it", state_of(&m))));
     }
-    if BackendKind::parse(&m.backend) != Some(BackendKind::Native) {
-        return Err(failure(format!("error: `exec` is not available for the {} backend yet", m.backend)));
-    }
-    let code = bot_bottle_backend::native::exec_in(&dir, argv)
+    let kind = BackendKind::parse(&m.backend)
+        .ok_or_else(|| failure(format!("error: bottle `{slug}` names an unknown backend `{}`", m.backend)))?;
+    let code = launch::backend(kind)?
+        .exec(slug, &dir, argv)
         .map_err(|e| failure(format!("error: exec in `{slug}`: {}", chain(&e))))?;
     if code == 0 { Ok(()) } else { Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }) }
 }

@@ -5,16 +5,12 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use bot_bottle_backend::native::Native;
-use bot_bottle_backend::smolmachines::Smolmachines;
 use bot_bottle_backend::{
-    Backend, BackendError, Bottle, CopyOptions, CopyReport, DiskWatch, Exec, Guarded, Owner, Progress, Project,
-    ProjectQuery, ProjectSource, Target, Teardown, copy_owner, copy_project, detect, find_project, guarded,
-    partial_path, pause_point, workdir_in,
+    Backend, Context, CopyReport, Events, Guarded, Progress, Project, ProjectQuery, ProjectSource, Session, Target,
+    find_project, guarded, open, partial_path, pause_point, run_session,
 };
 use bot_bottle_manifest::{BackendKind, Plan, WorkspaceMode};
-use bot_bottle_provision::{Launch, provision};
-use bot_bottle_sidecars::{Bundle, BundleConfig, bundle_cleanup};
+use bot_bottle_sidecars::bundle_cleanup;
 
 use crate::{Failure, chain, failure, usage};
 
@@ -74,12 +70,6 @@ pub(crate) fn write_meta(state: &Path, meta: &Meta) -> std::io::Result<()> {
 
 pub(crate) fn read_meta(state: &Path) -> Option<Meta> {
     serde_json::from_slice(&std::fs::read(state.join("launch.json")).ok()?).ok()
-}
-
-fn say(opts: &Options, msg: &str) {
-    if !opts.quiet {
-        let _ = writeln!(std::io::stderr(), "bot-bottle: {msg}");
-    }
 }
 
 pub(crate) fn state_home() -> Option<PathBuf> {
@@ -165,38 +155,42 @@ fn valid_slug(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Fails unless the plan's backend is in this build.
+/// Fails unless the plan's backend is in this build (before anything else
+/// is done, `--detach` included).
 pub(crate) fn check_built(plan: &Plan) -> Result<(), Failure> {
-    match plan.backend.requested {
-        BackendKind::Auto | BackendKind::Native | BackendKind::Smolmachines => Ok(()),
-        other => Err(failure(format!(
-            "error: cannot start `{}`: {}; use --backend native",
-            plan.agent.name,
-            BackendError::NotBuilt(other.as_str())
-        ))),
+    let kind = plan.backend.requested;
+    if kind == BackendKind::Auto || bot_bottle_backend::KINDS.contains(&kind) {
+        return Ok(());
     }
+    Err(failure(format!(
+        "error: cannot start `{}`: the {} backend is not in this build yet; use --backend native",
+        plan.agent.name,
+        kind.as_str()
+    )))
+}
+
+/// The backend `kind` names (`auto`: the first that can run here).
+pub(crate) fn backend(kind: BackendKind) -> Result<Box<dyn Backend>, Failure> {
+    let root = state_home().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
+    open(kind, &Context { state_root: root.join("bot-bottle") }).map_err(|e| failure(format!("error: {}", chain(&e))))
 }
 
 /// Runs the plan's agent in a bottle on the backend the plan asks for (or
 /// the one `auto` finds) and returns the agent's exit code.
 pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
-    check_built(plan)?;
-    let name = &plan.agent.name;
-    let detected =
-        detect(plan.backend.requested).map_err(|e| failure(format!("error: cannot start `{name}`: {}", chain(&e))))?;
-    match detected.kind {
-        BackendKind::Smolmachines => run_on(&smolmachines()?, plan, opts),
-        _ => run_on(&native()?, plan, opts),
-    }
+    let b = backend(plan.backend.requested).map_err(|f| {
+        failure(format!("error: cannot start `{}`: {}", plan.agent.name, f.message.trim_start_matches("error: ")))
+    })?;
+    run_on(b.as_ref(), plan, opts)
 }
 
 /// Removes what a killed launcher left of bottle `m` (state dir `state`):
 /// the backend's leftovers, then the sidecars' (deploy keys on forges).
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
-    let mut did = match BackendKind::parse(&m.backend) {
-        Some(BackendKind::Native) => native().map(|n| n.cleanup(&m.slug, state)).unwrap_or_default(),
-        Some(BackendKind::Smolmachines) => smolmachines().map(|b| b.cleanup(&m.slug, state)).unwrap_or_default(),
-        _ => Vec::new(),
+    let mut did = match BackendKind::parse(&m.backend).filter(|k| *k != BackendKind::Auto).map(backend) {
+        Some(Ok(b)) => b.cleanup(&m.slug, state),
+        Some(Err(f)) => vec![format!("could not reach its backend: {}", f.message)],
+        None => vec![format!("unknown backend `{}`", m.backend)],
     };
     let env = |name: &str| std::env::var(name).ok();
     did.extend(bundle_cleanup(state, &env, upstream_ca().as_deref()));
@@ -211,42 +205,20 @@ pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     did
 }
 
-fn native() -> Result<Native, Failure> {
-    Native::new().map_err(|e| failure(format!("error: {}", chain(&e))))
-}
-
-/// The smolmachines backend, its loopback leases in this user's state.
-pub(crate) fn smolmachines() -> Result<Smolmachines, Failure> {
-    let root = state_home().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
-    Ok(Smolmachines::from_env(&root.join("bot-bottle")))
-}
-
 /// What the backend would build for `plan`, for `--dry-run`: nothing is
 /// created; the slug is a placeholder.
 pub(crate) fn dry_run(plan: &Plan, project: &Project) -> Result<serde_json::Value, Failure> {
     let slug = format!("{}-dryrun", plan.agent.name);
     let state = bottles_dir().unwrap_or_default().join(&slug);
     let target = Target { slug: &slug, plan, state: &state, project: &project.root, resume: false };
-    match detect(plan.backend.requested) {
-        Ok(d) if d.kind == BackendKind::Smolmachines => describe(&smolmachines()?, &target),
-        Ok(d) if d.kind == BackendKind::Native => describe(&native()?, &target),
-        Ok(d) => Ok(serde_json::json!({ "backend": d.kind.as_str(), "available": false })),
-        Err(e) => Ok(serde_json::json!({ "backend": null, "error": chain(&e) })),
+    match backend(plan.backend.requested) {
+        Ok(b) => b.prepare(&target).map(|p| p.view()).map_err(|e| failure(format!("error: {}", chain(&e)))),
+        Err(f) => Ok(serde_json::json!({ "backend": null, "error": f.message.trim_start_matches("error: ") })),
     }
-}
-
-/// `backend.prepare(target)` as JSON, with the backend's name.
-fn describe<B: Backend>(backend: &B, target: &Target<'_>) -> Result<serde_json::Value, Failure> {
-    let prepared = backend.prepare(target).map_err(|e| failure(format!("error: {}", chain(&e))))?;
-    let mut v = serde_json::to_value(prepared).map_err(|e| failure(format!("error: {e}")))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("backend".into(), backend.name().into());
-    }
-    Ok(v)
 }
 
 /// The bottle's state dir and launch record around one session.
-fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
+fn run_on(backend: &dyn Backend, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     manifest_out_of_reach(plan, &opts.request)?;
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
     let (slug, state) = match &opts.resume {
@@ -270,7 +242,7 @@ fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, F
     let pid = std::process::id();
     let mut meta = Meta {
         slug: slug.clone(),
-        backend: backend.name().into(),
+        backend: backend.kind().as_str().into(),
         request: opts.request.clone(),
         pid,
         pid_start: bot_bottle_backend::start_token(pid),
@@ -294,221 +266,81 @@ fn run_on<B: Backend>(backend: &B, plan: &Plan, opts: &Options) -> Result<i32, F
     result
 }
 
-/// One bottle from prepare to teardown: the sidecar bundle on the host, the
-/// bottle, its provisioning, the agent.
-fn session<B: Backend>(backend: &B, plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
-    let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
-    let target = Target { slug, plan, state, project: &opts.request.project, resume: opts.resume.is_some() };
-    tracing::debug!(%slug, backend = backend.name(), "preparing the bottle");
-    let prepared = backend.prepare(&target).map_err(err("preparing the bottle"))?;
-    for w in backend.warnings(&prepared) {
-        // Shown even with --quiet: a limit that does not hold is not progress.
-        let _ = writeln!(std::io::stderr(), "bot-bottle: warning: {w}");
-    }
-    let mut teardown = Teardown::new();
-    let endpoint = backend.reserve(&prepared, &mut teardown).map_err(err("reserving the bottle"))?;
-    tracing::debug!(%slug, "reserved the bottle's endpoint; starting the sidecars");
-
-    // The sidecar bundle: every service the plan needs, on the endpoint.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| failure(format!("error: runtime: {e}")))?;
-    let bundle = Bundle::start(
-        BundleConfig {
+/// One session on `backend`, told on stderr (progress unless quiet).
+fn session(backend: &dyn Backend, plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
+    // The walk refuses to enter any of these, and home itself, whatever path
+    // (a bind mount) leads there.
+    let mut guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
+    guarded.extend(std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from));
+    let events = Stderr::new(opts.quiet);
+    let outcome = run_session(
+        backend,
+        &Session {
             slug,
             plan,
             state,
             project: &opts.request.project,
-            endpoint: &endpoint,
+            workdir: &opts.request.workdir,
+            resume: opts.resume.is_some(),
             env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
             upstream_ca: upstream_ca(),
             supervise_wait: supervise_wait(),
+            guarded,
+            interactive: nix::unistd::isatty(std::io::stdin()).unwrap_or(false),
+            events: &events,
         },
-        rt.handle(),
-    )
-    .map_err(|e| failure(format!("error: starting the sidecars: {}", chain(&e))))?;
-    // Whatever happens in the bottle, the sidecars are finished after it:
-    // its deploy keys deleted, what it left uncommitted landed.
-    let ran = in_bottle(backend, plan, opts, slug, state, &prepared, &endpoint, &bundle, &rt, teardown);
-    let workspace = (ran.is_ok() && plan.workspace == WorkspaceMode::Copy).then(|| state.join("workspace"));
-    tracing::debug!(%slug, ok = ran.is_ok(), "the bottle is down; finishing the sidecars");
-    let report = bundle.finish(workspace.as_deref());
-    if plan.workspace == WorkspaceMode::Copy {
-        say(opts, &format!("the agent's workspace is kept at {}", state.join("workspace").display()));
-    }
-    let summary = crate::render::session_report(&report, &opts.request.project, slug);
-    if !summary.is_empty() {
-        let _ = std::io::stderr().write_all(summary.as_bytes());
-    }
-    drop(rt);
-    ran
-}
-
-/// The bottle itself, from launch to the agent's exit; its teardown runs
-/// before this returns, whatever happens.
-#[expect(clippy::too_many_arguments, reason = "one launch's parts, passed once")]
-fn in_bottle<B: Backend>(
-    backend: &B,
-    plan: &Plan,
-    opts: &Options,
-    slug: &str,
-    state: &Path,
-    prepared: &B::Prepared,
-    endpoint: &bot_bottle_backend::Endpoint,
-    bundle: &Bundle,
-    rt: &tokio::runtime::Runtime,
-    mut teardown: Teardown,
-) -> Result<i32, Failure> {
-    let err = |what: &'static str| move |e: BackendError| failure(format!("error: {what}: {}", chain(&e)));
-    // Ctrl-C reaches the agent through the terminal; the launcher stays to
-    // tear down. SIGTERM is for the launcher: it ends the bottle.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s = stop.clone();
-    rt.spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-        let Ok(mut int) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) else { return };
-        loop {
-            tokio::select! {
-                _ = term.recv() => { s.store(true, std::sync::atomic::Ordering::SeqCst); }
-                // The user's terminal is gone: so is the agent's reason to run.
-                _ = hup.recv() => { s.store(true, std::sync::atomic::Ordering::SeqCst); }
-                // The bottle's relay passes it on to the agent.
-                _ = int.recv() => {}
-            }
-        }
-    });
-    pause_point("sidecars");
-
-    let workspace = state.join("workspace");
-    if plan.workspace == WorkspaceMode::Copy {
-        if opts.resume.is_some() && workspace.is_dir() {
-            say(opts, &format!("resuming with the workspace at {}", workspace.display()));
-        } else {
-            say(opts, &format!("copying {} into the bottle's workspace", opts.request.project.display()));
-            let report = copy(backend.name(), plan, opts, &workspace)?;
-            tell(opts, &report);
+    );
+    if let Some(report) = &outcome.report {
+        let summary = crate::render::session_report(report, &opts.request.project, slug);
+        if !summary.is_empty() {
+            let _ = std::io::stderr().write_all(summary.as_bytes());
         }
     }
-    tracing::debug!(%slug, "launching the bottle");
-    let mut bottle = backend.launch(prepared, endpoint, &mut teardown).map_err(err("the bottle failed"))?;
-
-    // Provisioning, as data, applied through the bottle.
-    let ca_pem = std::fs::read_to_string(bundle.ca_cert_path())
-        .map_err(|e| failure(format!("error: reading the bottle CA: {e}")))?;
-    let roots = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").ok();
-    let prompt = read_prompt(plan)?;
-    let interactive = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
-    let prov = provision(
-        plan,
-        &Launch {
-            user: "agent",
-            home: "/home/agent",
-            workspace: "/workspace",
-            state_dir: "/run/bot-bottle",
-            proxy_url: &bundle.addresses().proxy_url,
-            ca_pem: &ca_pem,
-            system_roots_pem: roots.as_deref(),
-            prompt: &prompt,
-            git_gate_url: bundle.addresses().git_gate_url.as_deref(),
-            git_gate_local: bundle.addresses().git_gate_local,
-            supervise_url: bundle.addresses().supervise_url.as_deref(),
-            interactive,
-        },
-    )
-    .map_err(|e| failure(format!("error: provisioning: {e}")))?;
-    let mut prov = prov;
-    let at = match plan.workspace {
-        WorkspaceMode::None => None,
-        WorkspaceMode::Copy => Some(workspace.as_path()),
-        WorkspaceMode::Mount => Some(opts.request.project.as_path()),
-    };
-    prov.workdir = match at {
-        None => "/home/agent".into(),
-        // The agent starts where `start` ran, inside the project; in a copy
-        // that directory may be missing (ignored), then its nearest parent.
-        Some(root) => {
-            let sub = workdir_in(root, &opts.request.workdir);
-            if sub != opts.request.workdir {
-                say(
-                    opts,
-                    &format!(
-                        "{} is not in the workspace; the agent starts in /workspace/{}",
-                        opts.request.workdir.display(),
-                        sub.display()
-                    ),
-                );
-            }
-            if sub.as_os_str().is_empty() {
-                prov.workdir
-            } else {
-                Path::new(&prov.workdir).join(sub).display().to_string()
-            }
-        }
-    };
-    bot_bottle_backend::provision(&mut bottle, &prov).map_err(|e| {
-        // The agent's program missing from the bottle is 127, as a shell
-        // (and `docker run`) reports a command that is not found.
-        let missing = matches!(&e, BackendError::Provision { why, .. } if why.starts_with("the agent's program"));
-        let mut f = err("provisioning")(e);
-        if missing {
-            f.code = 127;
+    outcome.result.map_err(|e| {
+        let mut f = failure(format!("error: {}: {}", e.step, chain(e.source.as_ref())));
+        if let Some(code) = e.code {
+            f.code = code;
         }
         f
-    })?;
+    })
+}
 
-    say(opts, &format!("starting {} in bottle {slug} ({})", plan.agent.name, backend.name()));
-    let agent = Exec {
-        argv: prov.argv.clone(),
-        env: prov.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        workdir: Some(prov.workdir.clone()),
-        user: Owner::Agent,
-    };
-    // The disk budget: the workspace is watched while the agent runs.
-    let workspace = match plan.workspace {
-        WorkspaceMode::Copy => Some(state.join("workspace")),
-        WorkspaceMode::Mount => Some(opts.request.project.clone()),
-        WorkspaceMode::None => None,
-    };
-    let budget = plan.resources.disk.map_or(bot_bottle_backend::DEFAULT_DISK, |d| d.0);
-    let watch = workspace
-        .map(|w| DiskWatch::start(&w, budget, stop.clone()))
-        .transpose()
-        .map_err(|e| failure(format!("error: measuring the workspace: {e}")))?;
-    tracing::debug!(%slug, argv = ?agent.argv, "running the agent");
-    let code = bottle.run_agent(&agent, &stop).map_err(err("the bottle failed"))?;
-    tracing::debug!(%slug, code, "the agent exited");
-    let over = watch.and_then(|w| w.exceeded());
-    if let Some(why) = &over {
-        let _ = writeln!(std::io::stderr(), "bot-bottle: stopped: {why}");
-    } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
-        say(opts, "stopped by SIGTERM");
+/// A session's events as lines on stderr.
+struct Stderr {
+    quiet: bool,
+    tty: bool,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Stderr {
+    fn new(quiet: bool) -> Stderr {
+        Stderr { quiet, tty: nix::unistd::isatty(std::io::stderr()).unwrap_or(false), last: Default::default() }
     }
-    drop(bottle);
-    drop(teardown);
-    Ok(code)
 }
 
-/// An extra CA for upstreams and forge APIs (tests, corporate CAs).
-fn upstream_ca() -> Option<PathBuf> {
-    std::env::var_os("BOT_BOTTLE_UPSTREAM_CA").map(PathBuf::from)
-}
+impl Events for Stderr {
+    fn note(&self, line: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+        }
+    }
 
-/// Copies the project into `dst`, with a progress line on stderr when it
-/// takes more than a second.
-fn copy(backend: &str, plan: &Plan, opts: &Options, dst: &Path) -> Result<CopyReport, Failure> {
-    let tty = nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
-    let last = std::sync::Mutex::new(None::<std::time::Instant>);
-    let progress = |p: Progress| {
+    fn warn(&self, line: &str) {
+        // Shown even with --quiet: a limit that does not hold is not progress.
+        let _ = writeln!(std::io::stderr(), "bot-bottle: warning: {line}");
+    }
+
+    fn copying(&self, p: Progress) {
+        if self.quiet {
+            return;
+        }
         let line = format!("bot-bottle: copying the project: {} files, {}", p.files, crate::render::size(p.bytes));
         let mut err = std::io::stderr().lock();
         // A terminal gets one line rewritten in place; a log a line every few seconds.
-        let _ = if tty {
+        let _ = if self.tty {
             write!(err, "\r{line}{}", if p.done { "\n" } else { "" })
         } else {
-            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if p.done || last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
                 *last = Some(std::time::Instant::now());
                 writeln!(err, "{line}")
@@ -516,40 +348,23 @@ fn copy(backend: &str, plan: &Plan, opts: &Options, dst: &Path) -> Result<CopyRe
                 Ok(())
             }
         };
-    };
-    // The walk refuses to enter any of these, and home itself, whatever path
-    // (a bind mount) leads there.
-    let mut guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
-    guarded.extend(std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from));
-    let copy_opts = CopyOptions {
-        owner: copy_owner(backend),
-        include_ignored: &plan.workspace_include_ignored,
-        guarded: &guarded,
-        progress: (!opts.quiet).then_some(&progress as &(dyn Fn(Progress) + Sync)),
-        ..CopyOptions::default()
-    };
-    copy_project(&opts.request.project, dst, &copy_opts).map_err(|e| {
-        failure(format!("error: copying {} into the workspace: {}", opts.request.project.display(), chain(&e)))
-    })
-}
-
-/// What the copy did: what it removed always (names only), the rest
-/// unless quiet.
-fn tell(opts: &Options, r: &CopyReport) {
-    let (always, verbose) = crate::render::copy_report(r);
-    for line in verbose {
-        say(opts, &line);
     }
-    for line in always {
-        let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+
+    fn copied(&self, r: &CopyReport) {
+        // What was removed always (names only), the rest unless quiet.
+        let (always, verbose) = crate::render::copy_report(r);
+        for line in verbose {
+            self.note(&line);
+        }
+        for line in always {
+            let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+        }
     }
 }
 
-/// The agent's prompt: its file from the body's first line on.
-fn read_prompt(plan: &Plan) -> Result<String, Failure> {
-    let text = std::fs::read_to_string(&plan.agent.prompt.file)
-        .map_err(|e| failure(format!("error: reading {}: {e}", plan.agent.prompt.file.display())))?;
-    Ok(text.lines().skip(plan.agent.prompt.line.saturating_sub(1)).collect::<Vec<_>>().join("\n"))
+/// An extra CA for upstreams and forge APIs (tests, corporate CAs).
+fn upstream_ca() -> Option<PathBuf> {
+    std::env::var_os("BOT_BOTTLE_UPSTREAM_CA").map(PathBuf::from)
 }
 
 /// How long `request_egress` waits for a decision: 60 s, or

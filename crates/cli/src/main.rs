@@ -201,7 +201,7 @@ enum BackendArg {
     Auto,
     /// Linux namespaces on this host.
     Native,
-    /// Docker containers (not in this build yet).
+    /// Docker containers through the local daemon.
     Docker,
     /// Micro-VMs through the smolvm CLI.
     Smolmachines,
@@ -252,16 +252,11 @@ pub(crate) fn agent_exit(code: i32) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    // The bottle's init stages are this same binary in a hidden mode.
+    // The backends' helpers inside bottles (an init, a forwarder) are this
+    // same binary in hidden modes.
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__bottle-init") {
-        let code = bot_bottle_backend::native::init_main(&args[2..]);
+    if let Some(code) = bot_bottle_backend::helper_main(&args[1..]) {
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
-    }
-    // Copied into a smolmachines guest: its sidecar forwarder.
-    if args.get(1).map(String::as_str) == Some("__bottle-forward") {
-        let code = bot_bottle_backend::guest_forward_main(&args[2..]);
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     // Whatever our parent left open stays out of every bottle: nothing here
     // needs a descriptor it did not open itself. First, before any thread.
@@ -510,30 +505,39 @@ fn list(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {
 }
 
 fn doctor() -> Result<(), Failure> {
-    use bot_bottle_backend::native::{Status, doctor, doctor_ready};
-    let checks = doctor();
-    let mut out = String::from("native backend\n");
-    for c in &checks {
-        let mark = match c.status {
-            Status::Ok => "ok  ",
-            Status::Warn => "warn",
-            Status::Fail => "FAIL",
+    use bot_bottle_backend::{KINDS, Status, checks_ready};
+    let mut out = String::new();
+    let mut ready = Vec::new();
+    for &kind in KINDS {
+        out.push_str(&format!("{} backend\n", kind.as_str()));
+        let checks = match launch::backend(kind) {
+            Ok(b) => b.doctor(),
+            Err(f) => {
+                out.push_str(&format!("  FAIL {}\n", f.message.trim_start_matches("error: ")));
+                continue;
+            }
         };
-        out.push_str(&format!("  {mark} {:<16} {}\n", c.name, c.detail));
-        if let Some(fix) = &c.fix {
-            out.push_str(&format!("       {:<16} fix: {fix}\n", ""));
+        for c in &checks {
+            let mark = match c.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            out.push_str(&format!("  {mark} {:<16} {}\n", c.name, c.detail));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("       {:<16} fix: {fix}\n", ""));
+            }
+        }
+        if checks_ready(&checks) {
+            ready.push(kind.as_str());
         }
     }
-    out.push_str("smolmachines backend\n");
-    match launch::smolmachines()?.preflight() {
-        Ok(v) => out.push_str(&format!("  ok   {:<16} smolvm {v}, and KVM where needed\n", "smolvm")),
-        Err(e) => out.push_str(&format!("  FAIL {:<16} {}\n", "smolvm", chain(&e))),
-    }
-    if doctor_ready(&checks) {
-        out.push_str("native bottles can run here\n");
-        print(&out)
-    } else {
-        Err(failure(format!("{out}native bottles cannot run here until the FAIL lines are fixed")))
+    match ready.first() {
+        Some(first) => {
+            out.push_str(&format!("bottles can run here on: {} (`auto` means {first})\n", ready.join(", ")));
+            print(&out)
+        }
+        None => Err(failure(format!("{out}no backend can run bottles here until its FAIL lines are fixed"))),
     }
 }
 

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bot_bottle_backend::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT};
+use crate::endpoint::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT};
 use bot_bottle_manifest::{Egress, Plan, WorkspaceMode};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;

@@ -19,11 +19,13 @@
 //! `bot-bottle-manifest`) or finding secrets (that is `bot-bottle-detect`).
 
 mod bundle;
+mod endpoint;
 mod gate;
 mod proxy;
 mod supervise;
 
 pub use bundle::{Addresses, Bundle, BundleConfig, BundleError, BundleReport, SharedEnv, cleanup as bundle_cleanup};
+pub use endpoint::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT, UNIX_SOCKETS};
 pub use gate::{
     ArgvError, ForgeError, Gate, GateConfig, GateError, GateReport, HttpsError, Landing, Refusal,
     cleanup as gate_cleanup, landing_prefix,

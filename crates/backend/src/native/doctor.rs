@@ -3,29 +3,11 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use super::cgroup::{self, CgroupMode, HostView};
 use super::landlock::{self, NotEnforced};
 use super::spec::Limits;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    /// Works, with a layer missing or a caveat.
-    Warn,
-    /// Native bottles cannot run until this is fixed.
-    Fail,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub status: Status,
-    pub detail: String,
-    pub fix: Option<String>,
-}
+pub use crate::check::{Check, Status};
 
 /// What the checks read; injectable so tests can describe other hosts.
 #[derive(Clone, Copy)]

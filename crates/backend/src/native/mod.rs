@@ -31,7 +31,10 @@ use nix::sys::stat::Mode;
 use nix::unistd::mkfifo;
 
 use crate::terminal::Relay;
-use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, PROXY_PORT, Target, Teardown};
+use crate::{
+    Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, PROXY_PORT, PreparedBottle, Target, Teardown,
+};
+use bot_bottle_manifest::BackendKind;
 use control::{Reply, Request, Size};
 
 pub use self::cgroup::{
@@ -125,14 +128,30 @@ fn give_to_bottle(p: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 impl Backend for Native {
-    type Prepared = Prepared;
-    type Bottle = NativeBottle;
-
-    fn name(&self) -> &'static str {
-        "native"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Native
     }
 
-    fn prepare(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
+    fn prepare(&self, t: &Target<'_>) -> Result<Box<dyn PreparedBottle>, BackendError> {
+        Ok(Box::new(self.prepare_spec(t)?))
+    }
+
+    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
+        cleanup_leftovers(slug, state)
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        doctor::this_host()
+    }
+
+    fn exec(&self, _slug: &str, state: &Path, argv: &[String]) -> Result<i32, BackendError> {
+        exec_in(state, argv)
+    }
+}
+
+impl Native {
+    /// What a native launch for `t` builds.
+    pub fn prepare_spec(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
         let (uid, gid) = agent_ids();
         let workspace = match t.plan.workspace {
             WorkspaceMode::None => None,
@@ -181,12 +200,19 @@ impl Backend for Native {
             resume: t.resume,
         })
     }
+}
 
-    fn warnings(&self, p: &Prepared) -> Vec<String> {
-        p.warnings.clone()
+impl PreparedBottle for Prepared {
+    fn view(&self) -> serde_json::Value {
+        crate::view_of(BackendKind::Native, self)
     }
 
-    fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+        let p = self;
         let Some(dir) = p.spec.sockets_dir.clone() else {
             return Err(BackendError::Control("a native bottle needs a sockets directory".into()));
         };
@@ -201,22 +227,22 @@ impl Backend for Native {
         Ok(Endpoint::Unix { dir, owner: bottle_root() })
     }
 
-    fn launch(
-        &self,
-        p: &Prepared,
-        _endpoint: &Endpoint,
-        _teardown: &mut Teardown,
-    ) -> Result<NativeBottle, BackendError> {
+    fn launch(&self, _endpoint: &Endpoint, _teardown: &mut Teardown) -> Result<Box<dyn Bottle>, BackendError> {
+        let p = self;
         let owner = bottle_root().map(|_| HOST_ID_BASE + agent_ids().0);
         crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, owner)?;
         crate::pause_point("workspace");
         // The bottle undoes itself (its root, its cgroup) when dropped or
         // when it fails to start.
         let cgroup = bottle_cgroup(&p.slug, &p.spec.limits).map_err(NativeError::from)?;
-        Ok(NativeBottle::launch_in(&p.spec, &p.state, cgroup)?)
+        Ok(Box::new(NativeBottle::launch_in(&p.spec, &p.state, cgroup)?))
     }
+}
 
-    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
+/// What a killed launcher left of the native bottle `slug` (state dir
+/// `state`): its processes, its cgroup, its runtime files.
+fn cleanup_leftovers(slug: &str, state: &Path) -> Vec<String> {
+    {
         let mut did = Vec::new();
         let pids = leftover_processes(state);
         for pid in &pids {

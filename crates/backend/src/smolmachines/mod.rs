@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bot_bottle_loopback::{self as loopback, Pool};
-use bot_bottle_manifest::WorkspaceMode;
+use bot_bottle_manifest::{BackendKind, WorkspaceMode};
 use bot_bottle_smolvm::{
     CpOpts, CreateOpts, ExecOpts, MachineState, SOCKETS, SUPPORTED, Smolvm, Source, TSI_LOOPBACK, Version,
     VersionRange, Volume,
@@ -44,14 +44,17 @@ pub use image::Image;
 pub use sockets::Published;
 
 use crate::terminal::Relay;
-use crate::{Backend, BackendError, Bottle, Endpoint, Exec, Output, Owner, Target, Teardown, pause_point};
+use crate::{
+    Backend, BackendError, Bottle, Check, Endpoint, Exec, Output, Owner, PreparedBottle, Status, Target, Teardown,
+    pause_point,
+};
 
 /// The label that names a machine's bottle, and the one with its address.
 const LABEL: &str = "bot-bottle";
 const LABEL_ADDR: &str = "bot-bottle-addr";
 
 /// The smolmachines backend.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Smolmachines {
     smolvm: Smolvm,
     pool: Pool,
@@ -256,14 +259,60 @@ fn cidr(addr: Ipv4Addr) -> String {
 }
 
 impl Backend for Smolmachines {
-    type Prepared = Prepared;
-    type Bottle = SmolBottle;
-
-    fn name(&self) -> &'static str {
-        "smolmachines"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Smolmachines
     }
 
-    fn prepare(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
+    fn prepare(&self, t: &Target<'_>) -> Result<Box<dyn PreparedBottle>, BackendError> {
+        Ok(Box::new(SmolPrepared { backend: self.clone(), p: self.prepare_machine(t)? }))
+    }
+
+    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
+        self.cleanup_leftovers(slug, state)
+    }
+
+    fn doctor(&self) -> Vec<Check> {
+        vec![match self.preflight() {
+            Ok(v) => Check {
+                name: "smolvm",
+                status: Status::Ok,
+                detail: format!("smolvm {v}, and KVM where needed"),
+                fix: None,
+            },
+            Err(e) => Check { name: "smolvm", status: Status::Fail, detail: e.to_string(), fix: None },
+        }]
+    }
+}
+
+/// A smolmachines bottle resolved for a target, with the backend that
+/// builds it.
+#[derive(Debug)]
+struct SmolPrepared {
+    backend: Smolmachines,
+    p: Prepared,
+}
+
+impl PreparedBottle for SmolPrepared {
+    fn view(&self) -> serde_json::Value {
+        crate::view_of(BackendKind::Smolmachines, &self.p)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.p.warnings.clone()
+    }
+
+    fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+        self.backend.reserve_for(&self.p, teardown)
+    }
+
+    fn launch(&self, endpoint: &Endpoint, teardown: &mut Teardown) -> Result<Box<dyn Bottle>, BackendError> {
+        Ok(Box::new(self.backend.launch_for(&self.p, endpoint, teardown)?))
+    }
+}
+
+impl Smolmachines {
+    /// What a smolmachines launch for `t` builds.
+    pub fn prepare_machine(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
         let found = self.smolvm.version().ok();
         let mut warnings = Vec::new();
         let design = match found.map(Design::for_version) {
@@ -334,11 +383,7 @@ impl Backend for Smolmachines {
         })
     }
 
-    fn warnings(&self, p: &Prepared) -> Vec<String> {
-        p.warnings.clone()
-    }
-
-    fn reserve(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
+    fn reserve_for(&self, p: &Prepared, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
         let (_, design) = self.design()?;
         if design != p.design {
             return Err(BackendError::Control(format!(
@@ -371,7 +416,12 @@ impl Backend for Smolmachines {
         Ok(Endpoint::Tcp { addr, listener: Arc::new(listener) })
     }
 
-    fn launch(&self, p: &Prepared, endpoint: &Endpoint, teardown: &mut Teardown) -> Result<SmolBottle, BackendError> {
+    fn launch_for(
+        &self,
+        p: &Prepared,
+        endpoint: &Endpoint,
+        teardown: &mut Teardown,
+    ) -> Result<SmolBottle, BackendError> {
         if p.design == Design::Sockets {
             return self.launch_sockets(p, endpoint, teardown);
         }
@@ -421,7 +471,7 @@ impl Backend for Smolmachines {
         Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner: None, scratch })
     }
 
-    fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
+    fn cleanup_leftovers(&self, slug: &str, state: &Path) -> Vec<String> {
         let mut did = Vec::new();
         for m in self.smolvm.machine_ls().unwrap_or_default() {
             if m.labels.get(LABEL).is_some_and(|s| s == slug) && self.smolvm.machine_delete(&m.name).is_ok() {

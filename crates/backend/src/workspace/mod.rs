@@ -150,10 +150,16 @@ pub fn prepare_workspace(
 
 /// The host uid that owns a workspace copy on backend `backend`: the
 /// agent's host id for a native bottle launched as root (see
-/// `native::NativeBottle`), the launcher's own otherwise.
+/// `native::NativeBottle`) or the agent's uid in a docker bottle launched
+/// as root, the launcher's own otherwise.
 pub fn copy_owner(backend: &str) -> Option<u32> {
-    (backend == "native" && nix::unistd::geteuid().is_root())
-        .then_some(crate::native::HOST_ID_BASE + crate::native::AGENT_ID)
+    let root = nix::unistd::geteuid().is_root();
+    match backend {
+        "native" if root => Some(crate::native::HOST_ID_BASE + crate::native::AGENT_ID),
+        // A container shares the host's uids: the agent's own.
+        "docker" if root => Some(crate::docker::agent_ids().0),
+        _ => None,
+    }
 }
 
 /// Where a copy being made for `dst` is built: beside it, so that the

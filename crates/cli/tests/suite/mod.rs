@@ -2,6 +2,7 @@
 mod cases;
 mod claude;
 mod cli;
+mod docker;
 mod doors;
 mod dry_run;
 mod egress;

@@ -1,0 +1,270 @@
+//! A running docker bottle: commands through the daemon's exec API, the
+//! agent on a pty of the container's own (docker's `tty`), relayed by the
+//! same [`Relay`] as the other backends: the user's terminal never enters.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::client::Client;
+use super::{FORWARDER, HOME, ids};
+use crate::terminal::Relay;
+use crate::{BackendError, Bottle, Exec, Output, Owner};
+
+/// A running container. Dropping the handle kills it; teardown removes it.
+#[derive(Debug)]
+pub struct DockerBottle {
+    client: Client,
+    container: String,
+    agent: (u32, u32),
+}
+
+impl DockerBottle {
+    pub(super) fn new(client: Client, container: String, agent: (u32, u32)) -> DockerBottle {
+        DockerBottle { client, container, agent }
+    }
+
+    /// Who writes `path` for `owner`. Root inside has no capabilities, so
+    /// it cannot write into the agent's home: what lands there is the
+    /// agent's, as any file in its own home is the agent's to replace.
+    fn writer(&self, path: &str, owner: Owner) -> String {
+        let in_home = path == HOME || path.starts_with(&format!("{HOME}/"));
+        match owner {
+            Owner::Root if !in_home => "0:0".into(),
+            _ => ids(self.agent),
+        }
+    }
+
+    fn user(&self, owner: Owner) -> String {
+        match owner {
+            Owner::Root => "0:0".into(),
+            Owner::Agent => ids(self.agent),
+        }
+    }
+
+    fn run(&self, what: String, argv: &[&str], user: &str, stdin: Option<&[u8]>) -> Result<(), BackendError> {
+        let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+        let out = self.client.exec_output(&self.container, &argv, &[], Some("/"), user, stdin)?;
+        if out.code == 0 {
+            return Ok(());
+        }
+        Err(BackendError::Inside { what, message: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+}
+
+/// `argv` run through bot-bottle's confiner: no capabilities at all,
+/// `no_new_privs`, the native bottle's seccomp filter.
+fn confined(argv: &[String]) -> Vec<String> {
+    [FORWARDER, "__bottle-forward", "--exec", "--"].into_iter().map(str::to_owned).chain(argv.iter().cloned()).collect()
+}
+
+impl Bottle for DockerBottle {
+    fn exec(&mut self, cmd: &Exec) -> Result<Output, BackendError> {
+        let workdir = cmd.workdir.clone().unwrap_or_else(|| HOME.to_owned());
+        let user = self.user(cmd.user);
+        self.client.exec_output(&self.container, &confined(&cmd.argv), &cmd.env, Some(&workdir), &user, None)
+    }
+
+    fn mkdir(&mut self, path: &str, mode: u32, owner: Owner) -> Result<(), BackendError> {
+        let mode = format!("{mode:o}");
+        let user = self.writer(path, owner);
+        self.run(
+            format!("creating {path}"),
+            &["sh", "-c", "mkdir -p -- \"$1\" && chmod \"$2\" -- \"$1\"", "sh", path, &mode],
+            &user,
+            None,
+        )
+    }
+
+    fn copy_in(&mut self, path: &str, content: &[u8], mode: u32, owner: Owner) -> Result<(), BackendError> {
+        let mode = format!("{mode:o}");
+        let user = self.writer(path, owner);
+        self.run(
+            format!("writing {path}"),
+            &[
+                "sh",
+                "-c",
+                "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod \"$2\" -- \"$1\"",
+                "sh",
+                path,
+                &mode,
+            ],
+            &user,
+            Some(content),
+        )
+    }
+
+    fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
+        let size = crate::terminal::terminal_size();
+        let tty = size.is_some();
+        // The launcher's side of the agent's streams: a pty pair (the
+        // relay on its master, the exec on its raw slave) or three pipes.
+        let (relay, ours_in, ours_out, ours_err) = if tty {
+            let (master, slave) = pty().map_err(crate::io("opening a pseudo-terminal for the agent"))?;
+            let relay = Relay::pty(master).map_err(crate::io("putting your terminal in raw mode"))?;
+            let slave = Arc::new(slave);
+            (relay, slave.clone(), slave, None)
+        } else {
+            let p = || nix::unistd::pipe().map_err(|e| crate::io("a pipe for the agent")(e.into()));
+            let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (p()?, p()?, p()?);
+            (Relay::pipes(in_w, out_r, err_r), Arc::new(in_r), Arc::new(out_w), Some(Arc::new(err_w)))
+        };
+        let workdir = cmd.workdir.clone().unwrap_or_else(|| HOME.to_owned());
+        let user = self.user(cmd.user);
+        let winch = Arc::new(AtomicBool::new(false));
+        let winch_id = signal_hook::flag::register(signal_hook::consts::SIGWINCH, winch.clone())
+            .map_err(crate::io("watching the window size"))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let client = self.client.clone();
+        let container = self.container.clone();
+        let argv = confined(&cmd.argv);
+        let env = cmd.env.clone();
+        let d = done.clone();
+        let rt = self.client.rt.clone();
+        let agent = rt.spawn(async move {
+            let r =
+                attach(&client, &container, &argv, &env, &workdir, &user, tty, size, ours_in, ours_out, ours_err).await;
+            d.store(true, Ordering::SeqCst);
+            r
+        });
+        let mut stopped = false;
+        while !done.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) && !stopped {
+                // Killing the container ends every process in it, the agent too.
+                if let Err(e) = self.client.kill(&self.container) {
+                    tracing::warn!(container = %self.container, error = %e, "stopping the container");
+                }
+                stopped = true;
+            }
+            if winch.swap(false, Ordering::SeqCst) {
+                relay.resize();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        signal_hook::low_level::unregister(winch_id);
+        let r = self.client.rt.block_on(agent);
+        relay.finish();
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Control("the agent's exec task failed".into())),
+        }
+    }
+}
+
+/// Starts the agent's exec attached and pumps its streams to ours until it
+/// ends; returns its exit code.
+#[expect(clippy::too_many_arguments, reason = "one exec's settings and streams")]
+async fn attach(
+    client: &Client,
+    container: &str,
+    argv: &[String],
+    env: &[(String, String)],
+    workdir: &str,
+    user: &str,
+    tty: bool,
+    size: Option<rustix::termios::Winsize>,
+    input_fd: Arc<OwnedFd>,
+    out_fd: Arc<OwnedFd>,
+    err_fd: Option<Arc<OwnedFd>>,
+) -> Result<i32, BackendError> {
+    let id = client.create_exec(container, argv, env, Some(workdir), user, tty, true).await?;
+    let started = client
+        .api
+        .start_exec(&id, Some(StartExecOptions { tty, ..StartExecOptions::default() }))
+        .await
+        .map_err(|e| BackendError::Docker { what: "starting the agent".into(), source: Box::new(e) })?;
+    let StartExecResults::Attached { mut output, mut input } = started else {
+        return Err(BackendError::Control("the daemon ran the agent detached".into()));
+    };
+    if let Some(s) = size {
+        let opts = ResizeExecOptions { height: s.ws_row, width: s.ws_col };
+        if let Err(e) = client.api.resize_exec(&id, opts).await {
+            tracing::debug!(error = %e, "sizing the agent's terminal");
+        }
+    }
+    // Our input side, read on a thread of its own (a blocking fd), sent on.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let stop_in = Arc::new(AtomicBool::new(false));
+    let s = stop_in.clone();
+    std::thread::spawn(move || read_into(input_fd.as_fd(), &tx, &s));
+    let feeder = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if input.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        // The launcher's input ended: so does the agent's.
+        input.shutdown().await.ok();
+    });
+    while let Some(chunk) = output.next().await {
+        let Ok(chunk) = chunk else { break };
+        let (fd, bytes) = match chunk {
+            bollard::container::LogOutput::StdErr { message } => (err_fd.as_ref().unwrap_or(&out_fd), message),
+            bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+                (&out_fd, message)
+            }
+            bollard::container::LogOutput::StdIn { .. } => continue,
+        };
+        // A relay that has gone drops the rest; the agent never blocks on it.
+        rustix::io::write(fd.as_fd(), &bytes).ok();
+    }
+    stop_in.store(true, Ordering::SeqCst);
+    feeder.abort();
+    client.exit_code(&id).await
+}
+
+/// Reads `fd` into `tx` until it ends or `stop` is set (polled, so the
+/// thread never outlives the agent for long).
+fn read_into(fd: std::os::fd::BorrowedFd<'_>, tx: &tokio::sync::mpsc::Sender<Vec<u8>>, stop: &AtomicBool) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let tick = Timespec { tv_sec: 0, tv_nsec: 50_000_000 };
+    let mut buf = vec![0u8; 16 << 10];
+    while !stop.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&tick)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A new pseudo-terminal whose slave is raw: it only carries bytes between
+/// the relay and the container's own pty, which has the line discipline.
+fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut t = rustix::termios::tcgetattr(&slave)?;
+    t.make_raw();
+    rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &t)?;
+    Ok((master, slave))
+}
+
+impl Drop for DockerBottle {
+    fn drop(&mut self) {
+        // Teardown removes it; killing it first ends the agent at once.
+        if let Err(e) = self.client.kill(&self.container) {
+            tracing::debug!(container = %self.container, error = %e, "stopping the container at teardown");
+        }
+    }
+}
