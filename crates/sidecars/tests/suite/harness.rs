@@ -202,6 +202,8 @@ pub(crate) struct Harness {
     pub(crate) proxy: Option<Proxy>,
     pub(crate) proxy_addr: SocketAddr,
     pub(crate) limits: bot_bottle_sidecars::Limits,
+    /// The bottle has supervise (denials name its `request_egress` tool).
+    pub(crate) supervise: bool,
 }
 
 pub(crate) const TOKEN: &str = "real-token-7f3c9a1e5b2d4c6f8a0b";
@@ -218,6 +220,7 @@ impl Harness {
             proxy: None,
             proxy_addr: "127.0.0.1:0".parse().expect("addr"),
             limits: bot_bottle_sidecars::Limits::default(),
+            supervise: false,
         }
     }
 
@@ -250,7 +253,7 @@ impl Harness {
             known_secrets: Vec::new(),
             routes_file: Some(".bot-bottle/bottles/test.yaml".into()),
             limits: self.limits.clone(),
-            supervise: false,
+            supervise: self.supervise,
         })
         .expect("proxy");
         let listener = self.rt.block_on(Proxy::bind("127.0.0.1:0".parse().expect("addr"))).expect("bind");

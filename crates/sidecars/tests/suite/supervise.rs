@@ -41,6 +41,7 @@ fn setup(wait: Duration) -> Setup {
     let mut h = Harness::new();
     let a = h.upstream("127.0.0.1", false);
     let b = h.upstream("127.0.0.2", false);
+    h.supervise = true;
     let proxy = h.start_proxy(&format!("routes:\n  - host: \"127.0.0.2:{}\"\n", b.addr.port()));
     let listener = h.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let port = listener.local_addr().expect("addr").port();
