@@ -97,6 +97,7 @@ fn upload_script(h: &Harness, upstream: SocketAddr, uploads: usize, size: usize)
 }
 
 #[test]
+#[expect(clippy::print_stderr, reason = "a skipped test says why; the measured growth is shown")]
 fn bodies_held_for_scanning_stay_within_the_budget() {
     if !std::path::Path::new("/proc/self/clear_refs").exists() {
         eprintln!("skip: no /proc/self/clear_refs to reset the peak RSS");
