@@ -93,8 +93,11 @@ pub(crate) fn scan_body(
                 let _ = vtx.send(Verdict::Logged(logged));
             }
             Err(Some(denial)) => {
-                let _ = tx.send(Err(Box::new(Refused))).await;
+                // The verdict first: the body's error fails the upstream
+                // request, and the forwarder then looks for a verdict to
+                // answer with; finding none it would answer 502.
                 let _ = vtx.send(Verdict::Blocked(denial));
+                let _ = tx.send(Err(Box::new(Refused))).await;
             }
             Err(None) => {
                 let _ = tx.send(Err(Box::new(Refused))).await;
