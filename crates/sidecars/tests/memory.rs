@@ -125,10 +125,11 @@ fn bodies_held_for_scanning_stay_within_the_budget() {
     let ok = out.stdout.lines().filter(|l| *l == format!("200 {sent}")).count();
     assert_eq!(ok, 20, "every upload waited its turn and arrived whole: {}{}", out.stdout, out.stderr);
     let growth = (peak.saturating_sub(base)) * 1024;
-    // Measured: about 20 MiB besides the bodies (TLS and HTTP state of 20
-    // connections each way, scanning threads), debug build. Without the
-    // budget, or with it released before the bytes leave, growth is over 50 MiB.
-    let slack = 24 * MIB;
+    // Measured: 19-23 MiB besides the bodies (TLS and HTTP state of 20
+    // connections each way, scanning threads, allocator), debug build, on
+    // a loaded machine once more. Without the budget growth is 104 MiB;
+    // with it released before the bytes leave, 51 MiB.
+    let slack = 32 * MIB;
     eprintln!("peak RSS growth {} MiB (budget {} MiB, slack {} MiB)", growth / MIB, budget / MIB, slack / MIB);
     assert!(
         growth <= budget + slack,
