@@ -79,14 +79,14 @@ pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
         if r.keywords.is_empty() || r.keywords.iter().any(String::is_empty) {
             return Err(invalid("needs non-empty keywords"));
         }
-        let regex = Regex::new(&r.regex).map_err(|source| RuleError::Regex { id: r.id.clone(), source })?;
+        let regex = compile(&r.regex).map_err(|source| RuleError::Regex { id: r.id.clone(), source })?;
         if r.group >= regex.captures_len() {
             return Err(invalid("group out of range"));
         }
         let allow = r
             .allow
             .iter()
-            .map(|a| Regex::new(a).map_err(|source| RuleError::Regex { id: r.id.clone(), source }))
+            .map(|a| compile(a).map_err(|source| RuleError::Regex { id: r.id.clone(), source }))
             .collect::<Result<Vec<_>, _>>()?;
         out.push(Rule {
             id: r.id,
@@ -104,6 +104,14 @@ pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
         });
     }
     Ok(out)
+}
+
+/// Rules match bytes with ASCII meanings of `\w`, `\b`, `\s`, `.` and
+/// `(?i)`: credentials are ASCII, and Unicode classes made the 207 built-in
+/// rules take about 125 MB resident per detector (the launcher holds one
+/// per bottle), against a few MB like this.
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(pattern).unicode(false).build()
 }
 
 /// The built-in rules, compiled.

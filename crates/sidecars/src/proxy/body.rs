@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::limits::Gates;
 use super::policy::{Denial, deny};
@@ -36,6 +36,8 @@ pub(crate) const MAX_DECODED: usize = 256 << 20;
 /// Identity chunks are scanned in batches up to this size, so the hand-off
 /// to a scanning thread is paid per batch, not per TLS record.
 const BATCH: usize = 256 << 10;
+/// A body held whole goes on in frames of this size.
+const SLICE: usize = 64 << 10;
 
 /// A body fed from a channel by a scanning task (data and trailers).
 #[derive(Debug)]
@@ -91,8 +93,11 @@ pub(crate) fn scan_body(
                 let _ = vtx.send(Verdict::Logged(logged));
             }
             Err(Some(denial)) => {
-                let _ = tx.send(Err(Box::new(Refused))).await;
+                // The verdict first: the body's error fails the upstream
+                // request, and the forwarder then looks for a verdict to
+                // answer with; finding none it would answer 502.
                 let _ = vtx.send(Verdict::Blocked(denial));
+                let _ = tx.send(Err(Box::new(Refused))).await;
             }
             Err(None) => {
                 let _ = tx.send(Err(Box::new(Refused))).await;
@@ -249,11 +254,26 @@ impl Pump<'_> {
     /// `strict`: the coding was declared, so failing to decode refuses.
     async fn encoded(&mut self, encoding: Vec<String>, strict: bool) -> PumpResult {
         let expect = self.incoming.size_hint().exact().map_or(MAX_ENCODED, |n| (n as usize).min(MAX_ENCODED));
-        let _budget = match self.gates.memory(expect).await {
+        let budget = match self.gates.memory(expect).await {
             Ok(p) => p,
-            Err(cap) => return Err(Some(deny("limit", cap.reason(&self.gates.limits)))),
+            Err(cap) => {
+                // Read the rest and drop it: most clients send their whole
+                // body before they read an answer, and would see a reset
+                // instead of the 503 that says why.
+                let mut dropped = 0usize;
+                while let Ok(Some(chunk)) = self.next().await {
+                    dropped += chunk.len();
+                    if dropped > MAX_ENCODED {
+                        break;
+                    }
+                }
+                return Err(Some(deny("limit", cap.reason(&self.gates.limits))));
+            }
         };
-        let mut raw = Vec::with_capacity(expect.min(1 << 20));
+        // All of it at once: growing by doubling would hold the old and the
+        // new buffer together, over the reservation. Pages not yet written
+        // cost no memory.
+        let mut raw = Vec::with_capacity(expect);
         while let Some(chunk) = self.next().await? {
             if raw.len() + chunk.len() > MAX_ENCODED {
                 return Err(Some(deny(
@@ -282,8 +302,32 @@ impl Pump<'_> {
             .ok_or(None)?;
         let mut logged = Vec::new();
         self.judge(r.map_err(Some)?, &mut logged)?;
-        self.send(Bytes::from(raw)).await?;
+        // The reservation lives as long as the bytes do, in the channel and
+        // in the upstream connection's write buffer, not just until they are
+        // handed on: a slow upstream must not let bodies pile up unbudgeted.
+        // Sent in slices of the one buffer: an HTTP/1 connection over TLS
+        // copies each frame into its write buffer whole, so one frame of the
+        // whole body would double it, and outside the budget.
+        let held = Bytes::from_owner(Held { raw, _budget: budget });
+        let mut at = 0;
+        while at < held.len() {
+            let end = (at + SLICE).min(held.len());
+            self.send(held.slice(at..end)).await?;
+            at = end;
+        }
         Ok(logged)
+    }
+}
+
+/// A body held whole, with its share of the memory budget.
+struct Held {
+    raw: Vec<u8>,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.raw
     }
 }
 

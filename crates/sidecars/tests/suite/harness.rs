@@ -50,7 +50,7 @@ impl TestPki {
         TestPki { ca_file, chain: vec![cert.der().clone()], key: key.serialize_der() }
     }
 
-    fn server_config(&self, h2: bool) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn server_config(&self, h2: bool) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
