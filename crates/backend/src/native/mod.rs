@@ -186,6 +186,7 @@ impl Native {
             sync_in: t.state.join("sync-in"),
             control: t.state.join("control.sock"),
             init_exe: self.init.clone(),
+            mounts: t.plan.mounts.iter().map(|m| m.path.clone()).collect(),
             cgroup: None,
         };
         let (enforcement, warnings) = enforcement(&spec.limits, &t.plan.resources);

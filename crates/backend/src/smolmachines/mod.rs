@@ -323,6 +323,11 @@ impl Smolmachines {
             }
             None => Design::Sockets,
         };
+        if !t.plan.mounts.is_empty() {
+            warnings.push(
+                "mounts: not supported by smolmachines yet: the VM sees none of the host directories listed".into(),
+            );
+        }
         let (address, sockets) = match design {
             Design::TsiLoopback => {
                 // Read-only: which address the pool would hand out now.
