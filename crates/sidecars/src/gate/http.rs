@@ -277,12 +277,7 @@ async fn drain(body: &mut Incoming) {
 
 /// Streams the request body into git's stdin, decoding gzip in small steps
 /// so that no burst of decoded data (a gzip bomb) is ever held whole.
-async fn pump_into(
-    body: &mut Incoming,
-    gzip: bool,
-    cap: u64,
-    stdin: &mut Option<ChildStdin>,
-) -> Result<(), PumpError> {
+async fn pump_into(body: &mut Incoming, gzip: bool, cap: u64, stdin: &mut Option<ChildStdin>) -> Result<(), PumpError> {
     const STEP: usize = 16 << 10;
     let mut dec = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
     let (mut raw, mut decoded) = (0u64, 0u64);
