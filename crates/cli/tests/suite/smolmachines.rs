@@ -370,12 +370,13 @@ fn below_smolvm_1_14_the_agent_runs_as_root_without_capabilities_and_the_launch_
     if !netns() {
         return;
     }
-    let script = "echo uid=$(id -u) cap=$(grep CapEff /proc/self/status | cut -f2)";
+    let script = "echo uid=$(id -u) cap=$(grep CapEff /proc/self/status | cut -f2); \
+                  echo x > /workspace/w && echo x > $HOME/h && echo wrote-workspace-and-home";
     let Some(s) = Setup::at("1.13.9", script, 1) else { return };
     let out = s.command(&["start", "a"]).output().expect("start");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("uid=0 cap=0000000000000000"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("uid=0 cap=0000000000000000\nwrote-workspace-and-home\n"), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("in the VM the agent runs as root, with no capabilities: smolvm 1.13.9 has no `exec --user`"),
         "{stderr}"
