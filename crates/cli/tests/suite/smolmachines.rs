@@ -473,16 +473,17 @@ fn the_escape_suites_network_cases_are_contained_in_the_guest() {
     assert_eq!(cases.len(), network.len(), "{cases:?}");
     let mut failures = Vec::new();
     let mut report = Vec::new();
-    for case in &cases {
-        let Some(s) = Setup::at("1.9.3", &format!("env {env} sh /workspace/case.sh"), 1) else { return };
+    // As root without capabilities (before `exec --user`) and as a user.
+    for (version, case) in ["1.9.3", "1.14.0"].into_iter().flat_map(|v| cases.iter().map(move |c| (v, c))) {
+        let Some(s) = Setup::at(version, &format!("env {env} sh /workspace/case.sh"), 1) else { return };
         std::fs::copy(case, s.path("project/case.sh")).expect("copy");
         let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let stem = case.file_stem().expect("stem").to_string_lossy().into_owned();
-        report.push(format!("{stem}: {said}"));
+        report.push(format!("{stem} on {version}: {said}"));
         if out.status.code() != Some(0) || !said.starts_with("contained") {
             failures.push(format!(
-                "{stem} (exit {:?}): {said} {}",
+                "{stem} on {version} (exit {:?}): {said} {}",
                 out.status.code(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
@@ -507,13 +508,15 @@ fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_ter
     let agent = format!(
         "[ -t 0 ] && [ -t 1 ] && echo tty-ok; \
          python3 -c 'import fcntl, termios\nfor fd in (0, 1, 2):\n    for c in b\"touch {mark}\\n\":\n        try: fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n        except OSError: pass'; \
-         for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/null; done; echo injector-done",
+         for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/null; done; echo injector-done; \
+         echo agent-uid=$(id -u)",
         mark = mark.display()
     );
-    let Some(s) = Setup::at("1.9.3", &agent, 1) else { return };
+    // A smolvm with `exec --user`: `-it` as the agent's user.
+    let Some(s) = Setup::at("1.14.0", &agent, 1) else { return };
     let t = tmp.path().display();
     let env = format!(
-        "HOME={} XDG_STATE_HOME={} SMOLVM_DATA_DIR={} BOT_BOTTLE_SMOLVM={} FAKE_SMOLVM_VERSION=1.9.3 BOT_BOTTLE_KVM_DEVICE={}",
+        "HOME={} XDG_STATE_HOME={} SMOLVM_DATA_DIR={} BOT_BOTTLE_SMOLVM={} FAKE_SMOLVM_VERSION=1.14.0 BOT_BOTTLE_KVM_DEVICE={}",
         s.path("home").display(),
         s.path("state").display(),
         s.path("smolvm").display(),
@@ -557,6 +560,9 @@ fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_ter
     // smolvm's client ran in a session of its own, on bot-bottle's pty.
     let exec = s.calls().into_iter().rfind(|c| c.get(1).is_some_and(|w| w == "exec")).expect("exec");
     assert!(exec.iter().any(|w| w == "-t") && exec.iter().any(|w| w == "-i"), "{exec:?}");
+    let (u, g) = agent_ids();
+    assert!(exec.windows(2).any(|w| w[0] == "-u" && w[1] == format!("{u}:{g}")), "{exec:?}");
+    assert!(shown.contains(&format!("agent-uid={u}")), "{shown}");
     assert!(s.machines().is_empty());
 }
 
