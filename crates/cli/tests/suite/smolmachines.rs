@@ -358,8 +358,12 @@ fn on_smolvm_with_exec_user_the_agent_is_a_user_who_owns_its_workspace_and_home_
     let user = format!("{u}:{g}");
     let execs: Vec<&Vec<String>> = calls.iter().filter(|c| c.get(1).is_some_and(|w| w == "exec")).collect();
     let as_user = |c: &Vec<String>| c.windows(2).any(|w| w[0] == "-u" && w[1] == user);
-    let agent = execs.iter().find(|c| c.iter().any(|w| w == "--exec")).expect("the agent's exec");
-    assert!(as_user(agent), "{agent:?}");
+    // Provisioning's checks and the agent: confined, as the agent's user.
+    let confined: Vec<_> = execs.iter().filter(|c| c.iter().any(|w| w == "--exec")).collect();
+    assert!(confined.len() >= 2, "{execs:?}");
+    assert!(confined.iter().all(|c| as_user(c)), "{confined:?}");
+    let agent = execs.last().expect("the agent's exec");
+    assert!(agent.iter().any(|w| w == "--exec") && as_user(agent), "{agent:?}");
     let forwarder = execs.iter().find(|c| c.iter().any(|w| w == "-d")).expect("the forwarder's exec");
     assert!(!forwarder.iter().any(|w| w == "-u"), "{forwarder:?}");
     assert!(s.machines().is_empty(), "{:?}", s.machines());
