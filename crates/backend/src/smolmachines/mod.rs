@@ -836,6 +836,26 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_writes_its_home_and_root_the_rest() {
+        let b = |agent| SmolBottle {
+            smolvm: Smolvm::at("/nonexistent/smolvm"),
+            name: "bottle-t".into(),
+            confiner: None,
+            scratch: PathBuf::from("/nonexistent"),
+            agent,
+        };
+        let user = b(Some((1000, 1001)));
+        assert_eq!(user.writer("/home/agent", Owner::Agent), Owner::Agent);
+        assert_eq!(user.writer("/home/agent/.codex/AGENTS.md", Owner::Root), Owner::Agent);
+        assert_eq!(user.writer("/home/agentx/f", Owner::Root), Owner::Root);
+        assert_eq!(user.writer("/run/bot-bottle/ca.pem", Owner::Root), Owner::Root);
+        assert_eq!(user.user(Owner::Agent).as_deref(), Some("1000:1001"));
+        assert_eq!(user.user(Owner::Root), None);
+        // Before `exec --user`: everything as root.
+        assert_eq!(b(None).user(Owner::Agent), None);
+    }
+
+    #[test]
     fn kvm_preflight_says_how_to_fix_it() {
         let e = kvm_check(Path::new("/nonexistent/kvm")).expect_err("missing");
         assert!(e.contains("modprobe kvm_intel") && e.contains("kvm_amd") && e.contains("nested"), "{e}");
