@@ -229,6 +229,10 @@ impl PreparedBottle for Prepared {
         self.warnings.clone()
     }
 
+    fn copy_owner(&self) -> Option<u32> {
+        crate::copy_owner("docker")
+    }
+
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
         let p = self;
         let dir = p.sockets_dir.clone();

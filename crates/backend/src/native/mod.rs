@@ -212,6 +212,10 @@ impl PreparedBottle for Prepared {
         self.warnings.clone()
     }
 
+    fn copy_owner(&self) -> Option<u32> {
+        crate::copy_owner("native")
+    }
+
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
         let p = self;
         let Some(dir) = p.spec.sockets_dir.clone() else {
