@@ -8,6 +8,7 @@ mod dry_run;
 mod egress;
 mod escape;
 mod gate;
+mod host_services;
 mod lifecycle;
 mod malformed;
 mod mounts;
