@@ -15,6 +15,7 @@ mod mounts;
 mod native;
 mod providers;
 mod proxy_cmd;
+mod reflection;
 mod scan;
 mod smolmachines;
 mod start_native;
