@@ -95,7 +95,18 @@ fn spellings_of_the_name_do_not_open_other_ports_or_addresses() {
             assert_eq!(code, 403, "{scheme}://{host}:{o}: {out}");
         }
     }
-    for host in ["127.0.0.1", "[::1]", "localhost", "bot-bottle.internal", "x.host.bot-bottle.internal", "0.0.0.0"] {
+    for host in [
+        "127.0.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "localhost",
+        "2130706433",
+        "127.1",
+        "0x7f.0.0.1",
+        "bot-bottle.internal",
+        "x.host.bot-bottle.internal",
+        "0.0.0.0",
+    ] {
         for scheme in ["http", "https"] {
             let (code, out) = curl(&s.env, &[&format!("{scheme}://{host}:{p}/x")]);
             assert_eq!(code, 403, "{scheme}://{host}:{p}: {out}");
