@@ -222,6 +222,9 @@ impl HostPattern {
         }
         if let Some(suffix) = lower.strip_prefix("*.") {
             check_dns_name(suffix, raw)?;
+            if in_reserved_domain(suffix) {
+                return Err(reserved(raw));
+            }
             if !suffix.contains('.') {
                 return Err(invalid(
                     format!("wildcard `{raw}` covers a whole top-level domain"),
@@ -237,8 +240,37 @@ impl HostPattern {
             ));
         }
         check_dns_name(&lower, raw)?;
+        if lower == HOST_ALIAS && port.is_none() {
+            return Err(invalid(
+                format!("`{raw}` needs a port"),
+                format!("the host's services are allowed port by port, e.g. `{HOST_ALIAS}:8080`"),
+            ));
+        }
+        if lower != HOST_ALIAS && in_reserved_domain(&lower) {
+            return Err(reserved(raw));
+        }
         Ok(HostPattern { kind: HostKind::Exact(lower), port })
     }
+}
+
+/// The name a bottle reaches the host's own loopback by, through the proxy
+/// only: a route `host.bot-bottle.internal:PORT` lets requests through to
+/// `127.0.0.1:PORT` on the host. The proxy never resolves the name.
+pub const HOST_ALIAS: &str = "host.bot-bottle.internal";
+
+/// bot-bottle's own domain: only [`HOST_ALIAS`] in it means anything.
+const RESERVED_DOMAIN: &str = "bot-bottle.internal";
+
+/// Whether `name` (lower-case, no trailing dot) is in bot-bottle's domain.
+pub fn in_reserved_domain(name: &str) -> bool {
+    name == RESERVED_DOMAIN || name.strip_suffix(RESERVED_DOMAIN).is_some_and(|rest| rest.ends_with('.'))
+}
+
+fn reserved(raw: &str) -> Invalid {
+    invalid(
+        format!("`{raw}` is in bot-bottle's reserved domain `{RESERVED_DOMAIN}`"),
+        format!("the only name there is `{HOST_ALIAS}:PORT`, the host's own 127.0.0.1:PORT"),
+    )
 }
 
 fn parse_port(p: &str, raw: &str) -> Result<u16, Invalid> {
@@ -930,6 +962,20 @@ mod tests {
         assert_eq!(ok("*.example.com:8443"), Ok("*.example.com:8443".into()));
         assert_eq!(ok("127.0.0.1:9000"), Ok("127.0.0.1:9000".into()));
         assert_eq!(ok("[::1]:80"), Ok("[::1]:80".into()));
+        assert_eq!(ok("Host.Bot-Bottle.Internal:8080"), Ok("host.bot-bottle.internal:8080".into()));
+        for reserved in [
+            "host.bot-bottle.internal",
+            "*.bot-bottle.internal",
+            "*.bot-bottle.internal:8080",
+            "bot-bottle.internal:80",
+            "other.bot-bottle.internal:8080",
+            "*.host.bot-bottle.internal:8080",
+            "x.host.bot-bottle.internal:8080",
+        ] {
+            assert!(HostPattern::parse(reserved).is_err(), "{reserved:?} must be refused");
+        }
+        assert_eq!(ok("bot-bottle.internal.example.com"), Ok("bot-bottle.internal.example.com".into()));
+        assert_eq!(ok("notbot-bottle.internal:80"), Ok("notbot-bottle.internal:80".into()));
         for bad in [
             "",
             "*",

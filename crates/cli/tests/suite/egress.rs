@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use super::native::{available, panic_or_skip};
 
-const TOKEN: &str = "real-token-for-the-egress-test-0123456789";
+pub(super) const TOKEN: &str = "real-token-for-the-egress-test-0123456789";
 
 /// A TLS upstream on 127.0.0.1 (openssl-made CA, python's ssl): echoes the
 /// request's `x-api-key` in a header and the body (raw and base64), answers
@@ -55,19 +55,25 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
-fn upstream(dir: &Path) -> Upstream {
+/// A test CA (`ca.pem`, handed to the proxy as its extra upstream CA) and a
+/// leaf (`leaf.pem`, `leaf.key`) for 127.0.0.1 and `localhost`, in `dir`.
+pub(super) fn pki(dir: &Path) {
     let ok = Command::new("sh")
         .arg("-c")
         .arg(
             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca 2>/dev/null && \
              openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr -subj /CN=upstream 2>/dev/null && \
-             printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf && \
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf && \
              openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 1 -extfile ext.cnf 2>/dev/null",
         )
         .current_dir(dir)
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "openssl");
+}
+
+fn upstream(dir: &Path) -> Upstream {
+    pki(dir);
     std::fs::write(dir.join("upstream.py"), SERVER).expect("write");
     let mut child =
         Command::new("python3").arg("upstream.py").current_dir(dir).stdout(Stdio::piped()).spawn().expect("upstream");
@@ -79,7 +85,7 @@ fn upstream(dir: &Path) -> Upstream {
 /// Runs `script` (sh) as the agent (which must unset `NO_PROXY` to reach
 /// the upstream on 127.0.0.1 through the proxy) of a fresh native bottle whose bottle
 /// file is `bottle`; returns (exit code, stdout, stderr, the audit log).
-fn run(dir: &Path, bottle: &str, script: &str) -> (i32, String, String, String) {
+pub(super) fn run(dir: &Path, bottle: &str, script: &str) -> (i32, String, String, String) {
     let project = dir.join("project");
     let m = project.join(".bot-bottle");
     std::fs::create_dir_all(m.join("agents")).expect("mkdir");

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use bot_bottle_manifest::{DlpMode, HostKind, Route, TlsMode};
+use bot_bottle_manifest::{DlpMode, HostKind, Route, TlsMode, in_reserved_domain};
 
 /// The scheme a request arrived with, for default ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,13 +54,17 @@ impl Policy {
     pub(crate) fn route_for(&self, host: &str, port: u16, scheme: Scheme) -> Option<&Route> {
         let ip: Option<IpAddr> = host.trim_start_matches('[').trim_end_matches(']').parse().ok();
         let port_ok = |r: &Route| r.host.port.unwrap_or(scheme.default_port()) == port;
+        // bot-bottle's own names are reached only through a route that
+        // names them exactly (the manifest refuses wildcards over them).
+        let reserved = in_reserved_domain(host);
         let mut best: Option<(&Route, usize)> = None;
         for r in self.routes.iter().filter(|r| port_ok(r)) {
             let score = match (&r.host.kind, ip) {
                 (HostKind::Ip(a), Some(b)) if *a == b => usize::MAX,
                 (HostKind::Exact(h), None) if h == host => usize::MAX,
                 (HostKind::Suffix(s), None)
-                    if host.len() > s.len() + 1
+                    if !reserved
+                        && host.len() > s.len() + 1
                         && host.ends_with(s.as_str())
                         && host.as_bytes()[host.len() - s.len() - 1] == b'.' =>
                 {
@@ -119,6 +123,20 @@ mod tests {
             p.route_for("api.example.com", 80, Scheme::Http).map(|r| r.host.to_string()),
             Some("api.example.com".into())
         );
+    }
+
+    /// A wildcard never covers bot-bottle's own names, even one built
+    /// around the manifest's checks.
+    #[test]
+    fn wildcards_do_not_cover_the_host_alias() {
+        use bot_bottle_manifest::HostPattern;
+        let mut p = policy("routes:\n  - { host: \"*.example.com\" }\n");
+        let mut r = p.routes[0].clone();
+        for suffix in ["bot-bottle.internal", "internal"] {
+            r.host = HostPattern { kind: HostKind::Suffix(suffix.into()), port: Some(8080) };
+            p.routes = vec![r.clone()];
+            assert!(p.route_for("host.bot-bottle.internal", 8080, Scheme::Http).is_none(), "*.{suffix}");
+        }
     }
 
     #[test]

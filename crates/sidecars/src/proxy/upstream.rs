@@ -2,13 +2,13 @@
 //! the checked one (no second lookup to rebind), then TLS verified against
 //! the system roots plus an optional extra CA, HTTP/2 when offered.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bot_bottle_manifest::{HostKind, Route};
+use bot_bottle_manifest::{HOST_ALIAS, HostKind, Route, in_reserved_domain};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -41,9 +41,24 @@ pub(crate) enum UpstreamError {
 /// Resolves `host` and checks the result. A route that names an IP allows
 /// exactly that IP, even an internal one; a name must resolve only to
 /// public addresses.
+///
+/// The host's alias (`host.bot-bottle.internal`) is never resolved: a route
+/// naming it leads to the host's `127.0.0.1` on the route's port and
+/// nowhere else, so no DNS answer can point it at another address. Any
+/// other name in bot-bottle's domain leads nowhere.
 pub(crate) async fn resolve_checked(host: &str, port: u16, route: &Route) -> Result<SocketAddr, UpstreamError> {
-    if let HostKind::Ip(ip) = route.host.kind {
-        return Ok(SocketAddr::new(ip, port));
+    match &route.host.kind {
+        HostKind::Ip(ip) => return Ok(SocketAddr::new(*ip, port)),
+        HostKind::Exact(name) if name == HOST_ALIAS && host == HOST_ALIAS && route.host.port == Some(port) => {
+            return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        }
+        _ => {}
+    }
+    if in_reserved_domain(host) {
+        return Err(UpstreamError::Denied(deny(
+            "host",
+            format!("{host}:{port} is not reachable: only routes `{HOST_ALIAS}:PORT` lead to the host"),
+        )));
     }
     if host.parse::<IpAddr>().is_ok() {
         return Err(UpstreamError::Denied(deny("ip-literal", format!("{host} is an IP address no route names"))));
@@ -104,6 +119,9 @@ async fn handshake_tls(
     host: &str,
     stream: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    // The host's services are verified as `localhost`, the name local
+    // development certificates are issued for.
+    let host = if host == HOST_ALIAS { "localhost" } else { host };
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
         Err(_) => ServerName::try_from(host.to_owned())
@@ -201,5 +219,46 @@ pub(crate) async fn connect_upgradable(
             tokio::spawn(conn.with_upgrades());
             Ok(send)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bot_bottle_manifest::{HostPattern, TlsMode};
+
+    use super::*;
+
+    fn route(kind: HostKind, port: Option<u16>) -> Route {
+        Route {
+            host: HostPattern { kind, port },
+            paths: Vec::new(),
+            methods: Vec::new(),
+            inject: None,
+            tls: TlsMode::Inspect,
+            websocket: false,
+        }
+    }
+
+    /// The alias is never looked up (it resolves nowhere here, so a lookup
+    /// would fail): it is the host's 127.0.0.1 on the route's port.
+    #[tokio::test]
+    async fn the_host_alias_is_loopback_without_a_lookup() {
+        let r = route(HostKind::Exact(HOST_ALIAS.into()), Some(8080));
+        let a = resolve_checked(HOST_ALIAS, 8080, &r).await.ok();
+        assert_eq!(a, Some("127.0.0.1:8080".parse().expect("addr")));
+    }
+
+    /// Other names in bot-bottle's domain lead nowhere, even with a route
+    /// built around the manifest's checks.
+    #[tokio::test]
+    async fn other_reserved_names_lead_nowhere() {
+        for name in ["bot-bottle.internal", "x.bot-bottle.internal", "x.host.bot-bottle.internal"] {
+            let r = route(HostKind::Exact(name.into()), Some(8080));
+            let got = resolve_checked(name, 8080, &r).await;
+            assert!(matches!(got, Err(UpstreamError::Denied(ref d)) if d.rule == "host"), "{name}: {got:?}");
+        }
+        let r = route(HostKind::Suffix("bot-bottle.internal".into()), Some(8080));
+        let got = resolve_checked("x.bot-bottle.internal", 8080, &r).await;
+        assert!(matches!(got, Err(UpstreamError::Denied(_))), "{got:?}");
     }
 }

@@ -5,5 +5,6 @@ mod gate_keys;
 mod gate_support;
 mod hardening;
 mod harness;
+mod host_alias;
 mod proxy;
 mod supervise;
