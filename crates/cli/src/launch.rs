@@ -273,6 +273,7 @@ fn session(backend: &dyn Backend, plan: &Plan, opts: &Options, slug: &str, state
     let mut guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
     guarded.extend(std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from));
     let events = Stderr::new(opts.quiet);
+    let env = crate::credentials::host_env(plan).map_err(|e| failure(format!("error: {e}")))?;
     let outcome = run_session(
         backend,
         &Session {
@@ -282,7 +283,7 @@ fn session(backend: &dyn Backend, plan: &Plan, opts: &Options, slug: &str, state
             project: &opts.request.project,
             workdir: &opts.request.workdir,
             resume: opts.resume.is_some(),
-            env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
+            env,
             upstream_ca: upstream_ca(),
             supervise_wait: supervise_wait(),
             guarded,

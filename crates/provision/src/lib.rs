@@ -18,7 +18,7 @@ use bot_bottle_manifest::Plan;
 use indexmap::IndexMap;
 use serde::{Serialize, Serializer};
 
-pub use providers::{PLACEHOLDER_KEY, PLACEHOLDER_TOKEN};
+pub use providers::{PLACEHOLDER_KEY, PLACEHOLDER_TOKEN, rfc3339};
 
 /// Facts known only at launch.
 #[derive(Clone, Debug)]

@@ -468,8 +468,9 @@ fn chatgpt_auth(account: &crate::ChatgptAccount) -> String {
     format!("{doc:#}\n")
 }
 
-/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
-fn rfc3339(secs: u64) -> String {
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC): the form of a
+/// login's `last_refresh`, without a time crate for one field.
+pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -9,6 +9,7 @@ mod egress;
 mod escape;
 mod gate;
 mod lifecycle;
+mod logins;
 mod malformed;
 mod mounts;
 mod native;
