@@ -246,7 +246,9 @@ fn an_unattended_claude_without_a_task_exits_2_and_creates_nothing() {
     std::fs::write(m.join("agents/c.md"), "---\nprovider: claude\nbottle: b\n---\nGo.\n").expect("write");
     for detach in [false, true] {
         let state = tempfile::tempdir().expect("state");
-        let mut c = start_in(fx_dir.path(), state.path(), &[], "c", &[]);
+        // A key, so that the missing task is what stops it.
+        let key = [("ANTHROPIC_API_KEY", std::ffi::OsStr::new("k"))];
+        let mut c = start_in(fx_dir.path(), state.path(), &key, "c", &[]);
         if detach {
             // `start c --quiet -- --detach` would pass it to the agent.
             c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
@@ -256,6 +258,7 @@ fn an_unattended_claude_without_a_task_exits_2_and_creates_nothing() {
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("HOME", state.path())
                 .env("XDG_STATE_HOME", state.path())
+                .env("ANTHROPIC_API_KEY", "k")
                 .stdin(Stdio::null());
         }
         let out = c.output().expect("start");
