@@ -200,3 +200,43 @@ fn codex_on_the_hosts_chatgpt_login_is_refreshed_on_the_host_and_never_enters_th
     assert!(!seen.contains("OPENAI_API_KEY="), "{seen}");
     no_secret("the bottle's environment and files", &seen, &secrets);
 }
+
+/// The launcher's name for a ChatGPT login's token is answered from
+/// `auth.json` only: a host variable of that name neither counts as a
+/// login nor reaches the proxy, and with no login `start` refuses (before
+/// creating anything) naming both ways to log in.
+#[test]
+fn a_host_variable_cannot_pose_as_the_chatgpt_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = dir.path().join(".bot-bottle");
+    std::fs::create_dir_all(m.join("agents")).expect("mkdir");
+    std::fs::create_dir_all(m.join("bottles")).expect("mkdir");
+    std::fs::write(m.join("bottles/b.yaml"), "backend: native\nworkspace: none\n").expect("write");
+    std::fs::write(m.join("agents/x.md"), "---\nprovider: codex\nbottle: b\nauth: login\n---\nGo.\n").expect("write");
+    let codex_home = dir.path().join("codex-home");
+    std::fs::create_dir(&codex_home).expect("mkdir");
+    let state = tempfile::tempdir().expect("state");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", state.path())
+            .env("XDG_STATE_HOME", state.path())
+            .env("CODEX_HOME", &codex_home)
+            .env(bot_bottle_manifest::CODEX_LOGIN_ENV, "posing-as-a-login-0123456789")
+            .output()
+            .expect("run")
+    };
+    let out = run(&["start", "x", "--dry-run", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    assert_eq!(plan["secrets"][0]["env"], bot_bottle_manifest::CODEX_LOGIN_ENV);
+    assert_eq!(plan["secrets"][0]["set"], false, "{plan:#}");
+    let out = run(&["start", "x", "--", "go"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("codex login") && err.contains("OPENAI_API_KEY"), "{err}");
+    assert!(!err.contains("posing-as-a-login"), "{err}");
+    assert!(!state.path().join("bot-bottle/bottles").exists(), "nothing is created");
+}

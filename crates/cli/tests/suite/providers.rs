@@ -230,7 +230,13 @@ fn claude_does_its_task_unattended_from_the_arguments_stdin_or_the_task_field() 
     {
         let state = tempfile::tempdir().expect("state");
         let out = fx.start(state.path(), agent, args, stdin, None);
+        let audit = audit(state.path());
         fx.assert_done(state.path(), &out, how);
+        // Telemetry, error reports and update checks are off: the proxy
+        // saw the model API's requests and nothing else.
+        let elsewhere: Vec<&str> =
+            audit.lines().filter(|l| l.contains("\"method\"") && !l.contains("127.0.0.2")).collect();
+        assert!(elsewhere.is_empty(), "{how}: background calls:\n{}", elsewhere.join("\n"));
         std::fs::write(fx.dir.path().join("requests.jsonl"), "").expect("truncate");
     }
 }
@@ -311,7 +317,25 @@ fn claude_on_a_terminal_shows_no_dialog_and_does_its_task() {
     if !probe() {
         return;
     }
-    let fx = fixture();
+    on_a_terminal(&fixture());
+}
+
+/// The same on a subscription login (Claude Code's OAuth token): no login
+/// screen, no dialog.
+#[test]
+fn claude_on_a_subscription_token_on_a_terminal_shows_no_dialog_and_does_its_task() {
+    if !probe() {
+        return;
+    }
+    let mut fx = fixture_for("claude", "fake_anthropic.py", &[], |port| {
+        format!("backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\n")
+    });
+    fx.real = "sk-ant-oat01-RealSubscriptionTokenForTheTerminalTest0123456789abcdef".into();
+    fx.env.push(("CLAUDE_CODE_OAUTH_TOKEN", fx.real.clone().into()));
+    on_a_terminal(&fx);
+}
+
+fn on_a_terminal(fx: &Fixture) {
     let state = tempfile::tempdir().expect("state");
     let done = state.path().join("bot-bottle/bottles/*/workspace/hello.txt");
     let steps = serde_json::json!([
@@ -341,7 +365,9 @@ fn claude_on_a_terminal_shows_no_dialog_and_does_its_task() {
         .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let shown = v["output"].as_str().unwrap_or_default().to_owned();
     cleanup(state.path());
-    for dialog in ["trust", "Do you want to use this API key", "Choose the text style", "Yes, I accept"] {
+    for dialog in
+        ["trust", "Do you want to use this API key", "Choose the text style", "Yes, I accept", "Select login method"]
+    {
         assert!(!shown.contains(dialog), "a dialog (`{dialog}`) showed:\n{shown}");
     }
     let o = Output { status: exit_status(v["code"].as_i64().unwrap_or(-1)), stdout: Vec::new(), stderr: shown.into() };
