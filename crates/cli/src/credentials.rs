@@ -115,7 +115,7 @@ fn read(path: &Path) -> Result<serde_json::Value, LoginError> {
 fn tokens(doc: &serde_json::Value) -> Result<&serde_json::Map<String, serde_json::Value>, &'static str> {
     let t = doc.get("tokens").and_then(|t| t.as_object()).ok_or("no `tokens`")?;
     for k in ["access_token", "refresh_token"] {
-        if !t.get(k).and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty()) {
+        if t.get(k).and_then(|v| v.as_str()).is_none_or(str::is_empty) {
             return Err("no access or refresh token");
         }
     }
@@ -202,7 +202,7 @@ fn refresh_tokens(refresh_token: &str) -> Result<serde_json::Value, LoginError> 
     }
     let v: serde_json::Value =
         serde_json::from_slice(&data).map_err(|_| fail("the token endpoint's answer is not JSON".into()))?;
-    if !v.get("access_token").and_then(|a| a.as_str()).is_some_and(|a| !a.is_empty()) {
+    if v.get("access_token").and_then(|a| a.as_str()).is_none_or(str::is_empty) {
         return Err(fail("the token endpoint's answer has no access token".into()));
     }
     Ok(v)
