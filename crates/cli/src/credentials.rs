@@ -229,3 +229,47 @@ fn save(path: &Path, doc: &serde_json::Value) -> Result<(), LoginError> {
 fn rfc3339_now() -> String {
     bot_bottle_provision::rfc3339(now())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let b = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.sig", b(&serde_json::json!({"alg": "none"})), b(&claims))
+    }
+
+    #[test]
+    fn a_login_needs_both_tokens() {
+        let ok = serde_json::json!({"tokens": {"access_token": "a", "refresh_token": "r"}});
+        assert!(tokens(&ok).is_ok());
+        for bad in [
+            serde_json::json!({"OPENAI_API_KEY": "sk-x"}),
+            serde_json::json!({"tokens": {"access_token": "a"}}),
+            serde_json::json!({"tokens": {"access_token": "", "refresh_token": "r"}}),
+        ] {
+            assert!(tokens(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn claims_are_read_from_the_payload_only() {
+        assert_eq!(claims(&jwt(serde_json::json!({"exp": 5}))).and_then(|c| c["exp"].as_u64()), Some(5));
+        assert_eq!(claims("not-a-jwt"), None);
+        assert_eq!(claims("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn a_saved_login_is_private_and_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("auth.json");
+        std::fs::write(&path, "{}").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        save(&path, &serde_json::json!({"tokens": {"access_token": "new"}})).expect("save");
+        assert_eq!(std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o600);
+        let back: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        assert_eq!(back["tokens"]["access_token"], "new");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temporary file left");
+    }
+}

@@ -57,6 +57,24 @@ fn no_secret(what: &str, text: &str, secrets: &[&str]) {
     }
 }
 
+/// No file the bottle left (its workspace copy, its home and state, the
+/// audit and agent logs) holds a real credential.
+fn no_secret_under(dir: &Path, secrets: &[&str]) {
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() {
+            no_secret_under(&path, secrets);
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            for s in secrets {
+                assert!(!text.contains(s), "{} holds a real credential", path.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn claude_on_a_subscription_token_gets_a_placeholder_and_the_proxy_injects_the_real_one() {
     if !probe() {
@@ -90,6 +108,7 @@ fn claude_on_a_subscription_token_gets_a_placeholder_and_the_proxy_injects_the_r
     // placeholder is not there to see; the host's token must not be either.)
     assert!(!seen.contains("ANTHROPIC_API_KEY"), "{seen}");
     no_secret("the bottle's environment and files", &seen, &[real]);
+    no_secret_under(state.path(), &[real]);
 }
 
 fn jwt(claims: serde_json::Value) -> String {
@@ -199,6 +218,7 @@ fn codex_on_the_hosts_chatgpt_login_is_refreshed_on_the_host_and_never_enters_th
     assert!(seen.contains(PLACEHOLDER_TOKEN) && seen.contains("acc-real-1"), "{seen}");
     assert!(!seen.contains("OPENAI_API_KEY="), "{seen}");
     no_secret("the bottle's environment and files", &seen, &secrets);
+    no_secret_under(state.path(), &secrets);
 }
 
 /// The launcher's name for a ChatGPT login's token is answered from
