@@ -6,7 +6,7 @@
 //! `$CODEX_HOME/auth.json` (default `~/.codex/auth.json`), with an access
 //! token that expires and a refresh token to renew it. Before a bottle
 //! starts, the launcher reads it, refreshes an access token that has
-//! expired (or will within five minutes) at the token endpoint as Codex
+//! expired (or will within a day) at the token endpoint as Codex
 //! does, writes the renewed login back atomically (same file, mode 0600,
 //! a rename), and serves the access token to the proxy under
 //! [`CODEX_LOGIN_ENV`], and the account's identifiers to provisioning.
@@ -28,8 +28,10 @@ const TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
 const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// Codex's own override of the token endpoint, honoured the same way here.
 const TOKEN_URL_VAR: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-/// Refresh when the access token has less than this left.
-const MARGIN: u64 = 300;
+/// Refresh when the access token has less than this left. Access tokens
+/// last about ten days; a day's margin keeps one from expiring in the
+/// middle of a session (the proxy reads it once, at start).
+const MARGIN: u64 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoginError {
@@ -137,9 +139,26 @@ fn chatgpt_login(path: &Path) -> Result<Login, LoginError> {
     let mut doc = read(path)?;
     let not = |why| LoginError::NotChatgpt { path: path.to_owned(), why };
     let t = tokens(&doc).map_err(not)?;
-    let access = t["access_token"].as_str().unwrap_or_default();
-    let expired = claims(access).and_then(|c| c["exp"].as_u64()).is_some_and(|exp| exp <= now() + MARGIN);
-    if expired {
+    let expiring = |t: &serde_json::Map<String, serde_json::Value>| {
+        let access = t["access_token"].as_str().unwrap_or_default();
+        claims(access).and_then(|c| c["exp"].as_u64()).is_some_and(|exp| exp <= now() + MARGIN)
+    };
+    // Refresh tokens are single-use: two launchers refreshing at once would
+    // spend one twice. The second waits on the directory's lock, then finds
+    // the login renewed. (A lock on the directory leaves no file behind.)
+    let _lock = if expiring(t) {
+        let dir = std::fs::File::open(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| LoginError::Unreadable { path: path.to_owned(), why: e.to_string() })?;
+        let lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            LoginError::Unreadable { path: path.to_owned(), why: format!("locking its directory: {e}") }
+        })?;
+        doc = read(path)?;
+        Some(lock)
+    } else {
+        None
+    };
+    let t = tokens(&doc).map_err(not)?;
+    if expiring(t) {
         let refresh = t["refresh_token"].as_str().unwrap_or_default().to_owned();
         let fresh = refresh_tokens(&refresh)?;
         let t = doc["tokens"].as_object_mut().ok_or_else(|| not("no `tokens`"))?;

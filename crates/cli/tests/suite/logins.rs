@@ -149,7 +149,7 @@ fn codex_on_the_hosts_chatgpt_login_is_refreshed_on_the_host_and_never_enters_th
     }
     let auth = serde_json::json!({"chatgpt_account_id": "acc-real-1", "chatgpt_plan_type": "pro"});
     let expired = jwt(serde_json::json!({"exp": now() - 3600, "https://api.openai.com/auth": auth, "n": "old"}));
-    let fresh = jwt(serde_json::json!({"exp": now() + 3600, "https://api.openai.com/auth": auth, "n": "new"}));
+    let fresh = jwt(serde_json::json!({"exp": now() + 10 * 86_400, "https://api.openai.com/auth": auth, "n": "new"}));
     let (old_refresh, new_refresh) = ("rt-real-refresh-token-one-0123456789", "rt-real-refresh-token-two-0123456789");
 
     let files = tempfile::tempdir().expect("tempdir");
@@ -188,8 +188,17 @@ fn codex_on_the_hosts_chatgpt_login_is_refreshed_on_the_host_and_never_enters_th
     no_secret("the plan", &plan, &secrets);
     assert!(std::fs::read_to_string(&host_auth).expect("auth").contains(&expired), "a dry run refreshes nothing");
 
-    let state = tempfile::tempdir().expect("state");
-    let out = fx.start(state.path(), "c", &[TASK], None, None);
+    // Two bottles at once on one expired login: the refresh token is
+    // single-use, so one launcher refreshes and the other, waiting on the
+    // lock, finds the login renewed.
+    let (state, other) = (tempfile::tempdir().expect("state"), tempfile::tempdir().expect("state"));
+    let (out, second) = std::thread::scope(|s| {
+        let a = s.spawn(|| fx.start(state.path(), "c", &[TASK], None, None));
+        let b = s.spawn(|| fx.start(other.path(), "c", &[TASK], None, None));
+        (a.join().expect("first"), b.join().expect("second"))
+    });
+    assert!(second.status.success(), "the second launch: {}", String::from_utf8_lossy(&second.stderr));
+    assert!(out.status.success(), "the first launch: {}", String::from_utf8_lossy(&out.stderr));
     let audit = only_the_api(state.path());
     fx.assert_done(state.path(), &out, "chatgpt login");
     no_secret("the audit log", &audit, &secrets);

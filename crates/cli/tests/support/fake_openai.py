@@ -15,7 +15,8 @@ its token endpoint: GET .../wham/accounts/check lists the account the
 request names in `chatgpt-account-id`, whose backend is this server, as
 Codex's workspace routing expects; POST /oauth/token answers a refresh
 grant with the tokens in $FAKE_REFRESHED (a JSON file) when its
-`refresh_token` is $FAKE_REFRESH_TOKEN, else 401 as the real one does.
+`refresh_token` is $FAKE_REFRESH_TOKEN, once: refresh tokens are single-use,
+and a spent or unknown one gets 401 as from the real endpoint.
 $FAKE_COMMAND, when set, replaces the shell command it asks for.
 """
 import os
@@ -78,6 +79,9 @@ def tool_call(tools):
     return None
 
 
+SPENT = set()
+
+
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -107,10 +111,12 @@ class H(http.server.BaseHTTPRequestHandler):
         if self.command == "POST" and path.endswith("/responses"):
             return self.respond(req, tools)
         if self.command == "POST" and path == "/oauth/token":
-            ok = req.get("grant_type") == "refresh_token" and req.get("refresh_token") == os.environ.get(
-                "FAKE_REFRESH_TOKEN") and req.get("client_id")
+            token = req.get("refresh_token")
+            ok = req.get("grant_type") == "refresh_token" and token == os.environ.get(
+                "FAKE_REFRESH_TOKEN") and req.get("client_id") and token not in SPENT
             if not ok:
-                return self.send(401, {"error": "invalid_grant"})
+                return self.send(401, {"error": {"code": "refresh_token_reused" if token in SPENT else "invalid_grant"}})
+            SPENT.add(token)
             with open(os.environ["FAKE_REFRESHED"]) as f:
                 return self.send(200, json.load(f))
         if path.endswith("/wham/accounts/check"):
