@@ -17,7 +17,7 @@ use bot_bottle_provision::PLACEHOLDER_TOKEN;
 
 use super::claude::{audit, codex_installed};
 use super::native::{available, panic_or_skip};
-use super::providers::{Fixture, TASK, fixture_for, probe, workspace};
+use super::providers::{Fixture, TASK, fixture_for, on_a_terminal, probe, workspace};
 
 /// The task's command, then what the agent could see of its credentials,
 /// left in the workspace copy for the test to read.
@@ -268,4 +268,28 @@ fn a_host_variable_cannot_pose_as_the_chatgpt_login() {
     assert!(err.contains("codex login") && err.contains("OPENAI_API_KEY"), "{err}");
     assert!(!err.contains("posing-as-a-login"), "{err}");
     assert!(!state.path().join("bot-bottle/bottles").exists(), "nothing is created");
+}
+
+/// Codex on a terminal on the host's ChatGPT login: no sign-in screen, no
+/// dialog; it does its task with the real token arriving upstream.
+#[test]
+fn codex_on_a_chatgpt_login_on_a_terminal_shows_no_dialog_and_does_its_task() {
+    for p in [available(), codex_installed()] {
+        if let Err(why) = p {
+            panic_or_skip(&why);
+            return;
+        }
+    }
+    let auth = serde_json::json!({"chatgpt_account_id": "acc-real-1", "chatgpt_plan_type": "pro"});
+    let access = jwt(serde_json::json!({"exp": now() + 10 * 86_400, "https://api.openai.com/auth": auth}));
+    let mut fx = fixture_for("codex", "fake_openai.py", &[], |p| {
+        format!("backend: native\nenv: {{ CHATGPT_BASE_URL: \"https://127.0.0.2:{p}/backend-api\" }}\n")
+    });
+    let codex_home = fx.dir.path().join("codex-home");
+    std::fs::create_dir(&codex_home).expect("mkdir");
+    std::fs::write(codex_home.join("auth.json"), login(&access, "rt-real-terminal-0123456789").to_string())
+        .expect("write");
+    fx.env.push(("CODEX_HOME", codex_home.into_os_string()));
+    fx.real = access;
+    on_a_terminal(&fx);
 }

@@ -335,7 +335,7 @@ fn claude_on_a_subscription_token_on_a_terminal_shows_no_dialog_and_does_its_tas
     on_a_terminal(&fx);
 }
 
-fn on_a_terminal(fx: &Fixture) {
+pub(super) fn on_a_terminal(fx: &Fixture) {
     let state = tempfile::tempdir().expect("state");
     let done = state.path().join("bot-bottle/bottles/*/workspace/hello.txt");
     let steps = serde_json::json!([
