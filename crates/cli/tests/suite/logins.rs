@@ -268,6 +268,29 @@ fn a_host_variable_cannot_pose_as_the_chatgpt_login() {
     assert!(err.contains("codex login") && err.contains("OPENAI_API_KEY"), "{err}");
     assert!(!err.contains("posing-as-a-login"), "{err}");
     assert!(!state.path().join("bot-bottle/bottles").exists(), "nothing is created");
+
+    // A login whose refresh fails stops the launch before anything
+    // exists, and the error names the endpoint, never a token.
+    let auth = serde_json::json!({"chatgpt_account_id": "acc-real-1"});
+    let expired = jwt(serde_json::json!({"exp": now() - 60, "https://api.openai.com/auth": auth}));
+    let refresh = "rt-real-refresh-token-unreachable-0123456789";
+    std::fs::write(codex_home.join("auth.json"), login(&expired, refresh).to_string()).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
+        .args(["start", "x", "--", "go"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", state.path())
+        .env("XDG_STATE_HOME", state.path())
+        .env("CODEX_HOME", &codex_home)
+        .env("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "https://127.0.0.1:1/oauth/token")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("refreshing the ChatGPT login at https://127.0.0.1:1/oauth/token"), "{err}");
+    no_secret("the error", &err, &[&expired, refresh]);
+    assert!(!state.path().join("bot-bottle/bottles").exists(), "nothing is created");
 }
 
 /// Codex on a terminal on the host's ChatGPT login: no sign-in screen, no
