@@ -219,11 +219,15 @@ impl Manifest {
             lin.order.iter().filter_map(|n| self.bottles[n].body.as_ref().map(|b| &b.spec)).collect();
         let mut spec = merge_all(layers);
         let auth = crate::provider::auth(provider, head.auth, env_is_set);
+        let mut provider_warning = None;
         if let Some(a) = auth.as_ref().filter(|_| spec.provider_routes != Some(false)) {
             // The provider's route first; a bottle's route for the same
             // host replaces it whole, as a later layer's would.
-            let mut routes: IndexMap<String, Route> =
-                crate::provider::routes(provider, a, &spec.env).into_iter().map(|r| (r.host.to_string(), r)).collect();
+            let provided = crate::provider::routes(provider, a, &spec.env).unwrap_or_else(|w| {
+                provider_warning = Some(w);
+                Vec::new()
+            });
+            let mut routes: IndexMap<String, Route> = provided.into_iter().map(|r| (r.host.to_string(), r)).collect();
             routes.extend(std::mem::take(&mut spec.routes));
             spec.routes = routes;
         }
@@ -237,6 +241,7 @@ impl Manifest {
         if backend == BackendKind::Native && spec.image.is_some() {
             warnings.push("the native backend runs on the host's system directories; `image`/`dockerfile` apply to docker and smolmachines only".into());
         }
+        warnings.extend(provider_warning);
         let workspace = spec.workspace.unwrap_or(WorkspaceMode::Copy);
         if workspace != WorkspaceMode::Copy && !spec.include_ignored.is_empty() {
             warnings.push(format!(

@@ -85,8 +85,19 @@ pub(crate) fn base_url<'a>(env: &'a IndexMap<EnvName, String>, var: &str, defaul
 }
 
 /// The route the provider needs, with its credential injected: to the host
-/// of the API's base URL (the bottle's `env` may move it).
-pub(crate) fn routes(provider: Provider, auth: &PlanAuth, env: &IndexMap<EnvName, String>) -> Vec<Route> {
+/// of the API's base URL (the bottle's `env` may move it). `Err` holds a
+/// warning when that URL is no `https://` URL with a host: no route then.
+pub(crate) fn routes(
+    provider: Provider,
+    auth: &PlanAuth,
+    env: &IndexMap<EnvName, String>,
+) -> Result<Vec<Route>, String> {
+    let var = match (provider, auth.kind) {
+        (Provider::Claude, _) => "ANTHROPIC_BASE_URL",
+        (Provider::Codex, AuthKind::ApiKey) => "OPENAI_BASE_URL",
+        (Provider::Codex, AuthKind::Login) => "CHATGPT_BASE_URL",
+        (Provider::Command, _) => return Ok(Vec::new()),
+    };
     let (url, header, format) = match (provider, auth.kind) {
         (Provider::Claude, AuthKind::ApiKey) => {
             (base_url(env, "ANTHROPIC_BASE_URL", ANTHROPIC_BASE_URL), "x-api-key", "{}")
@@ -103,10 +114,15 @@ pub(crate) fn routes(provider: Provider, auth: &PlanAuth, env: &IndexMap<EnvName
         (Provider::Codex, AuthKind::Login) => {
             (base_url(env, "CHATGPT_BASE_URL", CHATGPT_BASE_URL), "authorization", "Bearer {}")
         }
-        (Provider::Command, _) => return Vec::new(),
+        (Provider::Command, _) => return Ok(Vec::new()),
     };
-    let Some(host) = url_host(url) else { return Vec::new() };
-    vec![Route {
+    let Some(host) = url_host(url) else {
+        return Err(format!(
+            "`{var}` is not an https:// URL with a host, so the provider's route (with its credential) is not added; \
+             give an https:// URL, or write the route in `egress.routes`"
+        ));
+    };
+    Ok(vec![Route {
         host,
         paths: Vec::new(),
         methods: Vec::new(),
@@ -114,7 +130,7 @@ pub(crate) fn routes(provider: Provider, auth: &PlanAuth, env: &IndexMap<EnvName
         tls: TlsMode::Inspect,
         websocket: false,
         provider: true,
-    }]
+    }])
 }
 
 /// `https://host[:port]/…` as a route host (443 left implicit). `None` for
