@@ -212,6 +212,7 @@ fn in_bottle(
             git_gate_local: addresses.git_gate_local,
             supervise_url: addresses.supervise_url.as_deref(),
             interactive: s.interactive,
+            chatgpt: chatgpt_account(&*s.env),
         },
     )
     .map_err(at("provisioning"))?;
@@ -282,4 +283,13 @@ fn in_bottle(
 fn read_prompt(plan: &Plan) -> std::io::Result<String> {
     let text = std::fs::read_to_string(&plan.agent.prompt.file)?;
     Ok(text.lines().skip(plan.agent.prompt.line.saturating_sub(1)).collect::<Vec<_>>().join("\n"))
+}
+
+/// The host's ChatGPT account, as the launcher's environment lookup tells
+/// it (identifiers only; see `bot_bottle_provision::ChatgptAccount`).
+fn chatgpt_account(env: &dyn Fn(&str) -> Option<String>) -> Option<bot_bottle_provision::ChatgptAccount> {
+    Some(bot_bottle_provision::ChatgptAccount {
+        account_id: env(bot_bottle_provision::CHATGPT_ACCOUNT_ENV)?,
+        plan_type: env(bot_bottle_provision::CHATGPT_PLAN_ENV).unwrap_or_default(),
+    })
 }

@@ -189,7 +189,7 @@ pub(crate) fn resume(slug: &str, quiet: bool, detach: bool) -> Result<(), Failur
         backend: r.backend.as_deref().and_then(BackendKind::parse),
         args: r.args.clone(),
     };
-    let is_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let is_set = crate::credentials::is_set;
     let plan = manifest
         .resolve(&req, &is_set)
         .map_err(|e| usage(format!("error: the manifest changed and no longer resolves: {e}")))?;

@@ -220,6 +220,9 @@ pub(crate) fn dry_run(plan: &Plan, project: &Project) -> Result<serde_json::Valu
 /// The bottle's state dir and launch record around one session.
 fn run_on(backend: &dyn Backend, plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     manifest_out_of_reach(plan, &opts.request)?;
+    // The host's logins, read (and a ChatGPT login refreshed) before any
+    // state exists: a login that fails creates nothing.
+    let env = crate::credentials::host_env(plan).map_err(|e| failure(format!("error: {e}")))?;
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
     let (slug, state) = match &opts.resume {
         Some(s) if valid_slug(s) => (s.clone(), dir.join(s)),
@@ -254,7 +257,7 @@ fn run_on(backend: &dyn Backend, plan: &Plan, opts: &Options) -> Result<i32, Fai
     pause_point("state");
     // Teardown runs inside, whatever happens; the workspace copy and the
     // audit log stay, so nothing the agent did is lost.
-    let result = session(backend, plan, opts, &slug, &state);
+    let result = session(backend, plan, opts, &slug, &state, env);
     meta.exit = Some(match &result {
         Ok(c) => *c,
         Err(f) => i32::from(f.code),
@@ -267,7 +270,14 @@ fn run_on(backend: &dyn Backend, plan: &Plan, opts: &Options) -> Result<i32, Fai
 }
 
 /// One session on `backend`, told on stderr (progress unless quiet).
-fn session(backend: &dyn Backend, plan: &Plan, opts: &Options, slug: &str, state: &Path) -> Result<i32, Failure> {
+fn session(
+    backend: &dyn Backend,
+    plan: &Plan,
+    opts: &Options,
+    slug: &str,
+    state: &Path,
+    env: bot_bottle_sidecars::SharedEnv,
+) -> Result<i32, Failure> {
     // The walk refuses to enter any of these, and home itself, whatever path
     // (a bind mount) leads there.
     let mut guarded: Vec<PathBuf> = guarded_for(plan).into_iter().map(|g| g.path).collect();
@@ -282,7 +292,7 @@ fn session(backend: &dyn Backend, plan: &Plan, opts: &Options, slug: &str, state
             project: &opts.request.project,
             workdir: &opts.request.workdir,
             resume: opts.resume.is_some(),
-            env: std::sync::Arc::new(|name: &str| std::env::var(name).ok()),
+            env,
             upstream_ca: upstream_ca(),
             supervise_wait: supervise_wait(),
             guarded,

@@ -5,6 +5,7 @@
 //! code. Nothing here decides policy.
 
 mod bottles;
+mod credentials;
 mod launch;
 mod logs;
 mod persist;
@@ -369,7 +370,7 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         }),
         args: args.args,
     };
-    let is_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let is_set = crate::credentials::is_set;
     let plan = manifest.resolve(&req, &is_set).map_err(|e| match e {
         ResolveError::Invalid(d) => {
             usage(format!("{}\nerror: cannot start `{}`: {}", render_diagnostics(&d, &env.cwd), req.agent, d))
@@ -412,9 +413,10 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         plan.secrets.iter().filter(|s| !s.set).map(|s| format!("{} ({})", s.env, s.used_by)).collect();
     if !unset.is_empty() {
         return Err(failure(format!(
-            "error: cannot start `{}`: host environment variables not set: {}\nset them, or remove the routes and repos that need them",
+            "error: cannot start `{}`: host environment variables not set: {}\nset them, or remove the routes and repos that need them{}",
             plan.agent.name,
-            unset.join(", ")
+            unset.join(", "),
+            render::login_hint(&plan)
         )));
     }
     launch::check_built(&plan)?;

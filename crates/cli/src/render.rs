@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use bot_bottle_backend::{CopyReport, Project};
-use bot_bottle_manifest::{ImageSource, KeySource, Listing, Plan, TlsMode, WorkspaceMode};
+use bot_bottle_manifest::{AuthKind, ImageSource, KeySource, Listing, Plan, Provider, TlsMode, WorkspaceMode};
 
 /// The project line of a text plan: what becomes `/workspace`, and where
 /// the agent starts.
@@ -59,6 +59,19 @@ pub(crate) fn size(bytes: u64) -> String {
     }
 }
 
+/// How to give the agent the credential it lacks, both ways.
+pub(crate) fn login_hint(p: &Plan) -> String {
+    let Some(auth) = &p.agent.auth else { return String::new() };
+    if p.secrets.iter().all(|s| s.set || s.env != auth.env) {
+        return String::new();
+    }
+    match p.agent.provider {
+        Provider::Claude => "\nclaude logs in with $ANTHROPIC_API_KEY, or with a subscription: set $CLAUDE_CODE_OAUTH_TOKEN to the output of `claude setup-token` (the agent's `auth:` chooses)".into(),
+        Provider::Codex => "\ncodex logs in with $OPENAI_API_KEY, or with ChatGPT: run `codex login` on the host (the agent's `auth:` chooses)".into(),
+        Provider::Command => String::new(),
+    }
+}
+
 pub(crate) fn plan_text(p: &Plan) -> String {
     let mut s = String::new();
     let a = &p.agent;
@@ -82,6 +95,17 @@ pub(crate) fn plan_text(p: &Plan) -> String {
     if !a.skills.is_empty() {
         let names: Vec<&str> = a.skills.iter().map(|k| k.name.as_str()).collect();
         let _ = writeln!(s, "skills     {}", names.join(", "));
+    }
+    if let Some(auth) = &a.auth {
+        let how = match (a.provider, auth.kind) {
+            (Provider::Claude, AuthKind::Login) => {
+                "subscription login (OAuth token from $CLAUDE_CODE_OAUTH_TOKEN)".into()
+            }
+            (Provider::Codex, AuthKind::Login) => "ChatGPT login ($CODEX_HOME/auth.json on the host)".into(),
+            _ => format!("API key from ${}", auth.env),
+        };
+        let from = if auth.from == "agent" { "the agent's `auth:`" } else { "what the host has" };
+        let _ = writeln!(s, "auth       {how} (chosen by {from})");
     }
     let _ = writeln!(s, "bottle     {} (chosen by {})", p.bottle.lineage_text, p.bottle.selected_by);
     let backend =
@@ -144,7 +168,14 @@ pub(crate) fn plan_text(p: &Plan) -> String {
             let _ = write!(s, " (websocket)");
         }
         if let Some(i) = &route.inject {
-            let _ = write!(s, " [inject {} from ${}]", i.header, i.env);
+            if i.env.as_str() == bot_bottle_manifest::CODEX_LOGIN_ENV {
+                let _ = write!(s, " [inject {} from the host's ChatGPT login]", i.header);
+            } else {
+                let _ = write!(s, " [inject {} from ${}]", i.header, i.env);
+            }
+        }
+        if route.provider {
+            let _ = write!(s, " (the provider's)");
         }
         let _ = writeln!(s);
     }

@@ -19,6 +19,7 @@ mod merge;
 mod model;
 mod mounts;
 mod plan;
+mod provider;
 mod schema;
 mod yaml;
 
@@ -38,4 +39,5 @@ pub use plan::{
     PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanSkill, PromptRef, Request,
     ResolveError, SecretRef,
 };
+pub use provider::{AuthKind, CHATGPT_BASE_URL, CODEX_LOGIN_ENV, OPENAI_BASE_URL, PlanAuth};
 pub use yaml::Pos;

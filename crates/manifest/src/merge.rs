@@ -36,6 +36,7 @@ pub fn merge(base: &BottleSpec, over: &BottleSpec) -> BottleSpec {
         },
         routes: keyed(&base.routes, &over.routes),
         dlp: over.dlp.or(base.dlp),
+        provider_routes: over.provider_routes.or(base.provider_routes),
         git_user: GitUser {
             name: over.git_user.name.clone().or_else(|| base.git_user.name.clone()),
             email: over.git_user.email.clone().or_else(|| base.git_user.email.clone()),

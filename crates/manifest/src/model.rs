@@ -469,6 +469,10 @@ pub struct Route {
     pub inject: Option<Inject>,
     pub tls: TlsMode,
     pub websocket: bool,
+    /// Added by the agent's provider (its API, with its credential), not
+    /// written in a bottle; shown as such in the plan.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub provider: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -934,6 +938,9 @@ pub struct BottleSpec {
     /// Keyed by the host pattern's text (`api.example.com`, `*.x.com:8443`).
     pub routes: IndexMap<String, Route>,
     pub dlp: Option<DlpMode>,
+    /// `egress.provider-routes`: whether the provider's own route is added
+    /// (default `true`).
+    pub provider_routes: Option<bool>,
     pub git_user: GitUser,
     pub repos: IndexMap<String, Repo>,
     pub supervise: Option<bool>,

@@ -14,6 +14,7 @@ use crate::load::{Linearized, Manifest};
 use crate::merge::merge_all;
 use crate::model::*;
 use crate::mounts::Mount;
+use crate::provider::PlanAuth;
 use crate::schema::suggest;
 
 /// The plan format version. Bump it on any change a consumer could notice.
@@ -95,6 +96,8 @@ pub struct PlanAgent {
     pub task: Option<String>,
     pub prompt: PromptRef,
     pub skills: Vec<PlanSkill>,
+    /// How `claude` or `codex` logs in (null for `command`).
+    pub auth: Option<PlanAuth>,
 }
 
 /// Where the agent's prompt is: the body of its file from `line` on.
@@ -214,7 +217,20 @@ impl Manifest {
 
         let layers: Vec<&BottleSpec> =
             lin.order.iter().filter_map(|n| self.bottles[n].body.as_ref().map(|b| &b.spec)).collect();
-        let spec = merge_all(layers);
+        let mut spec = merge_all(layers);
+        let auth = crate::provider::auth(provider, head.auth, env_is_set);
+        let mut provider_warning = None;
+        if let Some(a) = auth.as_ref().filter(|_| spec.provider_routes != Some(false)) {
+            // The provider's route first; a bottle's route for the same
+            // host replaces it whole, as a later layer's would.
+            let provided = crate::provider::routes(provider, a, &spec.env).unwrap_or_else(|w| {
+                provider_warning = Some(w);
+                Vec::new()
+            });
+            let mut routes: IndexMap<String, Route> = provided.into_iter().map(|r| (r.host.to_string(), r)).collect();
+            routes.extend(std::mem::take(&mut spec.routes));
+            spec.routes = routes;
+        }
 
         let (backend, from) = match (req.backend, spec.backend) {
             (Some(b), _) => (b, "command line"),
@@ -225,6 +241,7 @@ impl Manifest {
         if backend == BackendKind::Native && spec.image.is_some() {
             warnings.push("the native backend runs on the host's system directories; `image`/`dockerfile` apply to docker and smolmachines only".into());
         }
+        warnings.extend(provider_warning);
         let workspace = spec.workspace.unwrap_or(WorkspaceMode::Copy);
         if workspace != WorkspaceMode::Copy && !spec.include_ignored.is_empty() {
             warnings.push(format!(
@@ -260,6 +277,7 @@ impl Manifest {
                 task: head.task.clone(),
                 prompt: PromptRef { file: agent.file.path.clone(), line: agent.prompt_line, bytes: agent.prompt_bytes },
                 skills,
+                auth,
             },
             bottle: PlanBottle {
                 selected,
@@ -300,7 +318,14 @@ fn secret_refs(spec: &BottleSpec, env_is_set: &dyn Fn(&str) -> bool) -> Vec<Secr
     };
     for r in spec.routes.values() {
         if let Some(i) = &r.inject {
-            add(&i.env, format!("egress {} header {}", r.host, i.header));
+            let by = if r.provider { "the provider's route to" } else { "egress" };
+            let mut used_by = format!("{by} {} header {}", r.host, i.header);
+            if i.env.as_str() == crate::provider::CODEX_LOGIN_ENV {
+                used_by.push_str(
+                    ": the ChatGPT login in $CODEX_HOME/auth.json (default ~/.codex); run `codex login` on the host",
+                );
+            }
+            add(&i.env, used_by);
         }
     }
     for (name, repo) in &spec.repos {

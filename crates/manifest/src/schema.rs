@@ -567,7 +567,12 @@ pub(crate) fn egress_section(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, s
         return;
     }
     let Some(m) = ck.map(path, v) else { return };
-    ck.keys(path, m, &["routes", "dlp"], "egress");
+    // `provider-routes` is a bottle's: a routes file has no provider.
+    let keys: &[&str] = if wrapped { &["routes", "dlp", "provider-routes"] } else { &["routes", "dlp"] };
+    ck.keys(path, m, keys, "egress");
+    if let Some(v) = get(m, "provider-routes").filter(|_| wrapped) {
+        spec.provider_routes = ck.bool(&path.key("provider-routes"), v);
+    }
     if let Some(v) = get(m, "routes") {
         let rp = path.key("routes");
         match v {
@@ -688,7 +693,7 @@ fn route(ck: &mut Checker<'_>, path: &YamlPath, v: &Value) -> Option<Route> {
     if ck.diags.len() > before {
         return None;
     }
-    Some(Route { host: host?, paths, methods, inject, tls, websocket })
+    Some(Route { host: host?, paths, methods, inject, tls, websocket, provider: false })
 }
 
 fn inject(ck: &mut Checker<'_>, path: &YamlPath, v: &Value) -> Option<Inject> {
@@ -968,7 +973,8 @@ pub(crate) fn expand_path(s: &str, dir: &Path, home: Option<&Path>) -> PathBuf {
 // ---------------------------------------------------------------------------
 // Agents
 
-pub(crate) const AGENT_KEYS: &[&str] = &["description", "provider", "command", "bottle", "skills", "model", "task"];
+pub(crate) const AGENT_KEYS: &[&str] =
+    &["description", "provider", "command", "bottle", "skills", "model", "task", "auth"];
 
 /// The longest `task:` accepted: it travels as one argv element.
 const TASK_MAX: usize = 64 * 1024;
@@ -983,6 +989,8 @@ pub(crate) struct AgentHead {
     pub(crate) skills: Vec<NameRef>,
     pub(crate) model: Option<String>,
     pub(crate) task: Option<String>,
+    /// `auth:`: how the agent logs in; `None` picks from what the host has.
+    pub(crate) auth: Option<crate::provider::AuthKind>,
 }
 
 pub(crate) fn agent(ck: &mut Checker<'_>, root: &Value) -> AgentHead {
@@ -994,6 +1002,7 @@ pub(crate) fn agent(ck: &mut Checker<'_>, root: &Value) -> AgentHead {
         skills: Vec::new(),
         model: None,
         task: None,
+        auth: None,
     };
     let top = YamlPath::default();
     let m = match root {
@@ -1099,6 +1108,23 @@ pub(crate) fn agent(ck: &mut Checker<'_>, root: &Value) -> AgentHead {
             );
         } else if let Some(s) = ck.str(&p, v) {
             out.task = check_task(ck, &p, s);
+        }
+    }
+    if let Some(v) = get(m, "auth") {
+        use crate::provider::AuthKind;
+        let p = top.key("auth");
+        if out.provider == Some(Provider::Command) {
+            ck.error(
+                &p,
+                "`auth` is for `provider: claude` or `codex`",
+                "remove `auth`; a command's credentials are injected by the bottle's routes",
+            );
+        } else {
+            out.auth = ck.one_of(&p, v, AuthKind::NAMES, |s| match s {
+                "api-key" => Some(AuthKind::ApiKey),
+                "login" => Some(AuthKind::Login),
+                _ => None,
+            });
         }
     }
     out

@@ -18,7 +18,7 @@ use bot_bottle_manifest::Plan;
 use indexmap::IndexMap;
 use serde::{Serialize, Serializer};
 
-pub use providers::PLACEHOLDER_KEY;
+pub use providers::{PLACEHOLDER_KEY, PLACEHOLDER_TOKEN, rfc3339};
 
 /// Facts known only at launch.
 #[derive(Clone, Debug)]
@@ -48,6 +48,26 @@ pub struct Launch<'a> {
     /// `true` when the agent is attached to a terminal; `false` for
     /// unattended (detached) runs.
     pub interactive: bool,
+    /// The host's ChatGPT account, for a Codex agent on a ChatGPT login:
+    /// identifiers only (the placeholder login carries them; the tokens
+    /// stay on the host).
+    pub chatgpt: Option<ChatgptAccount>,
+}
+
+/// The names under which a launcher's environment lookup answers the host
+/// ChatGPT login's account id and plan (from Codex's `auth.json`).
+pub const CHATGPT_ACCOUNT_ENV: &str = "BOT_BOTTLE_CHATGPT_ACCOUNT_ID";
+pub const CHATGPT_PLAN_ENV: &str = "BOT_BOTTLE_CHATGPT_PLAN_TYPE";
+
+/// Who the host's ChatGPT login is, minus its tokens. Codex sends the
+/// account id itself (`chatgpt-account-id`) and finds it in the backend's
+/// account list, so the placeholder login must name the real one; it is an
+/// identifier the backend shows the client anyway, not a credential.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChatgptAccount {
+    pub account_id: String,
+    /// `plus`, `pro`, `team`, … (what Codex offers depends on it).
+    pub plan_type: String,
 }
 
 /// Everything to do to a bottle before starting the agent, in order:
@@ -129,6 +149,8 @@ pub enum ProvisionError {
     BadCa,
     #[error("{what} must be an absolute path inside the bottle, not `{path}`")]
     RelativePath { what: &'static str, path: String },
+    #[error("the agent logs in with ChatGPT, but the launcher found no ChatGPT account on the host")]
+    NoChatgptAccount,
 }
 
 /// Builds the provisioning for `plan` at launch.
@@ -145,7 +167,7 @@ pub fn provision(plan: &Plan, launch: &Launch<'_>) -> Result<Provision, Provisio
     providers::common(plan, launch, &mut p);
     match plan.agent.provider {
         bot_bottle_manifest::Provider::Claude => providers::claude(plan, launch, &mut p),
-        bot_bottle_manifest::Provider::Codex => providers::codex(plan, launch, &mut p),
+        bot_bottle_manifest::Provider::Codex => providers::codex(plan, launch, &mut p)?,
         bot_bottle_manifest::Provider::Command => providers::command(plan, launch, &mut p),
     }
     Ok(p)

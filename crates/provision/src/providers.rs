@@ -1,12 +1,20 @@
 //! One function per provider, each adding to what `common` set up.
 
-use bot_bottle_manifest::{GitUrl, Plan, WorkspaceMode};
+use bot_bottle_manifest::{AuthKind, GitUrl, Plan, WorkspaceMode};
 
-use crate::{Command, Content, Dir, File, Launch, Owner, Provision};
+use crate::{Command, Content, Dir, File, Launch, Owner, Provision, ProvisionError};
 
 /// What the agent holds instead of a real key. The proxy replaces the header
 /// it travels in with the real token; this value is harmless anywhere.
 pub const PLACEHOLDER_KEY: &str = "bot-bottle-placeholder-not-a-key";
+
+/// What the agent holds instead of a subscription token (Claude Code's
+/// OAuth token; the refresh token of a ChatGPT login).
+pub const PLACEHOLDER_TOKEN: &str = "bot-bottle-placeholder-not-a-token";
+
+fn login(plan: &Plan) -> bool {
+    plan.agent.auth.as_ref().is_some_and(|a| a.kind == AuthKind::Login)
+}
 
 fn dir(p: &mut Provision, path: String, mode: u32, owner: Owner) {
     p.dirs.push(Dir { path, mode, owner });
@@ -265,8 +273,20 @@ pub(crate) fn claude(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
         &["claude", "--version"],
         "Claude Code must be installed in the bottle (npm i -g @anthropic-ai/claude-code)",
     );
-    env(p, "ANTHROPIC_API_KEY", PLACEHOLDER_KEY);
+    if login(plan) {
+        // Claude Code sends it as `Authorization: Bearer`, with the
+        // `anthropic-beta: oauth-…` header the API asks of OAuth clients;
+        // the proxy puts the real token in its place.
+        env(p, "CLAUDE_CODE_OAUTH_TOKEN", PLACEHOLDER_TOKEN);
+    } else {
+        env(p, "ANTHROPIC_API_KEY", PLACEHOLDER_KEY);
+    }
+    // Nothing but the model API: no update checks, telemetry (Statsig),
+    // error reports (Sentry) or other nonessential calls, each of which
+    // would be a denial in the audit log.
     env(p, "DISABLE_AUTOUPDATER", "1");
+    env(p, "DISABLE_TELEMETRY", "1");
+    env(p, "DISABLE_ERROR_REPORTING", "1");
     env(p, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
     // An unprivileged launch runs the agent as uid 0 inside its own user
     // namespace, where Claude Code refuses `--dangerously-skip-permissions`
@@ -313,12 +333,15 @@ fn key_suffix(key: &str) -> &str {
     &key[start..]
 }
 
-/// Where Codex's requests go when the bottle sets no `OPENAI_BASE_URL`.
-const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The bottle's value of `var`, else `default`.
+fn bottle_env<'a>(plan: &'a Plan, var: &str, default: &'a str) -> &'a str {
+    plan.env.iter().find(|(k, _)| k.as_str() == var).map_or(default, |(_, v)| v.as_str())
+}
 
 /// Codex: its own home with config, placeholder auth and the prompt as
 /// global instructions; approvals off (the bottle is the boundary).
-pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
+pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) -> Result<(), ProvisionError> {
+    let chatgpt = if login(plan) { Some(l.chatgpt.as_ref().ok_or(ProvisionError::NoChatgptAccount)?) } else { None };
     let home = format!("{}/.codex", l.home);
     dir(p, home.clone(), 0o700, Owner::Agent);
     let mut cfg = String::new();
@@ -340,28 +363,45 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     // Plugins, apps and in-app updates fetch from github.com and chatgpt.com
     // in the background: denied by the proxy, noise in the audit log.
     cfg.push_str("\n[features]\nplugins = false\nremote_plugin = false\napps = false\nin_app_updates = false\n");
-    let base =
-        plan.env.iter().find(|(k, _)| k.as_str() == "OPENAI_BASE_URL").map_or(OPENAI_BASE_URL, |(_, v)| v.as_str());
+    let (base, auth) = if chatgpt.is_some() {
+        // The ChatGPT backend, as Codex's own provider reaches it with a
+        // ChatGPT login; its account calls go to the same place.
+        let backend = bottle_env(plan, "CHATGPT_BASE_URL", bot_bottle_manifest::CHATGPT_BASE_URL).trim_end_matches('/');
+        cfg.insert_str(0, &format!("chatgpt_base_url = {}\n", toml_str(&format!("{backend}/"))));
+        (format!("{backend}/codex"), "requires_openai_auth = true")
+    } else {
+        (
+            bottle_env(plan, "OPENAI_BASE_URL", bot_bottle_manifest::OPENAI_BASE_URL).to_owned(),
+            "env_key = \"OPENAI_API_KEY\"",
+        )
+    };
     cfg.push_str(&format!(
-        "\n[model_providers.bot-bottle]\nname = \"OpenAI\"\nbase_url = {}\nenv_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\nsupports_websockets = false\n",
-        toml_str(base)
+        "\n[model_providers.bot-bottle]\nname = \"OpenAI\"\nbase_url = {}\n{auth}\nwire_api = \"responses\"\nsupports_websockets = false\n",
+        toml_str(&base)
     ));
     if let Some(url) = l.supervise_url.filter(|_| plan.supervise) {
         cfg.push_str(&format!("\n[mcp_servers.supervise]\nurl = {}\n", toml_str(url)));
     }
     file(p, format!("{home}/config.toml"), 0o600, Owner::Agent, text(cfg));
-    file(
-        p,
-        format!("{home}/auth.json"),
-        0o600,
-        Owner::Agent,
-        text(format!("{{\"OPENAI_API_KEY\": \"{PLACEHOLDER_KEY}\"}}\n")),
-    );
+    let auth = match chatgpt {
+        Some(account) => chatgpt_auth(account),
+        None => format!("{{\"OPENAI_API_KEY\": \"{PLACEHOLDER_KEY}\"}}\n"),
+    };
+    file(p, format!("{home}/auth.json"), 0o600, Owner::Agent, text(auth));
     file(p, format!("{home}/AGENTS.md"), 0o644, Owner::Root, text(l.prompt));
     skills_into(plan, p, &format!("{home}/skills"));
     verify(p, &["codex", "--version"], "Codex must be installed in the bottle (npm i -g @openai/codex)");
     env(p, "CODEX_HOME", home);
-    env(p, "OPENAI_API_KEY", PLACEHOLDER_KEY);
+    if chatgpt.is_some() {
+        // Codex's own check of the placeholder login, as the agent will run it.
+        p.commands.push(Command {
+            argv: vec!["sh".into(), "-c".into(), "codex login status 2>&1 | grep -q 'Logged in using ChatGPT'".into()],
+            user: Owner::Agent,
+            why: "Codex must accept the bottle's placeholder ChatGPT login (`codex login status`)".into(),
+        });
+    } else {
+        env(p, "OPENAI_API_KEY", PLACEHOLDER_KEY);
+    }
     let mut argv: Vec<String> = vec!["codex".into()];
     if !l.interactive {
         // Unattended; the workspace copy need not be a git repository.
@@ -369,6 +409,81 @@ pub(crate) fn codex(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     }
     task_args(plan, &mut argv);
     p.argv = argv;
+    Ok(())
+}
+
+/// A ChatGPT login for Codex with no real token in it: JWTs of the right
+/// shape and claims (the real account id and plan; a placeholder user,
+/// email and signature), an access token that does not expire for ten
+/// years and a fresh `last_refresh`, so that Codex never tries to refresh
+/// it. The proxy puts the real access token on the wire.
+fn chatgpt_auth(account: &crate::ChatgptAccount) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let jwt = |claims: serde_json::Value| {
+        format!(
+            "{}.{}.{}",
+            b64(&serde_json::json!({ "alg": "none", "typ": "JWT" })),
+            b64(&claims),
+            b64(&serde_json::json!(PLACEHOLDER_TOKEN))
+        )
+    };
+    // Issued "now" for as long as the clock says; a launch needs no
+    // exactness, only a token Codex considers fresh.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let exp = now + 10 * 365 * 24 * 3600;
+    let auth = serde_json::json!({
+        "chatgpt_account_id": account.account_id,
+        "chatgpt_plan_type": account.plan_type,
+        "chatgpt_user_id": "user-bot-bottle-placeholder",
+    });
+    let id_token = jwt(serde_json::json!({
+        "iss": "https://auth.openai.com",
+        "sub": "bot-bottle-placeholder",
+        "email": "agent@bot-bottle.invalid",
+        "email_verified": true,
+        "iat": now,
+        "exp": exp,
+        "https://api.openai.com/auth": auth,
+        "https://api.openai.com/profile": { "email": "agent@bot-bottle.invalid", "email_verified": true },
+    }));
+    let access_token = jwt(serde_json::json!({
+        "iss": "https://auth.openai.com",
+        "sub": "bot-bottle-placeholder",
+        "iat": now,
+        "exp": exp,
+        "https://api.openai.com/auth": auth,
+    }));
+    let doc = serde_json::json!({
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": null,
+        "tokens": {
+            "id_token": id_token,
+            "access_token": access_token,
+            "refresh_token": PLACEHOLDER_TOKEN,
+            "account_id": account.account_id,
+        },
+        "last_refresh": rfc3339(now),
+    });
+    format!("{doc:#}\n")
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC): the form of a
+/// login's `last_refresh`, without a time crate for one field.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Any program: its argv, and where to find the prompt.
@@ -448,6 +563,35 @@ mod tests {
         // With a port, an ssh remote has no scp-like spelling.
         let ssh = GitUrl::Ssh { user: None, host: "h".into(), port: Some(2222), path: "a.git".into() };
         assert_eq!(url_forms(&ssh), ["ssh://h:2222/a.git", "https://h/a.git", "ssh://h:2222/a", "https://h/a"]);
+    }
+
+    #[test]
+    fn dates_are_utc_civil_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_999_999), "2026-11-30T00:53:19Z");
+    }
+
+    #[test]
+    fn the_placeholder_chatgpt_login_holds_no_token_and_names_the_account() {
+        let account = crate::ChatgptAccount { account_id: "acc-1".into(), plan_type: "plus".into() };
+        let doc: serde_json::Value = serde_json::from_str(&chatgpt_auth(&account)).expect("json");
+        assert_eq!(doc["auth_mode"], "chatgpt");
+        assert_eq!(doc["tokens"]["account_id"], "acc-1");
+        assert_eq!(doc["tokens"]["refresh_token"], PLACEHOLDER_TOKEN);
+        use base64::Engine as _;
+        for t in ["id_token", "access_token"] {
+            let jwt = doc["tokens"][t].as_str().expect("jwt");
+            let parts: Vec<&str> = jwt.split('.').collect();
+            assert_eq!(parts.len(), 3, "{t}");
+            let claims: serde_json::Value = serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).expect("base64"),
+            )
+            .expect("claims");
+            assert_eq!(claims["https://api.openai.com/auth"]["chatgpt_account_id"], "acc-1", "{t}");
+            assert_eq!(claims["https://api.openai.com/auth"]["chatgpt_plan_type"], "plus", "{t}");
+            assert!(claims["exp"].as_u64().expect("exp") > claims["iat"].as_u64().expect("iat") + 365 * 86_400);
+        }
     }
 
     #[test]

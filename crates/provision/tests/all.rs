@@ -38,6 +38,7 @@ fn launch<'a>(prompt: &'a str, interactive: bool) -> Launch<'a> {
         git_gate_local: true,
         supervise_url: Some("http://127.0.0.1:9419/mcp"),
         interactive,
+        chatgpt: None,
     }
 }
 
@@ -147,4 +148,47 @@ fn claude_needs_no_dialog_and_accepts_root_in_the_bottle() {
     assert_eq!(cfg["projects"]["/workspace"]["hasTrustDialogAccepted"], true);
     let approved = cfg["customApiKeyResponses"]["approved"][0].as_str().expect("approved");
     assert!(approved.len() == 20 && PLACEHOLDER_KEY.ends_with(approved), "{approved}");
+}
+
+/// Subscription logins: the bottle gets placeholders that satisfy the CLI,
+/// never the host's token, and Codex's provider points at the ChatGPT
+/// backend with the login (no API key variable at all).
+#[test]
+fn subscription_logins_get_placeholders() {
+    let (tmp, m) = manifest(&[
+        ("agents/c.md", "---\nprovider: claude\nbottle: dev\nauth: login\n---\nGo.\n"),
+        ("agents/x.md", "---\nprovider: codex\nbottle: dev\nauth: login\n---\nGo.\n"),
+        ("bottles/dev.yaml", "backend: native\n"),
+    ]);
+    let p = provision(&plan(&m, "c", &["go"]), &launch("Go.\n", false)).expect("provision");
+    assert_eq!(p.env.get("CLAUDE_CODE_OAUTH_TOKEN").map(String::as_str), Some(bot_bottle_provision::PLACEHOLDER_TOKEN));
+    assert!(!p.env.contains_key("ANTHROPIC_API_KEY"));
+    for k in [
+        "DISABLE_TELEMETRY",
+        "DISABLE_ERROR_REPORTING",
+        "DISABLE_AUTOUPDATER",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    ] {
+        assert_eq!(p.env.get(k).map(String::as_str), Some("1"), "{k}");
+    }
+
+    let x = plan(&m, "x", &["go"]);
+    assert_eq!(
+        provision(&x, &launch("Go.\n", false)),
+        Err(bot_bottle_provision::ProvisionError::NoChatgptAccount),
+        "a login with no account on the host is refused, not faked"
+    );
+    let mut l = launch("Go.\n", false);
+    l.chatgpt = Some(bot_bottle_provision::ChatgptAccount { account_id: "acc-1".into(), plan_type: "plus".into() });
+    let p = provision(&x, &l).expect("provision");
+    assert!(!p.env.contains_key("OPENAI_API_KEY"));
+    assert!(p.commands.iter().any(|c| c.argv.iter().any(|a| a.contains("codex login status"))));
+    let mut p = p;
+    for f in &mut p.files {
+        if f.path.ends_with("auth.json") {
+            // Dates and the encoded tokens change with the clock.
+            f.content = bot_bottle_provision::Content::Inline(b"<placeholder ChatGPT login>".to_vec());
+        }
+    }
+    snapshot("codex-chatgpt-login", tmp.path(), &p);
 }

@@ -27,7 +27,7 @@ mod supervise;
 pub use bundle::{Addresses, Bundle, BundleConfig, BundleError, BundleReport, SharedEnv, cleanup as bundle_cleanup};
 pub use endpoint::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT, UNIX_SOCKETS};
 pub use gate::{
-    ArgvError, ForgeError, Gate, GateConfig, GateError, GateReport, HttpsError, Landing, Refusal,
+    ArgvError, ForgeError, Gate, GateConfig, GateError, GateReport, Https, HttpsError, Landing, Refusal,
     cleanup as gate_cleanup, landing_prefix,
 };
 pub use proxy::{Ca, EnvLookup, Limits, Policy, Proxy, ProxyConfig, ProxyError};

@@ -25,6 +25,24 @@ fn dry_run_json_plan_of_the_hello_example() {
     insta::assert_snapshot!("hello-plan-json", stdout);
 }
 
+/// The provider brings its route: shown as the provider's, with how the
+/// agent logs in, the key named only.
+#[test]
+fn dry_run_text_shows_the_providers_route_and_login() {
+    let env = Env::new();
+    let r = env.run(
+        &examples(),
+        &["start", "reviewer", "--bottle", "claude", "--dry-run"],
+        &[("ANTHROPIC_API_KEY", "sk-ant-api03-realKeyValue0123456789abcdefghijkl"), ("GITHUB_TOKEN", "t")],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let text = redact(&r.stdout).replace(&env.path().display().to_string(), "[TMP]");
+    // Only the plan's own lines, not the launch details of this host.
+    let plan: String = text.lines().take_while(|l| !l.starts_with("launch")).map(|l| format!("{l}\n")).collect();
+    insta::assert_snapshot!("reviewer-claude-plan-text", plan);
+    assert!(!r.stdout.contains("realKeyValue"));
+}
+
 #[test]
 fn dry_run_text_and_yaml_formats() {
     let env = Env::new();
@@ -61,11 +79,14 @@ fn secret_values_never_reach_the_plan_or_errors() {
     let r = env.run(
         &examples(),
         &["start", "reviewer", "--bottle", "dev", "--dry-run", "--format", "json"],
-        &[("GITHUB_TOKEN", token)],
+        &[("GITHUB_TOKEN", token), ("ANTHROPIC_API_KEY", "sk-ant-api03-realKeyValue0123456789abcdefghijkl")],
     );
+    assert!(!r.stdout.contains("realKeyValue"), "{}", r.stdout);
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
-    assert_eq!(plan["secrets"][0]["env"], "GITHUB_TOKEN");
-    assert_eq!(plan["secrets"][0]["set"], true);
+    // The provider's route (its API, with its key) comes first.
+    assert_eq!(plan["secrets"][0]["env"], "ANTHROPIC_API_KEY");
+    assert_eq!(plan["secrets"][1]["env"], "GITHUB_TOKEN");
+    assert_eq!(plan["secrets"][1]["set"], true);
     assert_eq!(plan["warnings"].as_array().map(Vec::len), Some(0));
 }
 
@@ -75,6 +96,8 @@ fn start_refuses_before_creating_anything_when_a_secret_is_unset() {
     let unset = env.run(&examples(), &["start", "reviewer", "--bottle", "claude"], &[]);
     assert_eq!(unset.code, 125);
     assert!(unset.stderr.contains("GITHUB_TOKEN") && unset.stderr.contains("ANTHROPIC_API_KEY"), "{}", unset.stderr);
+    // Both ways to log in are named.
+    assert!(unset.stderr.contains("claude setup-token"), "{}", unset.stderr);
     assert!(env.written().is_empty(), "{:?}", env.written());
 }
 

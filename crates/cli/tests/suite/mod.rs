@@ -10,6 +10,7 @@ mod escape;
 mod gate;
 mod host_services;
 mod lifecycle;
+mod logins;
 mod malformed;
 mod mounts;
 mod native;

@@ -15,14 +15,18 @@ use bot_bottle_provision::PLACEHOLDER_KEY;
 use super::claude::{audit, claude_installed, cleanup, codex_installed, pki, start_in};
 use super::native::{available, panic_or_skip};
 
-const REAL_KEY: &str = "real-anthropic-key-for-the-providers-test-0123456789";
-const TASK: &str = "create hello.txt and commit it";
+pub(super) const REAL_KEY: &str = "real-anthropic-key-for-the-providers-test-0123456789";
+pub(super) const TASK: &str = "create hello.txt and commit it";
 
 /// The fake Messages API on 127.0.0.2 and a project whose agents `c`
 /// (no task) and `t` (`task:`) reach it through the bottle's proxy.
-struct Fixture {
-    dir: tempfile::TempDir,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
     api: std::process::Child,
+    /// The launcher's environment beyond PATH, HOME and the test CA.
+    pub(super) env: Vec<(&'static str, std::ffi::OsString)>,
+    /// The credential that must arrive upstream.
+    pub(super) real: String,
 }
 
 impl Drop for Fixture {
@@ -34,7 +38,7 @@ impl Drop for Fixture {
     }
 }
 
-fn probe() -> bool {
+pub(super) fn probe() -> bool {
     for p in [available(), claude_installed()] {
         if let Err(why) = p {
             panic_or_skip(&why);
@@ -44,17 +48,24 @@ fn probe() -> bool {
     true
 }
 
+/// No route of the bottle's own: the provider brings the one to its API
+/// (moved by `ANTHROPIC_BASE_URL`), injecting the host's key.
 fn fixture() -> Fixture {
-    fixture_for("claude", "fake_anthropic.py", |port| {
-        format!(
-            "backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: x-api-key, env: BB_TEST_ANTHROPIC_KEY }}\n"
-        )
-    })
+    let mut fx = fixture_for("claude", "fake_anthropic.py", &[], |port| {
+        format!("backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\n")
+    });
+    fx.env.push(("ANTHROPIC_API_KEY", REAL_KEY.into()));
+    fx
 }
 
-/// The fake API `script` (in tests/support) and agents of `provider` in a
-/// bottle made by `bottle(port)`.
-fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> Fixture {
+/// The fake API `script` (in tests/support, run with `fake_env`) and
+/// agents of `provider` in a bottle made by `bottle(port)`.
+pub(super) fn fixture_for(
+    provider: &str,
+    script: &str,
+    fake_env: &[(&str, &std::ffi::OsStr)],
+    bottle: impl FnOnce(u16) -> String,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     pki(d);
@@ -63,6 +74,7 @@ fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> 
         .arg(script)
         .args(["127.0.0.2", "leaf.pem", "leaf.key"])
         .arg(d.join("requests.jsonl"))
+        .envs(fake_env.iter().copied())
         .current_dir(d)
         .stdout(Stdio::piped())
         .spawn()
@@ -95,29 +107,34 @@ fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> 
     git(&["init", "-q", "-b", "main"]);
     git(&["add", "."]);
     git(&["commit", "-q", "-m", "init"]);
-    Fixture { dir, api }
+    Fixture { dir, api, env: Vec::new(), real: REAL_KEY.to_owned() }
 }
 
 impl Fixture {
-    fn project(&self) -> PathBuf {
+    pub(super) fn project(&self) -> PathBuf {
         self.dir.path().join("project")
     }
 
-    fn requests(&self) -> String {
+    pub(super) fn requests(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("requests.jsonl")).unwrap_or_default()
     }
 
     fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
-        vec![
-            ("BOT_BOTTLE_UPSTREAM_CA", self.dir.path().join("ca.pem").into_os_string()),
-            ("BB_TEST_ANTHROPIC_KEY", REAL_KEY.into()),
-            ("BB_TEST_OPENAI_KEY", REAL_KEY.into()),
-        ]
+        let mut env = vec![("BOT_BOTTLE_UPSTREAM_CA", self.dir.path().join("ca.pem").into_os_string())];
+        env.extend(self.env.iter().cloned());
+        env
     }
 
     /// `bot-bottle start AGENT --quiet -- ARGS` with `stdin`, its state in
     /// `state`, as `user` (a uid) when given; killed after two minutes.
-    fn start(&self, state: &Path, agent: &str, args: &[&str], stdin: Option<&str>, user: Option<u32>) -> Output {
+    pub(super) fn start(
+        &self,
+        state: &Path,
+        agent: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        user: Option<u32>,
+    ) -> Output {
         let env = self.env();
         let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
         let mut c = start_in(&self.project(), state, &env, agent, args);
@@ -154,7 +171,7 @@ impl Fixture {
 
     /// What the agent left: hello.txt in its workspace copy, committed
     /// with the default identity; the real key upstream, never inside.
-    fn assert_done(&self, state: &Path, out: &Output, how: &str) {
+    pub(super) fn assert_done(&self, state: &Path, out: &Output, how: &str) {
         let shown = format!(
             "{how}: exit {:?}\nstdout: {}\nstderr: {}\nrequests:\n{}",
             out.status.code(),
@@ -179,16 +196,22 @@ impl Fixture {
         assert!(requests.contains("\"tools\": true") || requests.contains("\"tools\": [\""), "{shown}");
         for l in requests.lines() {
             let r: serde_json::Value = serde_json::from_str(l).expect("json");
+            if r["path"] == "/oauth/token" {
+                // The launcher's refresh of a host login: never through the bottle.
+                continue;
+            }
             let key = r["key"].as_str().or_else(|| r["authorization"].as_str()?.strip_prefix("Bearer "));
-            assert_eq!(key, Some(REAL_KEY), "the proxy injected the real key: {l}");
+            assert_eq!(key, Some(self.real.as_str()), "the proxy injected the real key: {l}");
             assert!(!l.contains(PLACEHOLDER_KEY), "{l}");
         }
-        assert!(!String::from_utf8_lossy(&out.stdout).contains(REAL_KEY));
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(!String::from_utf8_lossy(stream).contains(&self.real), "{shown}");
+        }
     }
 }
 
 /// The one bottle's workspace copy under a state home.
-fn workspace(state: &Path) -> Option<PathBuf> {
+pub(super) fn workspace(state: &Path) -> Option<PathBuf> {
     std::fs::read_dir(state.join("bot-bottle/bottles"))
         .ok()?
         .flatten()
@@ -207,7 +230,13 @@ fn claude_does_its_task_unattended_from_the_arguments_stdin_or_the_task_field() 
     {
         let state = tempfile::tempdir().expect("state");
         let out = fx.start(state.path(), agent, args, stdin, None);
+        let audit = audit(state.path());
         fx.assert_done(state.path(), &out, how);
+        // Telemetry, error reports and update checks are off: the proxy
+        // saw the model API's requests and nothing else.
+        let elsewhere: Vec<&str> =
+            audit.lines().filter(|l| l.contains("\"method\"") && !l.contains("127.0.0.2")).collect();
+        assert!(elsewhere.is_empty(), "{how}: background calls:\n{}", elsewhere.join("\n"));
         std::fs::write(fx.dir.path().join("requests.jsonl"), "").expect("truncate");
     }
 }
@@ -223,7 +252,9 @@ fn an_unattended_claude_without_a_task_exits_2_and_creates_nothing() {
     std::fs::write(m.join("agents/c.md"), "---\nprovider: claude\nbottle: b\n---\nGo.\n").expect("write");
     for detach in [false, true] {
         let state = tempfile::tempdir().expect("state");
-        let mut c = start_in(fx_dir.path(), state.path(), &[], "c", &[]);
+        // A key, so that the missing task is what stops it.
+        let key = [("ANTHROPIC_API_KEY", std::ffi::OsStr::new("k"))];
+        let mut c = start_in(fx_dir.path(), state.path(), &key, "c", &[]);
         if detach {
             // `start c --quiet -- --detach` would pass it to the agent.
             c = Command::new(env!("CARGO_BIN_EXE_bot-bottle"));
@@ -233,6 +264,7 @@ fn an_unattended_claude_without_a_task_exits_2_and_creates_nothing() {
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("HOME", state.path())
                 .env("XDG_STATE_HOME", state.path())
+                .env("ANTHROPIC_API_KEY", "k")
                 .stdin(Stdio::null());
         }
         let out = c.output().expect("start");
@@ -285,7 +317,25 @@ fn claude_on_a_terminal_shows_no_dialog_and_does_its_task() {
     if !probe() {
         return;
     }
-    let fx = fixture();
+    on_a_terminal(&fixture());
+}
+
+/// The same on a subscription login (Claude Code's OAuth token): no login
+/// screen, no dialog.
+#[test]
+fn claude_on_a_subscription_token_on_a_terminal_shows_no_dialog_and_does_its_task() {
+    if !probe() {
+        return;
+    }
+    let mut fx = fixture_for("claude", "fake_anthropic.py", &[], |port| {
+        format!("backend: native\nenv: {{ ANTHROPIC_BASE_URL: \"https://127.0.0.2:{port}\" }}\n")
+    });
+    fx.real = "sk-ant-oat01-RealSubscriptionTokenForTheTerminalTest0123456789abcdef".into();
+    fx.env.push(("CLAUDE_CODE_OAUTH_TOKEN", fx.real.clone().into()));
+    on_a_terminal(&fx);
+}
+
+pub(super) fn on_a_terminal(fx: &Fixture) {
     let state = tempfile::tempdir().expect("state");
     let done = state.path().join("bot-bottle/bottles/*/workspace/hello.txt");
     let steps = serde_json::json!([
@@ -315,7 +365,9 @@ fn claude_on_a_terminal_shows_no_dialog_and_does_its_task() {
         .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let shown = v["output"].as_str().unwrap_or_default().to_owned();
     cleanup(state.path());
-    for dialog in ["trust", "Do you want to use this API key", "Choose the text style", "Yes, I accept"] {
+    for dialog in
+        ["trust", "Do you want to use this API key", "Choose the text style", "Yes, I accept", "Select login method"]
+    {
         assert!(!shown.contains(dialog), "a dialog (`{dialog}`) showed:\n{shown}");
     }
     let o = Output { status: exit_status(v["code"].as_i64().unwrap_or(-1)), stdout: Vec::new(), stderr: shown.into() };
@@ -327,12 +379,13 @@ fn exit_status(code: i64) -> std::process::ExitStatus {
     std::process::ExitStatus::from_raw(i32::try_from(code).unwrap_or(255).clamp(0, 255) << 8)
 }
 
+/// As `fixture`, for Codex: the provider's route, the host's key.
 fn codex_fixture() -> Fixture {
-    fixture_for("codex", "fake_openai.py", |port| {
-        format!(
-            "backend: native\nenv: {{ OPENAI_BASE_URL: \"https://127.0.0.2:{port}/v1\" }}\negress:\n  routes:\n    - host: \"127.0.0.2:{port}\"\n      inject: {{ header: authorization, env: BB_TEST_OPENAI_KEY, format: \"Bearer {{}}\" }}\n"
-        )
-    })
+    let mut fx = fixture_for("codex", "fake_openai.py", &[], |port| {
+        format!("backend: native\nenv: {{ OPENAI_BASE_URL: \"https://127.0.0.2:{port}/v1\" }}\n")
+    });
+    fx.env.push(("OPENAI_API_KEY", REAL_KEY.into()));
+    fx
 }
 
 /// Codex reads its base URL from config.toml, never a WebSocket first, and

@@ -215,7 +215,8 @@ fn claude_code_and_codex_list_the_supervise_server() {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let bottle = "backend: native\nsupervise: true\nresources: { pids: 512 }\n";
+    // Neither CLI calls its API here: no provider route, so no key needed.
+    let bottle = "backend: native\nsupervise: true\nresources: { pids: 512 }\negress: { provider-routes: false }\n";
     let project = agent_project(dir.path(), bottle, "c", "claude");
     std::fs::write(project.join(".bot-bottle/agents/x.md"), "---\nprovider: codex\nbottle: api\n---\n").expect("write");
     let state = tempfile::tempdir().expect("state");

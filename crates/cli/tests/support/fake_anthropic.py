@@ -2,8 +2,10 @@
 
 usage: fake_anthropic.py HOST CERT KEY LOG
 Prints the port it listens on. Every request is logged to LOG as one JSON
-line (method, path, the x-api-key and authorization headers, whether it
-offered tools). POST /v1/messages answers like the real API, streaming with
+line (method, path, the x-api-key, authorization and anthropic-beta
+headers, whether it offered tools). As the real API does, a bearer token
+(an OAuth login) is refused with 401 unless `anthropic-beta` holds an
+`oauth-` flag. $FAKE_COMMAND, when set, replaces the Bash command it asks for. POST /v1/messages answers like the real API, streaming with
 SSE when asked: a conversation whose user text mentions hello.txt and that
 offers the Bash tool gets one tool_use (create hello.txt and commit it);
 once that tool's result is back, or for any other request, a short text.
@@ -13,8 +15,11 @@ import json
 import ssl
 import sys
 
+import os
+
 host, cert, key, log = sys.argv[1:5]
-COMMAND = "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed"
+COMMAND = os.environ.get("FAKE_COMMAND") or \
+    "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed"
 
 
 def texts(content):
@@ -51,8 +56,13 @@ class H(http.server.BaseHTTPRequestHandler):
         with open(log, "a") as f:
             f.write(json.dumps({"method": self.command, "path": self.path, "key": self.headers.get("x-api-key"),
                                 "authorization": self.headers.get("authorization"),
+                                "beta": self.headers.get("anthropic-beta"),
                                 "tools": bool(req.get("tools"))}) + "\n")
         path = self.path.split("?")[0]
+        bearer = (self.headers.get("authorization") or "").startswith("Bearer ")
+        if bearer and "oauth-" not in (self.headers.get("anthropic-beta") or ""):
+            return self.json({"type": "error", "error": {"type": "authentication_error",
+                              "message": "OAuth authentication is currently not supported."}}, 401)
         if self.command == "POST" and path == "/v1/messages":
             content, stop = answer(req)
             if req.get("stream"):
@@ -66,9 +76,9 @@ class H(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_any
 
-    def json(self, obj):
+    def json(self, obj, code=200):
         body = json.dumps(obj).encode()
-        self.send_response(200)
+        self.send_response(code)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

@@ -8,14 +8,27 @@ conversation whose user text mentions hello.txt gets one shell call (create
 hello.txt and commit it); once its output is back, or otherwise, a short
 message. A WebSocket upgrade is refused with 426, as a server without
 WebSocket support answers.
+
+It also stands in for the ChatGPT backend (Codex with a ChatGPT login, whose
+request bodies are zstd-compressed) and
+its token endpoint: GET .../wham/accounts/check lists the account the
+request names in `chatgpt-account-id`, whose backend is this server, as
+Codex's workspace routing expects; POST /oauth/token answers a refresh
+grant with the tokens in $FAKE_REFRESHED (a JSON file) when its
+`refresh_token` is $FAKE_REFRESH_TOKEN, once: refresh tokens are single-use,
+and a spent or unknown one gets 401 as from the real endpoint.
+$FAKE_COMMAND, when set, replaces the shell command it asks for.
 """
+import os
 import http.server
 import json
 import ssl
+import subprocess
 import sys
 
 host, cert, key, log = sys.argv[1:5]
-SCRIPT = "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed"
+SCRIPT = os.environ.get("FAKE_COMMAND") or \
+    "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed"
 
 
 def user_texts(items):
@@ -66,12 +79,20 @@ def tool_call(tools):
     return None
 
 
+SPENT = set()
+
+
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_any(self):
         n = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(n)
+        if (self.headers.get("content-encoding") or "").lower() == "zstd":
+            # Codex compresses what it sends the ChatGPT backend, as the
+            # real backend accepts. (The zstd program: no Python module
+            # needed.)
+            raw = subprocess.run(["zstd", "-dcq"], input=raw, capture_output=True, check=True).stdout
         try:
             req = json.loads(raw) if raw else {}
         except ValueError:
@@ -89,6 +110,22 @@ class H(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if self.command == "POST" and path.endswith("/responses"):
             return self.respond(req, tools)
+        if self.command == "POST" and path == "/oauth/token":
+            token = req.get("refresh_token")
+            ok = req.get("grant_type") == "refresh_token" and token == os.environ.get(
+                "FAKE_REFRESH_TOKEN") and req.get("client_id") and token not in SPENT
+            if not ok:
+                return self.send(401, {"error": {"code": "refresh_token_reused" if token in SPENT else "invalid_grant"}})
+            SPENT.add(token)
+            with open(os.environ["FAKE_REFRESHED"]) as f:
+                return self.send(200, json.load(f))
+        if path.endswith("/wham/accounts/check"):
+            account = self.headers.get("chatgpt-account-id")
+            return self.send(200, {"accounts": [{"id": account, "name": None, "structure": "personal",
+                                                 "plan_type": "plus",
+                                                 "workspace_backend_origin": "https://" + self.headers.get("host"),
+                                                 "account_routing_override": "NO_CONSTRAINT"}],
+                                   "account_ordering": [account]})
         if path.endswith("/models"):
             return self.send(200, {"models": [], "data": [], "object": "list"})
         return self.send(200, {})

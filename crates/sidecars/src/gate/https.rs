@@ -1,5 +1,5 @@
-//! A minimal HTTPS client for the forges' REST APIs: one request per
-//! connection, system roots (plus an extra CA for tests and private
+//! A minimal HTTPS client for the forges' REST APIs (and the launcher's
+//! refresh of a host login's token): one request per connection, system roots (plus an extra CA for tests and private
 //! forges), a size cap on the answer and a time limit.
 
 use std::path::Path;
@@ -29,7 +29,7 @@ pub enum HttpsError {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Https {
+pub struct Https {
     tls: Arc<ClientConfig>,
     timeout: Duration,
 }
@@ -62,7 +62,7 @@ pub(crate) fn split_url(url: &str) -> Result<(String, u16, String), HttpsError> 
 }
 
 impl Https {
-    pub(crate) fn new(extra_ca: Option<&Path>, timeout: Duration) -> Result<Https, HttpsError> {
+    pub fn new(extra_ca: Option<&Path>, timeout: Duration) -> Result<Https, HttpsError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_native_certs::load_native_certs().certs {
             // A system root that does not parse is skipped, as every client does.
@@ -88,7 +88,7 @@ impl Https {
     }
 
     /// One request; the status and the body of the answer.
-    pub(crate) async fn request(
+    pub async fn request(
         &self,
         method: Method,
         url: &str,

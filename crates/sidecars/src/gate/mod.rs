@@ -47,7 +47,7 @@ use indexmap::IndexMap;
 
 pub use argv::ArgvError;
 pub use forge::ForgeError;
-pub use https::HttpsError;
+pub use https::{Https, HttpsError};
 pub use keys::cleanup;
 
 use argv::{Oid, ReceivePolicy, RefName, Remote, SshCommand};
@@ -286,8 +286,6 @@ pub(crate) struct Inner {
     /// when the workspace's own `HEAD` is unknown to the gate.
     local_base: Option<Oid>,
 }
-
-use https::Https;
 
 /// A running git gate. Cheap to clone; clones share state.
 #[derive(Clone)]
