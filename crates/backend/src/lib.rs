@@ -50,7 +50,7 @@ pub use workspace::{
     check_project, copy_owner, copy_project, find_project, guarded, partial_path, prepare_workspace, workdir_in,
 };
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bot_bottle_manifest::{BackendKind, Plan};
 
@@ -112,6 +112,13 @@ pub trait PreparedBottle: std::fmt::Debug {
     /// inside owns it; `None` leaves it the launcher's.
     fn copy_owner(&self) -> Option<u32>;
 
+    /// Makes what the bottle is made from (a `dockerfile:`'s image),
+    /// before anything else is created; each line of progress goes to
+    /// `progress`. Most backends have nothing to make.
+    fn build(&self, _progress: &dyn Fn(&str)) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Takes the bottle's place on the host, where its sidecars will listen.
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
 
@@ -163,6 +170,9 @@ pub enum BackendError {
     /// What this backend needs is missing here, and how to fix it.
     #[error("{0}")]
     Preflight(String),
+    /// A bottle's `dockerfile:` did not build; `log` is the end of its output.
+    #[error("building {} failed: {why}{}", dockerfile.display(), if log.is_empty() { String::new() } else { format!("\n{log}") })]
+    Build { dockerfile: PathBuf, why: String, log: String },
     /// A provisioning command failed inside the bottle.
     #[error("{why} (`{command}` exited {code}{})", tail(.stderr))]
     Provision { command: String, why: String, code: i32, stderr: String },

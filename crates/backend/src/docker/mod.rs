@@ -15,6 +15,7 @@
 //! top of docker's own profile. See ARCHITECTURE.md for why no network.
 
 mod bottle;
+mod build;
 mod client;
 mod spec;
 
@@ -31,6 +32,8 @@ use crate::{Backend, BackendError, Bottle, Check, Endpoint, PreparedBottle, Stat
 pub const LABEL_SLUG: &str = "bot-bottle.slug";
 /// The label naming the backend that made a resource.
 const LABEL_BACKEND: &str = "bot-bottle.backend";
+/// The label on images built from a bottle's `dockerfile:`.
+const LABEL_BUILD: &str = "bot-bottle.build";
 /// Where the sidecar sockets appear in the container (read-only).
 const SIDECARS: &str = "/run/bot-bottle-sidecars";
 /// Where bot-bottle's own binary appears in the container (read-only).
@@ -92,7 +95,12 @@ fn choose_runtime(asked: Option<&str>, registered: &[String]) -> Result<Option<S
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Prepared {
     pub container: String,
+    /// The image; for a `dockerfile:`, `bot-bottle/build:<hash of the
+    /// Dockerfile and its context>`, built unless it is there already.
     pub image: String,
+    /// The Dockerfile the image is built from; its folder is the context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<PathBuf>,
     /// The OCI runtime (`runsc` for gVisor); `None`: the daemon's default.
     pub runtime: Option<String>,
     /// The host directory mounted at `/workspace`.
@@ -170,15 +178,9 @@ impl Backend for Docker {
 impl Docker {
     /// What a docker launch for `t` builds.
     pub fn prepare_container(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
-        let image = match t.plan.image.as_ref() {
-            Some(ImageSource::Image(r)) => r.clone(),
-            Some(ImageSource::Dockerfile(p)) => {
-                return Err(BackendError::Preflight(format!(
-                    "the docker backend does not build `dockerfile:` ({}) yet: build it with `docker build -t NAME` \
-                     and name it with `image: NAME`",
-                    p.display()
-                )));
-            }
+        let (image, dockerfile) = match t.plan.image.as_ref() {
+            Some(ImageSource::Image(r)) => (r.clone(), None),
+            Some(ImageSource::Dockerfile(p)) => (build::context(p)?.tag, Some(p.clone())),
             None => {
                 return Err(BackendError::Preflight(
                     "the docker backend needs an image: set `image:` in the bottle".into(),
@@ -200,6 +202,7 @@ impl Docker {
         Ok(Prepared {
             container: container_name(t.slug),
             image,
+            dockerfile,
             runtime: self.runtime.clone(),
             workspace,
             sockets_dir: t.state.join("sockets"),
@@ -233,6 +236,19 @@ impl PreparedBottle for Prepared {
         crate::copy_owner("docker")
     }
 
+    fn build(&self, progress: &dyn Fn(&str)) -> Result<(), BackendError> {
+        let Some(dockerfile) = &self.dockerfile else { return Ok(()) };
+        let ctx = build::context(dockerfile)?;
+        // The plan named the image by what the context held then.
+        if ctx.tag != self.image {
+            return Err(BackendError::Preflight(format!(
+                "{} or its folder changed while the bottle was starting: start it again",
+                dockerfile.display()
+            )));
+        }
+        Client::connect()?.build(ctx, dockerfile, progress)
+    }
+
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
         let p = self;
         let dir = p.sockets_dir.clone();
@@ -259,7 +275,11 @@ impl PreparedBottle for Prepared {
         let (_, runtimes) = client.info()?;
         let mut p = p.clone();
         p.runtime = choose_runtime(p.runtime.as_deref(), &runtimes)?;
-        client.ensure_image(&p.image)?;
+        if p.dockerfile.is_none() {
+            client.ensure_image(&p.image)?;
+        } else if !client.has_image(&p.image) {
+            return Err(BackendError::Control(format!("the image {} was not built", p.image)));
+        }
         let owner = crate::copy_owner("docker");
         let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, owner)?;
         if workspace != p.workspace {

@@ -3,6 +3,7 @@ mod cases;
 mod claude;
 mod cli;
 mod docker;
+mod docker_build;
 mod doors;
 mod dry_run;
 mod egress;

@@ -1,0 +1,253 @@
+//! `dockerfile:` bottles: the Dockerfile's folder tarred as the build
+//! context (`.dockerignore` honoured), named by its content hash so an
+//! unchanged Dockerfile and context is never built twice, and built by the
+//! daemon with no network.
+
+use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::client::Client;
+use super::{LABEL_BACKEND, LABEL_BUILD};
+use crate::BackendError;
+
+/// The repository every built image is tagged in; the tag is the hash.
+pub(super) const REPO: &str = "bot-bottle/build";
+/// The largest context sent to the daemon: it is held in memory whole.
+const MAX_CONTEXT: u64 = 2 << 30;
+/// How much of a failed build's log the error carries.
+const TAIL_LINES: usize = 20;
+
+/// A build context, ready to send.
+pub(super) struct Context {
+    /// `bot-bottle/build:<hash>`.
+    pub(super) tag: String,
+    /// The Dockerfile's name inside the context.
+    dockerfile: String,
+    tar: Vec<u8>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("tag", &self.tag).field("bytes", &self.tar.len()).finish()
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+    crate::io(what)
+}
+
+/// The context of `dockerfile`: its folder, every file and symlink in it
+/// (symlinks as links, never followed; sockets and devices left out) but
+/// what `.dockerignore` excludes, in name order, with fixed owners and
+/// times so that the same content always makes the same archive and tag.
+pub(super) fn context(dockerfile: &Path) -> Result<Context, BackendError> {
+    let dir = dockerfile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dockerfile
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| BackendError::Preflight(format!("{} is not a file", dockerfile.display())))?;
+    let ignore = dockerignore(dir)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    let mut total = 0u64;
+    walk(dir, Path::new(""), &ignore, &name, &mut tar, &mut total)?;
+    let tar = tar.into_inner().map_err(io("finishing the build context"))?;
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(&tar);
+    let hash: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    Ok(Context { tag: format!("{REPO}:{hash}"), dockerfile: name, tar })
+}
+
+/// `.dockerignore` in the context's root, in gitignore syntax (docker's
+/// own is close: `*`, `**`, `!`, a leading `/`).
+fn dockerignore(dir: &Path) -> Result<ignore::gitignore::Gitignore, BackendError> {
+    let mut b = ignore::gitignore::GitignoreBuilder::new(dir);
+    let file = dir.join(".dockerignore");
+    if file.is_file()
+        && let Some(e) = b.add(&file)
+    {
+        return Err(BackendError::Preflight(format!("{}: {e}", file.display())));
+    }
+    b.build().map_err(|e| BackendError::Preflight(format!("{}: {e}", file.display())))
+}
+
+fn walk(
+    root: &Path,
+    rel: &Path,
+    ignore: &ignore::gitignore::Gitignore,
+    dockerfile: &str,
+    tar: &mut tar::Builder<Vec<u8>>,
+    total: &mut u64,
+) -> Result<(), BackendError> {
+    let dir = root.join(rel);
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io(format!("reading {}", dir.display())))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io(format!("reading {}", dir.display())))?;
+    entries.sort();
+    for path in entries {
+        let Some(file_name) = path.file_name() else { continue };
+        let inner = rel.join(file_name);
+        let meta = std::fs::symlink_metadata(&path).map_err(io(format!("reading {}", path.display())))?;
+        let ft = meta.file_type();
+        // The Dockerfile always goes, as docker sends it whatever the ignore file says.
+        let always = rel.as_os_str().is_empty() && file_name.to_string_lossy() == dockerfile;
+        if !always && ignore.matched(&inner, ft.is_dir()).is_ignore() {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777);
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            tar.append_data(&mut h, &inner, std::io::empty()).map_err(io(format!("adding {}", path.display())))?;
+            walk(root, &inner, ignore, dockerfile, tar, total)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io(format!("reading {}", path.display())))?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            tar.append_link(&mut h, &inner, &target).map_err(io(format!("adding {}", path.display())))?;
+        } else if ft.is_file() {
+            *total += meta.len();
+            if *total > MAX_CONTEXT {
+                return Err(BackendError::Preflight(format!(
+                    "the build context {} is over 2 GiB: list what the image does not need in {}",
+                    root.display(),
+                    root.join(".dockerignore").display()
+                )));
+            }
+            // Opened without following a link swapped in since the walk saw a file.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(io(format!("reading {}", path.display())))?;
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(meta.len());
+            tar.append_data(&mut h, &inner, std::io::Read::take(f, meta.len()))
+                .map_err(io(format!("adding {}", path.display())))?;
+        }
+        // Sockets, fifos and devices have no place in an image.
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Whether the image `tag` is on this machine.
+    pub(super) fn has_image(&self, tag: &str) -> bool {
+        self.rt.block_on(self.api.inspect_image(tag)).is_ok()
+    }
+
+    /// Builds `ctx` as `ctx.tag` unless it is built already; each line of
+    /// the build's output goes to `progress`. A failed build's error ends
+    /// with the tail of its log.
+    pub(super) fn build(&self, ctx: Context, source: &Path, progress: &dyn Fn(&str)) -> Result<(), BackendError> {
+        if self.has_image(&ctx.tag) {
+            tracing::debug!(tag = %ctx.tag, "the image is built already");
+            return Ok(());
+        }
+        let labels: HashMap<&str, &str> = [(LABEL_BUILD, "1"), (LABEL_BACKEND, "docker")].into();
+        let opts = BuildImageOptionsBuilder::new()
+            .dockerfile(&ctx.dockerfile)
+            .t(&ctx.tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels)
+            // No network for RUN steps: the Dockerfile and its context sit
+            // in the project, which the agent may write; a build with a
+            // network would carry the project out past the proxy.
+            .networkmode("none")
+            .build();
+        let failed = |why: String, log: &[String]| {
+            let tail = log[log.len().saturating_sub(TAIL_LINES)..].join("\n");
+            BackendError::Build { dockerfile: source.to_path_buf(), why, log: tail }
+        };
+        self.rt.block_on(async {
+            let body = bollard::body_full(ctx.tar.into());
+            let mut s = self.api.build_image(opts, None, Some(body));
+            let mut log: Vec<String> = Vec::new();
+            while let Some(m) = s.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(bollard::errors::Error::DockerStreamError { error }) => return Err(failed(error, &log)),
+                    Err(e) => return Err(failed(e.to_string(), &log)),
+                };
+                if let Some(e) = m.error_detail.and_then(|d| d.message) {
+                    return Err(failed(e, &log));
+                }
+                for line in m.stream.iter().flat_map(|t| t.lines()).filter(|l| !l.trim().is_empty()) {
+                    progress(line);
+                    log.push(line.to_owned());
+                }
+            }
+            Ok(())
+        })?;
+        // A stream that ended without an error is not proof: the image is.
+        if self.has_image(&ctx.tag) {
+            Ok(())
+        } else {
+            Err(BackendError::Build {
+                dockerfile: source.to_path_buf(),
+                why: "the daemon ended the build without an image".into(),
+                log: String::new(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+
+    fn names(ctx: &Context) -> Vec<String> {
+        let mut a = tar::Archive::new(&ctx.tar[..]);
+        a.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").display().to_string()).collect()
+    }
+
+    #[test]
+    fn the_tag_follows_the_content_and_dockerignore_is_honoured() {
+        let d = tempfile::tempdir().expect("tempdir");
+        write(d.path(), "Dockerfile", "FROM scratch\nCOPY a /a\n");
+        write(d.path(), "a", "one");
+        write(d.path(), "secret/key", "k");
+        write(d.path(), ".dockerignore", "secret\n*.log\nDockerfile\n");
+        write(d.path(), "x.log", "log");
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).expect("symlink");
+        let df = d.path().join("Dockerfile");
+        let c1 = context(&df).expect("context");
+        assert!(c1.tag.starts_with("bot-bottle/build:") && c1.tag.len() == REPO.len() + 1 + 32, "{}", c1.tag);
+        assert_eq!(names(&c1), [".dockerignore", "Dockerfile", "a", "link"]);
+        // The link goes as a link: nothing outside the folder is read.
+        let mut a = tar::Archive::new(&c1.tar[..]);
+        let link = a
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry"))
+            .find(|e| e.path().is_ok_and(|p| p == Path::new("link")));
+        let link = link.expect("link");
+        assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+        assert_eq!(link.size(), 0);
+        // Same content, same tag, whatever the times say; new content, new tag.
+        std::fs::write(d.path().join("x.log"), "other").expect("write");
+        assert_eq!(context(&df).expect("context").tag, c1.tag, "ignored files do not count");
+        std::fs::write(d.path().join("a"), "two").expect("write");
+        assert_ne!(context(&df).expect("context").tag, c1.tag);
+    }
+}
