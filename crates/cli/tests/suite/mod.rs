@@ -4,6 +4,7 @@ mod claude;
 mod cli;
 mod docker;
 mod docker_build;
+mod docker_claude;
 mod doors;
 mod dry_run;
 mod egress;

@@ -15,13 +15,13 @@ use bot_bottle_provision::PLACEHOLDER_KEY;
 use super::claude::{audit, claude_installed, cleanup, codex_installed, pki, start_in};
 use super::native::{available, panic_or_skip};
 
-const REAL_KEY: &str = "real-anthropic-key-for-the-providers-test-0123456789";
+pub(super) const REAL_KEY: &str = "real-anthropic-key-for-the-providers-test-0123456789";
 const TASK: &str = "create hello.txt and commit it";
 
 /// The fake Messages API on 127.0.0.2 and a project whose agents `c`
 /// (no task) and `t` (`task:`) reach it through the bottle's proxy.
-struct Fixture {
-    dir: tempfile::TempDir,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
     api: std::process::Child,
 }
 
@@ -55,6 +55,16 @@ fn fixture() -> Fixture {
 /// The fake API `script` (in tests/support) and agents of `provider` in a
 /// bottle made by `bottle(port)`.
 fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> Fixture {
+    fixture_with(provider, script, None, bottle)
+}
+
+/// [`fixture_for`], the fake API's tool call running `before` first.
+pub(super) fn fixture_with(
+    provider: &str,
+    script: &str,
+    before: Option<&str>,
+    bottle: impl Fn(u16) -> String,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     pki(d);
@@ -63,6 +73,7 @@ fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> 
         .arg(script)
         .args(["127.0.0.2", "leaf.pem", "leaf.key"])
         .arg(d.join("requests.jsonl"))
+        .env("FAKE_API_BEFORE", before.unwrap_or("true"))
         .current_dir(d)
         .stdout(Stdio::piped())
         .spawn()
@@ -99,7 +110,7 @@ fn fixture_for(provider: &str, script: &str, bottle: impl Fn(u16) -> String) -> 
 }
 
 impl Fixture {
-    fn project(&self) -> PathBuf {
+    pub(super) fn project(&self) -> PathBuf {
         self.dir.path().join("project")
     }
 
@@ -107,7 +118,7 @@ impl Fixture {
         std::fs::read_to_string(self.dir.path().join("requests.jsonl")).unwrap_or_default()
     }
 
-    fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+    fn env(&self) -> Vec<(&str, std::ffi::OsString)> {
         vec![
             ("BOT_BOTTLE_UPSTREAM_CA", self.dir.path().join("ca.pem").into_os_string()),
             ("BB_TEST_ANTHROPIC_KEY", REAL_KEY.into()),
@@ -117,8 +128,33 @@ impl Fixture {
 
     /// `bot-bottle start AGENT --quiet -- ARGS` with `stdin`, its state in
     /// `state`, as `user` (a uid) when given; killed after two minutes.
-    fn start(&self, state: &Path, agent: &str, args: &[&str], stdin: Option<&str>, user: Option<u32>) -> Output {
-        let env = self.env();
+    pub(super) fn start(
+        &self,
+        state: &Path,
+        agent: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        user: Option<u32>,
+    ) -> Output {
+        self.start_env(state, agent, args, stdin, user, &[])
+    }
+
+    /// [`Fixture::start`] with `extra` in the launcher's environment.
+    pub(super) fn start_with(&self, state: &Path, agent: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        self.start_env(state, agent, args, None, None, extra)
+    }
+
+    fn start_env(
+        &self,
+        state: &Path,
+        agent: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        user: Option<u32>,
+        extra: &[(&str, &str)],
+    ) -> Output {
+        let mut env = self.env();
+        env.extend(extra.iter().map(|(k, v)| (*k, std::ffi::OsString::from(v))));
         let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
         let mut c = start_in(&self.project(), state, &env, agent, args);
         if let Some(uid) = user {
@@ -154,7 +190,7 @@ impl Fixture {
 
     /// What the agent left: hello.txt in its workspace copy, committed
     /// with the default identity; the real key upstream, never inside.
-    fn assert_done(&self, state: &Path, out: &Output, how: &str) {
+    pub(super) fn assert_done(&self, state: &Path, out: &Output, how: &str) {
         let shown = format!(
             "{how}: exit {:?}\nstdout: {}\nstderr: {}\nrequests:\n{}",
             out.status.code(),
@@ -188,7 +224,7 @@ impl Fixture {
 }
 
 /// The one bottle's workspace copy under a state home.
-fn workspace(state: &Path) -> Option<PathBuf> {
+pub(super) fn workspace(state: &Path) -> Option<PathBuf> {
     std::fs::read_dir(state.join("bot-bottle/bottles"))
         .ok()?
         .flatten()
