@@ -38,7 +38,7 @@ pub use bot_bottle_loopback::start_token;
 pub use bot_bottle_sidecars::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT, UNIX_SOCKETS};
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
 pub use check::{Check, Status, ready as checks_ready};
-pub use detect::{Context, KINDS, detect, open};
+pub use detect::{Context, KINDS, detect, open, purge};
 pub use disk::{DEFAULT_DISK, DiskWatch};
 pub use fds::close_inherited as close_inherited_fds;
 /// `bot-bottle __bottle-forward`: the sidecar forwarder inside a smolmachines guest.
@@ -86,6 +86,13 @@ pub trait Backend: std::fmt::Debug {
     /// Removes what a launcher killed without tearing down left behind for
     /// the bottle `slug` with state dir `state`; says what it removed.
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String>;
+
+    /// Removes what this backend keeps between bottles for `cleanup
+    /// --purge` (docker: the images built from `dockerfile:`, unless a
+    /// container uses one); says what it removed.
+    fn purge(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// What this backend needs from the host, each with a fix.
     fn doctor(&self) -> Vec<Check>;

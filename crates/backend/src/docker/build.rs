@@ -17,6 +17,10 @@ use crate::BackendError;
 
 /// The repository every built image is tagged in; the tag is the hash.
 pub(super) const REPO: &str = "bot-bottle/build";
+/// The file in the state root listing the images built for it, one tag a
+/// line: `cleanup --purge` removes those and no other (the daemon is shared
+/// with other users and other bot-bottle state roots).
+pub(super) const BUILDS_FILE: &str = "docker-builds";
 /// The largest context sent to the daemon: it is held in memory whole.
 const MAX_CONTEXT: u64 = 2 << 30;
 /// How much of a failed build's log the error carries.
@@ -143,7 +147,65 @@ fn walk(
     Ok(())
 }
 
+/// Adds `tag` to the list in `file` (once). A list that cannot be written
+/// only means `cleanup --purge` will not find the image; the bottle is fine.
+pub(super) fn record(file: &Path, tag: &str) {
+    let known = std::fs::read_to_string(file).unwrap_or_default();
+    if known.lines().any(|l| l == tag) {
+        return;
+    }
+    let r = std::fs::create_dir_all(file.parent().unwrap_or(Path::new("."))).and_then(|()| {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file)?;
+        std::io::Write::write_all(&mut f, format!("{tag}\n").as_bytes())
+    });
+    if let Err(e) = r {
+        tracing::warn!(file = %file.display(), error = %e, "recording a built image; `cleanup --purge` will miss it");
+    }
+}
+
+/// Removes every image listed in `file` that no container uses, and
+/// keeps the list of those left.
+pub(super) fn purge(file: &Path) -> Vec<String> {
+    let Ok(known) = std::fs::read_to_string(file) else { return Vec::new() };
+    let tags: Vec<&str> = known.lines().filter(|l| l.starts_with(REPO)).collect();
+    if tags.is_empty() {
+        return Vec::new();
+    }
+    let client = match Client::connect() {
+        Ok(c) => c,
+        Err(e) => return vec![format!("could not reach the daemon to remove built images: {e}")],
+    };
+    let (mut did, mut kept) = (Vec::new(), Vec::new());
+    for tag in tags {
+        match client.remove_image(tag) {
+            Ok(true) => did.push(format!("removed image {tag}")),
+            Ok(false) => {}
+            Err(e) => {
+                did.push(format!("kept image {tag}: {e}"));
+                kept.push(tag);
+            }
+        }
+    }
+    let rest: String = kept.iter().map(|t| format!("{t}\n")).collect();
+    let r = if rest.is_empty() { std::fs::remove_file(file) } else { std::fs::write(file, rest) };
+    if let Err(e) = r {
+        did.push(format!("could not update {}: {e}", file.display()));
+    }
+    did
+}
+
 impl Client {
+    /// Removes the image `tag` unless a container uses it; `false`: it
+    /// was gone already.
+    pub(super) fn remove_image(&self, tag: &str) -> Result<bool, bollard::errors::Error> {
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::new().force(false).build();
+        match self.rt.block_on(self.api.remove_image(tag, Some(opts), None)) {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the image `tag` is on this machine.
     pub(super) fn has_image(&self, tag: &str) -> bool {
         self.rt.block_on(self.api.inspect_image(tag)).is_ok()

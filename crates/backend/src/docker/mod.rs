@@ -54,12 +54,23 @@ pub struct Docker {
     /// The OCI runtime asked for; `None`: runsc when registered, else the
     /// daemon's default.
     pub runtime: Option<String>,
+    /// This user's state root: the images its bottles built are listed
+    /// there, for `cleanup --purge`.
+    pub state_root: PathBuf,
 }
 
 impl Docker {
     /// The runtime from [`RUNTIME_ENV`], if set.
-    pub fn from_env() -> Docker {
-        Docker { runtime: std::env::var(RUNTIME_ENV).ok().filter(|s| !s.is_empty()) }
+    pub fn from_env(state_root: &Path) -> Docker {
+        Docker {
+            runtime: std::env::var(RUNTIME_ENV).ok().filter(|s| !s.is_empty()),
+            state_root: state_root.to_path_buf(),
+        }
+    }
+
+    /// Where the images built for this state root are listed.
+    fn builds_file(&self) -> PathBuf {
+        self.state_root.join(build::BUILDS_FILE)
     }
 
     /// What must hold before anything is created: a daemon that answers,
@@ -130,6 +141,9 @@ pub struct Prepared {
     state: PathBuf,
     #[serde(skip)]
     resume: bool,
+    /// The list of images built for this state root.
+    #[serde(skip)]
+    builds_file: PathBuf,
 }
 
 /// A container name for a bottle: docker allows `[a-zA-Z0-9][a-zA-Z0-9_.-]`.
@@ -158,6 +172,10 @@ impl Backend for Docker {
 
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String> {
         cleanup_leftovers(slug, state)
+    }
+
+    fn purge(&self) -> Vec<String> {
+        build::purge(&self.builds_file())
     }
 
     fn doctor(&self) -> Vec<Check> {
@@ -219,6 +237,7 @@ impl Docker {
             project: t.project.to_path_buf(),
             state: t.state.to_path_buf(),
             resume: t.resume,
+            builds_file: self.builds_file(),
         })
     }
 }
@@ -246,7 +265,10 @@ impl PreparedBottle for Prepared {
                 dockerfile.display()
             )));
         }
-        Client::connect()?.build(ctx, dockerfile, progress)
+        let tag = ctx.tag.clone();
+        Client::connect()?.build(ctx, dockerfile, progress)?;
+        build::record(&self.builds_file, &tag);
+        Ok(())
     }
 
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {

@@ -109,6 +109,7 @@ mod tests {
             project: "/w".into(),
             state: "/st".into(),
             resume: false,
+            builds_file: "/st/docker-builds".into(),
         }
     }
 

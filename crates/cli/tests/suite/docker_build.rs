@@ -6,7 +6,7 @@ use std::process::Command;
 
 use super::docker::{containers, image, project};
 use super::native::panic_or_skip;
-use super::start_native::{Project, command, slugs, upstream};
+use super::start_native::{Project, cli, command, slugs, upstream};
 
 /// `p`'s bottle rewritten to build `.bot-bottle/images/Dockerfile` (with
 /// `files` beside it) instead of naming an image.
@@ -29,6 +29,10 @@ fn with_dockerfile(p: &Project, dockerfile: &str, files: &[(&str, &str)]) {
 
 fn rmi(tag: &str) {
     Command::new("docker").args(["rmi", "-f", tag]).output().expect("docker rmi");
+}
+
+fn exists(tag: &str) -> bool {
+    Command::new("docker").args(["image", "inspect", tag]).output().expect("docker image inspect").status.success()
 }
 
 fn label(tag: &str) -> String {
@@ -76,6 +80,15 @@ fn a_dockerfile_bottle_is_built_once_labelled_and_run() {
     assert_eq!(String::from_utf8_lossy(&second.stdout), hello);
     assert!(!err.contains("build:"), "an unchanged context is not rebuilt: {err}");
     assert!(containers(&slugs(&p)).is_empty(), "the containers are removed");
+
+    // `cleanup --purge` removes what this state root built, and only that.
+    let (code, out) = cli(&p, &["cleanup", "--purge", "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("docker: removed image {tag}")), "{out}");
+    assert!(!exists(&tag), "the image is gone");
+    assert!(exists(&base), "the base image stays");
+    let (_, out) = cli(&p, &["cleanup", "--purge", "--yes"]);
+    assert!(!out.contains("image"), "once: {out}");
     rmi(&tag);
 }
 
@@ -128,4 +141,41 @@ fn the_plan_shows_the_dockerfile_and_the_tag_it_builds() {
     )
     .replace(&p.dir.path().display().to_string(), "[PROJECT]");
     insta::assert_snapshot!("dockerfile-plan", shown);
+}
+
+/// A Dockerfile sits in the project, which the agent can write: its `RUN`
+/// steps get no network, so a build cannot carry the project out. Checked
+/// against a listener on every host address, reached at the docker
+/// bridge's gateway.
+#[test]
+fn run_steps_of_a_build_have_no_network() {
+    let base = match image() {
+        Ok(i) => i,
+        Err(why) => return panic_or_skip(&why),
+    };
+    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    l.set_nonblocking(true).expect("nonblocking");
+    let gw = Command::new("docker")
+        .args(["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"])
+        .output()
+        .expect("docker network inspect");
+    let gw = String::from_utf8_lossy(&gw.stdout).trim().to_owned();
+    let p = project(&base, 1, "echo ran");
+    let nonce = format!("{}-{port}", std::process::id());
+    with_dockerfile(
+        &p,
+        &format!(
+            "FROM {base}\nRUN curl -s --max-time 3 -o /dev/null http://{gw}:{port}/{nonce} && echo build-reached-the-host \
+             || echo build-had-no-network\n"
+        ),
+        &[],
+    );
+    let out = command(&p, &["start", "a"]).output().expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("bot-bottle: build: build-had-no-network"), "{err}");
+    assert!(l.accept().is_err(), "nothing connected to the host from the build: {err}");
+    let (code, out) = super::start_native::cli(&p, &["cleanup", "--purge", "--yes"]);
+    assert_eq!(code, 0, "{out}");
 }

@@ -65,6 +65,7 @@ fn claude_code_does_its_task_in_a_docker_bottle_with_only_the_placeholder_inside
     std::fs::write(images.join("Dockerfile"), format!("FROM {base}\nCOPY root/ /\n")).expect("write");
     std::fs::write(fx.project().join(".gitignore"), "/.bot-bottle/images/\n").expect("write");
 
+    let mut states = Vec::new();
     for runtime in runtimes() {
         let state = tempfile::tempdir().expect("state");
         let out = fx.start_with(
@@ -91,6 +92,19 @@ fn claude_code_does_its_task_in_a_docker_bottle_with_only_the_placeholder_inside
             );
         }
         std::fs::write(fx.dir.path().join("requests.jsonl"), "").expect("truncate");
+        states.push(state);
+    }
+    // The 340 MB image goes with the bottles.
+    for state in &states {
+        let out = Command::new(env!("CARGO_BIN_EXE_bot-bottle"))
+            .args(["cleanup", "--purge", "--yes"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", state.path())
+            .env("XDG_STATE_HOME", state.path())
+            .output()
+            .expect("cleanup");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
