@@ -323,17 +323,10 @@ impl PreparedBottle for Prepared {
         pause_point("container-created");
         client.start(&p.container)?;
         pause_point("container-started");
-        let ports: Vec<String> = p.sockets.iter().map(|(_, port)| port.to_string()).collect();
-        let mut argv = vec![FORWARDER.to_owned(), "__bottle-forward".to_owned(), "--ready".to_owned()];
-        argv.extend(ports);
-        let out = client.exec_output(&p.container, &argv, &[], None, &ids(p.forwarder_ids), None)?;
-        if out.code != 0 {
-            return Err(BackendError::Inside {
-                what: "waiting for the sidecar forwarder".into(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(Box::new(DockerBottle::new(client, p.container.clone(), p.agent_ids)))
+        // The forwarder's ports are confirmed with the first batch of
+        // provisioning's writes (one exec fewer): nothing runs before that.
+        let ports = p.sockets.iter().map(|(_, port)| *port).collect();
+        Ok(Box::new(DockerBottle::new(client, p.container.clone(), p.agent_ids, ports)))
     }
 }
 
