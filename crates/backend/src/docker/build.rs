@@ -4,8 +4,9 @@
 //! daemon with no network.
 
 use std::collections::HashMap;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
@@ -59,7 +60,13 @@ pub(super) fn context(dockerfile: &Path) -> Result<Context, BackendError> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     let mut total = 0u64;
-    walk(dir, Path::new(""), &ignore, &name, &mut tar, &mut total)?;
+    let top = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| BackendError::Io { what: format!("reading {}", dir.display()), source: e.into() })?;
+    walk(&top, Path::new(""), &ignore, &name, &mut tar, &mut total)?;
     let tar = tar.into_inner().map_err(io("finishing the build context"))?;
     let mut h = Sha256::new();
     h.update(name.as_bytes());
@@ -82,67 +89,95 @@ fn dockerignore(dir: &Path) -> Result<ignore::gitignore::Gitignore, BackendError
     b.build().map_err(|e| BackendError::Preflight(format!("{}: {e}", file.display())))
 }
 
+/// Adds the folder open at `dir` (`rel` inside the context) to `tar`,
+/// through descriptors: every entry is looked at and opened relative to its
+/// folder's descriptor with `O_NOFOLLOW`, so a link swapped in for a file
+/// or a folder during the walk is never followed out of the context.
 fn walk(
-    root: &Path,
+    dir: &OwnedFd,
     rel: &Path,
     ignore: &ignore::gitignore::Gitignore,
     dockerfile: &str,
     tar: &mut tar::Builder<Vec<u8>>,
     total: &mut u64,
 ) -> Result<(), BackendError> {
-    let dir = root.join(rel);
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(io(format!("reading {}", dir.display())))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io(format!("reading {}", dir.display())))?;
-    entries.sort();
-    for path in entries {
-        let Some(file_name) = path.file_name() else { continue };
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let shown = |name: &Path| rel.join(name).display().to_string();
+    let errno = |what: String| move |e: rustix::io::Errno| BackendError::Io { what, source: e.into() };
+    let list = rustix::fs::Dir::read_from(dir).map_err(errno(format!("reading {}", rel.display())))?;
+    let mut names: Vec<std::ffi::CString> = Vec::new();
+    for e in list {
+        let e = e.map_err(errno(format!("reading {}", rel.display())))?;
+        let n = e.file_name();
+        if n.to_bytes() != b"." && n.to_bytes() != b".." {
+            names.push(n.to_owned());
+        }
+    }
+    names.sort();
+    for name in names {
+        let file_name = Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
         let inner = rel.join(file_name);
-        let meta = std::fs::symlink_metadata(&path).map_err(io(format!("reading {}", path.display())))?;
-        let ft = meta.file_type();
+        let st = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(errno(format!("reading {}", shown(file_name))))?;
+        let ft = FileType::from_raw_mode(st.st_mode);
         // The Dockerfile always goes, as docker sends it whatever the ignore file says.
         let always = rel.as_os_str().is_empty() && file_name.to_string_lossy() == dockerfile;
-        if !always && ignore.matched(&inner, ft.is_dir()).is_ignore() {
+        if !always && ignore.matched(&inner, ft == FileType::Directory).is_ignore() {
             continue;
         }
         let mut h = tar::Header::new_gnu();
         h.set_mtime(0);
         h.set_uid(0);
         h.set_gid(0);
-        h.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777);
-        if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-            tar.append_data(&mut h, &inner, std::io::empty()).map_err(io(format!("adding {}", path.display())))?;
-            walk(root, &inner, ignore, dockerfile, tar, total)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io(format!("reading {}", path.display())))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            tar.append_link(&mut h, &inner, &target).map_err(io(format!("adding {}", path.display())))?;
-        } else if ft.is_file() {
-            *total += meta.len();
-            if *total > MAX_CONTEXT {
-                return Err(BackendError::Preflight(format!(
-                    "the build context {} is over 2 GiB: list what the image does not need in {}",
-                    root.display(),
-                    root.join(".dockerignore").display()
-                )));
+        h.set_mode(st.st_mode & 0o7777);
+        let added = |e: std::io::Error| BackendError::Io { what: format!("adding {}", inner.display()), source: e };
+        match ft {
+            FileType::Directory => {
+                let sub = rustix::fs::openat(
+                    dir,
+                    name.as_c_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno(format!("reading {}", shown(file_name))))?;
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                tar.append_data(&mut h, &inner, std::io::empty()).map_err(added)?;
+                walk(&sub, &inner, ignore, dockerfile, tar, total)?;
             }
-            // Opened without following a link swapped in since the walk saw a file.
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(io(format!("reading {}", path.display())))?;
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(meta.len());
-            tar.append_data(&mut h, &inner, std::io::Read::take(f, meta.len()))
-                .map_err(io(format!("adding {}", path.display())))?;
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name.as_c_str(), Vec::new())
+                    .map_err(errno(format!("reading {}", shown(file_name))))?;
+                let target = Path::new(std::ffi::OsStr::from_bytes(target.to_bytes())).to_path_buf();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                tar.append_link(&mut h, &inner, &target).map_err(added)?;
+            }
+            FileType::RegularFile => {
+                let f = rustix::fs::openat(
+                    dir,
+                    name.as_c_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno(format!("reading {}", shown(file_name))))?;
+                // The size of what was opened, not of what was looked at.
+                let len = u64::try_from(rustix::fs::fstat(&f).map_err(errno(shown(file_name)))?.st_size).unwrap_or(0);
+                *total += len;
+                if *total > MAX_CONTEXT {
+                    return Err(BackendError::Preflight(
+                        "the build context is over 2 GiB: list what the image does not need in the \
+                         .dockerignore beside the Dockerfile"
+                            .into(),
+                    ));
+                }
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(len);
+                tar.append_data(&mut h, &inner, std::io::Read::take(std::fs::File::from(f), len)).map_err(added)?;
+            }
+            // Sockets, fifos and devices have no place in an image.
+            _ => {}
         }
-        // Sockets, fifos and devices have no place in an image.
     }
     Ok(())
 }
@@ -292,10 +327,12 @@ mod tests {
         write(d.path(), ".dockerignore", "secret\n*.log\nDockerfile\n");
         write(d.path(), "x.log", "log");
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).expect("symlink");
+        std::os::unix::fs::symlink("/etc", d.path().join("linkdir")).expect("symlink");
         let df = d.path().join("Dockerfile");
         let c1 = context(&df).expect("context");
         assert!(c1.tag.starts_with("bot-bottle/build:") && c1.tag.len() == REPO.len() + 1 + 32, "{}", c1.tag);
-        assert_eq!(names(&c1), [".dockerignore", "Dockerfile", "a", "link"]);
+        // A linked folder is a link too: nothing of /etc is walked.
+        assert_eq!(names(&c1), [".dockerignore", "Dockerfile", "a", "link", "linkdir"]);
         // The link goes as a link: nothing outside the folder is read.
         let mut a = tar::Archive::new(&c1.tar[..]);
         let link = a
