@@ -28,8 +28,21 @@ pub fn open(kind: BackendKind, ctx: &Context) -> Result<Box<dyn Backend>, Backen
         BackendKind::Auto => detect(ctx),
         BackendKind::Native => Ok(Box::new(Native::new()?)),
         BackendKind::Smolmachines => Ok(Box::new(Smolmachines::from_env(&ctx.state_root))),
-        BackendKind::Docker => Ok(Box::new(Docker::from_env())),
+        BackendKind::Docker => Ok(Box::new(Docker::from_env(&ctx.state_root))),
     }
+}
+
+/// `cleanup --purge`: what every backend keeps between bottles (docker:
+/// the images built from `dockerfile:`) removed; says what, per backend.
+pub fn purge(ctx: &Context) -> Vec<String> {
+    let mut did = Vec::new();
+    for &kind in KINDS {
+        match open(kind, ctx) {
+            Ok(b) => did.extend(b.purge().into_iter().map(|l| format!("{}: {l}", kind.as_str()))),
+            Err(e) => tracing::debug!(backend = kind.as_str(), error = %e, "nothing to purge"),
+        }
+    }
+    did
 }
 
 /// What `auto` means here: the first backend of [`KINDS`] whose doctor

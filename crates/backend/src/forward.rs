@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// `127.0.0.1:port`, relayed to `socket` one connection at a time, on
@@ -73,6 +73,8 @@ pub(crate) fn loopback_up() -> io::Result<()> {
 /// binds every port, then relays until killed (the VM's stop ends it).
 /// `bot-bottle __bottle-forward --ready PORT…`: waits up to 10 s until
 /// each port accepts a connection; exit 0, or 1 saying which does not.
+/// `bot-bottle __bottle-forward --unpack [PORT…]`: writes the files of the
+/// tar archive on stdin, then waits as `--ready` does.
 /// `bot-bottle __bottle-forward --exec -- ARGV…`: runs ARGV (the agent)
 /// with every capability gone (bounding set too), `no_new_privs`, and the
 /// native bottle's seccomp filter: in a guest where smolvm runs it as root,
@@ -110,19 +112,14 @@ fn guest(args: &[String]) -> Result<(), Failed> {
         };
         return confine_and_exec(argv);
     }
-    if args.first().map(String::as_str) == Some("--ready") {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for p in &args[1..] {
-            let port: u16 = p.parse().map_err(|_| format!("not a port: {p}"))?;
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if Instant::now() > deadline {
-                    return Err(format!("nothing listens on 127.0.0.1:{port}").into());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        return Ok(());
+    if args.first().map(String::as_str) == Some("--unpack") {
+        unpack(std::io::stdin().lock())?;
+        return ready(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("--ready") {
+        return ready(&args[1..]);
+    }
+
     let mut pairs = Vec::new();
     for a in args {
         let Some((port, socket)) = a.split_once('=') else {
@@ -147,6 +144,54 @@ fn guest(args: &[String]) -> Result<(), Failed> {
     loop {
         std::thread::park();
     }
+}
+
+/// Waits up to 10 s until each of `ports` accepts a connection.
+fn ready(ports: &[String]) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in ports {
+        let port: u16 = p.parse().map_err(|_| format!("not a port: {p}"))?;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("nothing listens on 127.0.0.1:{port}").into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// `--unpack`: the directories and files of a tar archive on stdin, made
+/// in order at their absolute paths with their modes, as the user this
+/// runs as (`mkdir -p` and `chmod` for a directory; the parents, the
+/// content and `chmod` for a file): a docker bottle's provisioning in one
+/// exec instead of one each.
+fn unpack(input: impl io::Read) -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut a = tar::Archive::new(input);
+    let entries = a.entries().map_err(|e| format!("reading the files to write: {e}"))?;
+    for e in entries {
+        let mut e = e.map_err(|e| format!("reading the files to write: {e}"))?;
+        let rel = e.path().map_err(|e| format!("a path to write: {e}"))?.into_owned();
+        let path = Path::new("/").join(&rel);
+        let mode = e.header().mode().map_err(|e| format!("{}: {e}", path.display()))? & 0o7777;
+        let perms = std::fs::Permissions::from_mode(mode);
+        match e.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+            }
+            tar::EntryType::Regular => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                }
+                let mut f = std::fs::File::create(&path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+                io::copy(&mut e, &mut f).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            }
+            other => return Err(format!("{}: cannot write a {other:?}", path.display()).into()),
+        }
+        std::fs::set_permissions(&path, perms).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Whether this process has no ambient capability: `/proc/self/status`
@@ -188,4 +233,37 @@ fn confine_and_exec(argv: &[String]) -> Result<(), Failed> {
     }
     let err = std::process::Command::new(prog).args(rest).exec();
     Err(Failed::NotRun(io::Error::new(err.kind(), format!("cannot run `{prog}`: {err}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn unpack_makes_directories_and_files_at_their_paths_with_their_modes() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let at = |p: &str| d.path().join(p).display().to_string().trim_start_matches('/').to_owned();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: String, mode: u32, content: Option<&[u8]>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(mode);
+            h.set_entry_type(if content.is_some() { tar::EntryType::Regular } else { tar::EntryType::Directory });
+            h.set_size(content.map_or(0, |c| c.len() as u64));
+            b.append_data(&mut h, path, content.unwrap_or_default()).expect("append");
+        };
+        add(at("home"), 0o700, None);
+        add(at("home/a/b.txt"), 0o600, Some(b"one"));
+        add(at("run/ca.pem"), 0o644, Some(b"two"));
+        // Written again: replaced, as `cat >` did.
+        add(at("run/ca.pem"), 0o644, Some(b"three"));
+        let tar = b.into_inner().expect("tar");
+        assert!(unpack(&tar[..]).is_ok());
+        let mode = |p: &str| std::fs::metadata(d.path().join(p)).expect("meta").permissions().mode() & 0o7777;
+        assert_eq!(mode("home"), 0o700);
+        assert_eq!(mode("home/a/b.txt"), 0o600);
+        assert_eq!(std::fs::read_to_string(d.path().join("home/a/b.txt")).expect("read"), "one");
+        assert_eq!(std::fs::read_to_string(d.path().join("run/ca.pem")).expect("read"), "three");
+    }
 }

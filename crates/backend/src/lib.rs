@@ -38,7 +38,7 @@ pub use bot_bottle_loopback::start_token;
 pub use bot_bottle_sidecars::{Endpoint, GATE_PORT, PROXY_PORT, SUPERVISE_PORT, UNIX_SOCKETS};
 pub use bottle::{Bottle, Exec, Output, Owner, provision};
 pub use check::{Check, Status, ready as checks_ready};
-pub use detect::{Context, KINDS, detect, open};
+pub use detect::{Context, KINDS, detect, open, purge};
 pub use disk::{DEFAULT_DISK, DiskWatch};
 pub use fds::close_inherited as close_inherited_fds;
 /// `bot-bottle __bottle-forward`: the sidecar forwarder inside a smolmachines guest.
@@ -50,7 +50,7 @@ pub use workspace::{
     check_project, copy_owner, copy_project, find_project, guarded, partial_path, prepare_workspace, workdir_in,
 };
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bot_bottle_manifest::{BackendKind, Plan};
 
@@ -87,6 +87,13 @@ pub trait Backend: std::fmt::Debug {
     /// the bottle `slug` with state dir `state`; says what it removed.
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String>;
 
+    /// Removes what this backend keeps between bottles for `cleanup
+    /// --purge` (docker: the images built from `dockerfile:`, unless a
+    /// container uses one); says what it removed.
+    fn purge(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// What this backend needs from the host, each with a fix.
     fn doctor(&self) -> Vec<Check>;
 
@@ -111,6 +118,13 @@ pub trait PreparedBottle: std::fmt::Debug {
     /// The host uid a workspace copy must belong to, so that the agent
     /// inside owns it; `None` leaves it the launcher's.
     fn copy_owner(&self) -> Option<u32>;
+
+    /// Makes what the bottle is made from (a `dockerfile:`'s image),
+    /// before anything else is created; each line of progress goes to
+    /// `progress`. Most backends have nothing to make.
+    fn build(&self, _progress: &dyn Fn(&str)) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Takes the bottle's place on the host, where its sidecars will listen.
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
@@ -163,6 +177,9 @@ pub enum BackendError {
     /// What this backend needs is missing here, and how to fix it.
     #[error("{0}")]
     Preflight(String),
+    /// A bottle's `dockerfile:` did not build; `log` is the end of its output.
+    #[error("building {} failed: {why}{}", dockerfile.display(), if log.is_empty() { String::new() } else { format!("\n{log}") })]
+    Build { dockerfile: PathBuf, why: String, log: String },
     /// A provisioning command failed inside the bottle.
     #[error("{why} (`{command}` exited {code}{})", tail(.stderr))]
     Provision { command: String, why: String, code: i32, stderr: String },

@@ -99,6 +99,9 @@ pub fn run(backend: &dyn Backend, s: &Session<'_>) -> Outcome {
     for w in prepared.warnings() {
         s.events.warn(&w);
     }
+    if let Err(e) = prepared.build(&|line| s.events.note(&format!("build: {line}"))) {
+        return Outcome { result: Err(at("building the bottle's image")(e)), report: None };
+    }
     let mut teardown = Teardown::new();
     let endpoint = match prepared.reserve(&mut teardown) {
         Ok(e) => e,

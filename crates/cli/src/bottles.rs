@@ -366,6 +366,11 @@ pub(crate) fn cleanup(purge: bool, yes: bool) -> Result<(), Failure> {
             out.push_str(&format!("{}: {}\n", m.slug, did.join(", ")));
         }
     }
+    if purge {
+        for line in crate::launch::purge() {
+            out.push_str(&format!("{line}\n"));
+        }
+    }
     if out.is_empty() {
         out.push_str("nothing left behind to remove\n");
     }

@@ -175,6 +175,14 @@ pub(crate) fn backend(kind: BackendKind) -> Result<Box<dyn Backend>, Failure> {
     open(kind, &Context { state_root: root.join("bot-bottle") }).map_err(|e| failure(format!("error: {}", chain(&e))))
 }
 
+/// `cleanup --purge`: what the backends keep between bottles, removed.
+pub(crate) fn purge() -> Vec<String> {
+    match state_home() {
+        Some(root) => bot_bottle_backend::purge(&Context { state_root: root.join("bot-bottle") }),
+        None => Vec::new(),
+    }
+}
+
 /// Runs the plan's agent in a bottle on the backend the plan asks for (or
 /// the one `auto` finds) and returns the agent's exit code.
 pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {

@@ -115,7 +115,8 @@ enum Command {
     /// sockets) and report what they still hold. Workspace copies are kept
     /// unless --purge.
     Cleanup {
-        /// Also delete every stopped bottle's state, workspace copies included (asks first).
+        /// Also delete every stopped bottle's state, workspace copies included (asks first),
+        /// and the images built for `dockerfile:` bottles that no container uses.
         #[arg(long)]
         purge: bool,
         /// Do not ask before --purge deletes.

@@ -128,7 +128,7 @@ impl Manifest {
             m.agents.insert(name, entry);
         }
         for (name, path) in m.list(&root.join("bottles"), &["yaml", "yml"])? {
-            let entry = load_bottle(path, home);
+            let entry = load_bottle(path, root, home);
             m.bottles.insert(name, entry);
         }
         let skills_dir = root.join("skills");
@@ -352,7 +352,7 @@ fn read(path: &Path) -> Result<String, Box<Diagnostic>> {
         .map_err(|_| Box::new(path_diag(path, "file is not UTF-8 text".into(), Some("save it as UTF-8".into()))))
 }
 
-fn load_bottle(path: PathBuf, home: Option<&Path>) -> BottleEntry {
+fn load_bottle(path: PathBuf, manifest: &Path, home: Option<&Path>) -> BottleEntry {
     let text = match read(&path) {
         Ok(t) => t,
         Err(d) => {
@@ -369,7 +369,15 @@ fn load_bottle(path: PathBuf, home: Option<&Path>) -> BottleEntry {
     let src = file.source();
     let dir = file.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut ck = Checker::new(&src);
-    let body = schema::bottle(&mut ck, &root, &dir, home);
+    // Where a `dockerfile:` may be: the manifest's folder, and the project
+    // around it when it is a project's `.bot-bottle/`.
+    let mut within = vec![manifest.to_path_buf()];
+    if manifest.file_name().is_some_and(|n| n == ".bot-bottle")
+        && let Some(project) = manifest.parent()
+    {
+        within.push(project.to_path_buf());
+    }
+    let body = schema::bottle(&mut ck, &root, &dir, &within, home);
     let diags = ck.diags;
     BottleEntry { file, body: Some(body), diags }
 }

@@ -312,7 +312,15 @@ pub(crate) struct BottleFile {
 
 /// Checks a bottle document. `dir` is the bottle file's folder (relative
 /// paths resolve against it) and `home` expands `~`.
-pub(crate) fn bottle(ck: &mut Checker<'_>, root: &Value, dir: &Path, home: Option<&Path>) -> BottleFile {
+/// `within`: the folders a `dockerfile:` must be inside (its folder is
+/// sent to the docker daemon whole, as the build context).
+pub(crate) fn bottle(
+    ck: &mut Checker<'_>,
+    root: &Value,
+    dir: &Path,
+    within: &[PathBuf],
+    home: Option<&Path>,
+) -> BottleFile {
     let mut out = BottleFile::default();
     let top = YamlPath::default();
     let m = match root {
@@ -361,8 +369,21 @@ pub(crate) fn bottle(ck: &mut Checker<'_>, root: &Value, dir: &Path, home: Optio
         (None, Some(v)) => {
             if let Some(s) = ck.str(&top.key("dockerfile"), v) {
                 let path = expand_path(s, dir, home);
-                if path.is_file() {
+                // Resolved, links and `..` included, before it is compared.
+                let real = path.canonicalize().ok();
+                let inside = |r: &Path| within.iter().filter_map(|w| w.canonicalize().ok()).any(|w| r.starts_with(w));
+                if path.is_file() && real.as_deref().is_some_and(inside) {
                     spec.image = Some(ImageSource::Dockerfile(path));
+                } else if path.is_file() {
+                    let shown: Vec<String> = within.iter().map(|w| w.display().to_string()).collect();
+                    ck.error(
+                        &top.key("dockerfile"),
+                        format!("Dockerfile `{s}` is outside the project"),
+                        format!(
+                            "its folder is sent to the docker daemon as the build context: keep it under {}",
+                            shown.join(" or ")
+                        ),
+                    );
                 } else {
                     ck.error(
                         &top.key("dockerfile"),

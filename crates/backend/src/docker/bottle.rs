@@ -17,16 +17,77 @@ use crate::terminal::Relay;
 use crate::{BackendError, Bottle, Exec, Output, Owner};
 
 /// A running container. Dropping the handle kills it; teardown removes it.
-#[derive(Debug)]
+///
+/// Provisioning's directories and files are batched: each user's go into
+/// one archive that the forwarder (`__bottle-forward --unpack`) writes in
+/// one exec, before the next command or the agent runs; an exec costs
+/// 50-70 ms, and a launch writes half a dozen files.
 pub struct DockerBottle {
     client: Client,
     container: String,
     agent: (u32, u32),
+    /// Writes not made yet, per user, in the order first asked.
+    pending: Vec<(String, tar::Builder<Vec<u8>>)>,
+    /// The forwarder's ports, until the first batch has seen them listen.
+    unconfirmed: Vec<u16>,
+}
+
+impl std::fmt::Debug for DockerBottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBottle").field("container", &self.container).field("agent", &self.agent).finish()
+    }
 }
 
 impl DockerBottle {
-    pub(super) fn new(client: Client, container: String, agent: (u32, u32)) -> DockerBottle {
-        DockerBottle { client, container, agent }
+    pub(super) fn new(client: Client, container: String, agent: (u32, u32), ports: Vec<u16>) -> DockerBottle {
+        DockerBottle { client, container, agent, pending: Vec::new(), unconfirmed: ports }
+    }
+
+    /// Adds a directory or file to `user`'s next batch.
+    fn queue(&mut self, user: String, path: &str, mode: u32, content: Option<&[u8]>) -> Result<(), BackendError> {
+        let rel = path.trim_start_matches('/');
+        if !path.starts_with('/') || rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            return Err(BackendError::Control(format!("not an absolute path in the bottle: {path}")));
+        }
+        let i = match self.pending.iter().position(|(u, _)| *u == user) {
+            Some(i) => i,
+            None => {
+                self.pending.push((user, tar::Builder::new(Vec::new())));
+                self.pending.len() - 1
+            }
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(mode);
+        h.set_mtime(0);
+        let bytes = content.unwrap_or_default();
+        h.set_entry_type(if content.is_some() { tar::EntryType::Regular } else { tar::EntryType::Directory });
+        h.set_size(bytes.len() as u64);
+        self.pending[i].1.append_data(&mut h, rel, bytes).map_err(crate::io(format!("queueing {path}")))
+    }
+
+    /// Makes every queued write, root's first (the agent's may go into
+    /// directories root makes; root, with no capabilities, cannot write
+    /// into the agent's), and confirms the forwarder listens.
+    fn flush(&mut self) -> Result<(), BackendError> {
+        let mut batches = std::mem::take(&mut self.pending);
+        batches.sort_by_key(|(user, _)| user != "0:0");
+        if batches.is_empty() && !self.unconfirmed.is_empty() {
+            batches.push(("0:0".to_owned(), tar::Builder::new(Vec::new())));
+        }
+        for (user, b) in batches {
+            let tar = b.into_inner().map_err(crate::io("finishing the files to write"))?;
+            let mut argv: Vec<String> =
+                [FORWARDER, "__bottle-forward", "--unpack"].into_iter().map(str::to_owned).collect();
+            argv.extend(std::mem::take(&mut self.unconfirmed).iter().map(u16::to_string));
+            let out = self.client.exec_output(&self.container, &argv, &[], Some("/"), &user, Some(&tar))?;
+            if out.code != 0 {
+                return Err(BackendError::Inside {
+                    what: "writing the bottle's files and waiting for the sidecar forwarder".into(),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Who writes `path` for `owner`. Root inside has no capabilities, so
@@ -46,15 +107,6 @@ impl DockerBottle {
             Owner::Agent => ids(self.agent),
         }
     }
-
-    fn run(&self, what: String, argv: &[&str], user: &str, stdin: Option<&[u8]>) -> Result<(), BackendError> {
-        let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
-        let out = self.client.exec_output(&self.container, &argv, &[], Some("/"), user, stdin)?;
-        if out.code == 0 {
-            return Ok(());
-        }
-        Err(BackendError::Inside { what, message: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
-    }
 }
 
 /// `argv` run through bot-bottle's confiner: no capabilities at all,
@@ -65,41 +117,24 @@ fn confined(argv: &[String]) -> Vec<String> {
 
 impl Bottle for DockerBottle {
     fn exec(&mut self, cmd: &Exec) -> Result<Output, BackendError> {
+        self.flush()?;
         let workdir = cmd.workdir.clone().unwrap_or_else(|| HOME.to_owned());
         let user = self.user(cmd.user);
         self.client.exec_output(&self.container, &confined(&cmd.argv), &cmd.env, Some(&workdir), &user, None)
     }
 
     fn mkdir(&mut self, path: &str, mode: u32, owner: Owner) -> Result<(), BackendError> {
-        let mode = format!("{mode:o}");
         let user = self.writer(path, owner);
-        self.run(
-            format!("creating {path}"),
-            &["sh", "-c", "mkdir -p -- \"$1\" && chmod \"$2\" -- \"$1\"", "sh", path, &mode],
-            &user,
-            None,
-        )
+        self.queue(user, path, mode, None)
     }
 
     fn copy_in(&mut self, path: &str, content: &[u8], mode: u32, owner: Owner) -> Result<(), BackendError> {
-        let mode = format!("{mode:o}");
         let user = self.writer(path, owner);
-        self.run(
-            format!("writing {path}"),
-            &[
-                "sh",
-                "-c",
-                "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod \"$2\" -- \"$1\"",
-                "sh",
-                path,
-                &mode,
-            ],
-            &user,
-            Some(content),
-        )
+        self.queue(user, path, mode, Some(content))
     }
 
     fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
+        self.flush()?;
         let size = crate::terminal::terminal_size();
         let tty = size.is_some();
         // The launcher's side of the agent's streams: a pty pair (the

@@ -15,6 +15,7 @@
 //! top of docker's own profile. See ARCHITECTURE.md for why no network.
 
 mod bottle;
+mod build;
 mod client;
 mod spec;
 
@@ -31,6 +32,8 @@ use crate::{Backend, BackendError, Bottle, Check, Endpoint, PreparedBottle, Stat
 pub const LABEL_SLUG: &str = "bot-bottle.slug";
 /// The label naming the backend that made a resource.
 const LABEL_BACKEND: &str = "bot-bottle.backend";
+/// The label on images built from a bottle's `dockerfile:`.
+const LABEL_BUILD: &str = "bot-bottle.build";
 /// Where the sidecar sockets appear in the container (read-only).
 const SIDECARS: &str = "/run/bot-bottle-sidecars";
 /// Where bot-bottle's own binary appears in the container (read-only).
@@ -51,12 +54,23 @@ pub struct Docker {
     /// The OCI runtime asked for; `None`: runsc when registered, else the
     /// daemon's default.
     pub runtime: Option<String>,
+    /// This user's state root: the images its bottles built are listed
+    /// there, for `cleanup --purge`.
+    pub state_root: PathBuf,
 }
 
 impl Docker {
     /// The runtime from [`RUNTIME_ENV`], if set.
-    pub fn from_env() -> Docker {
-        Docker { runtime: std::env::var(RUNTIME_ENV).ok().filter(|s| !s.is_empty()) }
+    pub fn from_env(state_root: &Path) -> Docker {
+        Docker {
+            runtime: std::env::var(RUNTIME_ENV).ok().filter(|s| !s.is_empty()),
+            state_root: state_root.to_path_buf(),
+        }
+    }
+
+    /// Where the images built for this state root are listed.
+    fn builds_file(&self) -> PathBuf {
+        self.state_root.join(build::BUILDS_FILE)
     }
 
     /// What must hold before anything is created: a daemon that answers,
@@ -92,7 +106,12 @@ fn choose_runtime(asked: Option<&str>, registered: &[String]) -> Result<Option<S
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Prepared {
     pub container: String,
+    /// The image; for a `dockerfile:`, `bot-bottle/build:<hash of the
+    /// Dockerfile and its context>`, built unless it is there already.
     pub image: String,
+    /// The Dockerfile the image is built from; its folder is the context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<PathBuf>,
     /// The OCI runtime (`runsc` for gVisor); `None`: the daemon's default.
     pub runtime: Option<String>,
     /// The host directory mounted at `/workspace`.
@@ -122,6 +141,9 @@ pub struct Prepared {
     state: PathBuf,
     #[serde(skip)]
     resume: bool,
+    /// The list of images built for this state root.
+    #[serde(skip)]
+    builds_file: PathBuf,
 }
 
 /// A container name for a bottle: docker allows `[a-zA-Z0-9][a-zA-Z0-9_.-]`.
@@ -152,6 +174,10 @@ impl Backend for Docker {
         cleanup_leftovers(slug, state)
     }
 
+    fn purge(&self) -> Vec<String> {
+        build::purge(&self.builds_file())
+    }
+
     fn doctor(&self) -> Vec<Check> {
         vec![match self.preflight() {
             Ok(v) => Check { name: "dockerd", status: Status::Ok, detail: v, fix: None },
@@ -170,15 +196,9 @@ impl Backend for Docker {
 impl Docker {
     /// What a docker launch for `t` builds.
     pub fn prepare_container(&self, t: &Target<'_>) -> Result<Prepared, BackendError> {
-        let image = match t.plan.image.as_ref() {
-            Some(ImageSource::Image(r)) => r.clone(),
-            Some(ImageSource::Dockerfile(p)) => {
-                return Err(BackendError::Preflight(format!(
-                    "the docker backend does not build `dockerfile:` ({}) yet: build it with `docker build -t NAME` \
-                     and name it with `image: NAME`",
-                    p.display()
-                )));
-            }
+        let (image, dockerfile) = match t.plan.image.as_ref() {
+            Some(ImageSource::Image(r)) => (r.clone(), None),
+            Some(ImageSource::Dockerfile(p)) => (build::context(p)?.tag, Some(p.clone())),
             None => {
                 return Err(BackendError::Preflight(
                     "the docker backend needs an image: set `image:` in the bottle".into(),
@@ -200,6 +220,7 @@ impl Docker {
         Ok(Prepared {
             container: container_name(t.slug),
             image,
+            dockerfile,
             runtime: self.runtime.clone(),
             workspace,
             sockets_dir: t.state.join("sockets"),
@@ -216,6 +237,7 @@ impl Docker {
             project: t.project.to_path_buf(),
             state: t.state.to_path_buf(),
             resume: t.resume,
+            builds_file: self.builds_file(),
         })
     }
 }
@@ -231,6 +253,22 @@ impl PreparedBottle for Prepared {
 
     fn copy_owner(&self) -> Option<u32> {
         crate::copy_owner("docker")
+    }
+
+    fn build(&self, progress: &dyn Fn(&str)) -> Result<(), BackendError> {
+        let Some(dockerfile) = &self.dockerfile else { return Ok(()) };
+        let ctx = build::context(dockerfile)?;
+        // The plan named the image by what the context held then.
+        if ctx.tag != self.image {
+            return Err(BackendError::Preflight(format!(
+                "{} or its folder changed while the bottle was starting: start it again",
+                dockerfile.display()
+            )));
+        }
+        let tag = ctx.tag.clone();
+        Client::connect()?.build(ctx, dockerfile, progress)?;
+        build::record(&self.builds_file, &tag);
+        Ok(())
     }
 
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
@@ -259,7 +297,11 @@ impl PreparedBottle for Prepared {
         let (_, runtimes) = client.info()?;
         let mut p = p.clone();
         p.runtime = choose_runtime(p.runtime.as_deref(), &runtimes)?;
-        client.ensure_image(&p.image)?;
+        if p.dockerfile.is_none() {
+            client.ensure_image(&p.image)?;
+        } else if !client.has_image(&p.image) {
+            return Err(BackendError::Control(format!("the image {} was not built", p.image)));
+        }
         let owner = crate::copy_owner("docker");
         let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, owner)?;
         if workspace != p.workspace {
@@ -281,17 +323,10 @@ impl PreparedBottle for Prepared {
         pause_point("container-created");
         client.start(&p.container)?;
         pause_point("container-started");
-        let ports: Vec<String> = p.sockets.iter().map(|(_, port)| port.to_string()).collect();
-        let mut argv = vec![FORWARDER.to_owned(), "__bottle-forward".to_owned(), "--ready".to_owned()];
-        argv.extend(ports);
-        let out = client.exec_output(&p.container, &argv, &[], None, &ids(p.forwarder_ids), None)?;
-        if out.code != 0 {
-            return Err(BackendError::Inside {
-                what: "waiting for the sidecar forwarder".into(),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(Box::new(DockerBottle::new(client, p.container.clone(), p.agent_ids)))
+        // The forwarder's ports are confirmed with the first batch of
+        // provisioning's writes (one exec fewer): nothing runs before that.
+        let ports = p.sockets.iter().map(|(_, port)| *port).collect();
+        Ok(Box::new(DockerBottle::new(client, p.container.clone(), p.agent_ids, ports)))
     }
 }
 

@@ -92,6 +92,7 @@ mod tests {
         Prepared {
             container: "bot-bottle-x".into(),
             image: "img:1".into(),
+            dockerfile: None,
             runtime: Some("runsc".into()),
             workspace: Some("/w".into()),
             sockets_dir: "/s".into(),
@@ -108,6 +109,7 @@ mod tests {
             project: "/w".into(),
             state: "/st".into(),
             resume: false,
+            builds_file: "/st/docker-builds".into(),
         }
     }
 

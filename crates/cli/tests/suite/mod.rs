@@ -3,6 +3,8 @@ mod cases;
 mod claude;
 mod cli;
 mod docker;
+mod docker_build;
+mod docker_claude;
 mod doors;
 mod dry_run;
 mod egress;

@@ -58,6 +58,20 @@ fn fixture() -> Fixture {
     fx
 }
 
+/// A claude [`fixture_for`] whose fake API's tool call runs `before` first,
+/// the host's key set for the provider's route.
+pub(super) fn fixture_with(
+    provider: &str,
+    script: &str,
+    before: Option<&str>,
+    bottle: impl FnOnce(u16) -> String,
+) -> Fixture {
+    let before = std::ffi::OsString::from(before.unwrap_or("true"));
+    let mut fx = fixture_for(provider, script, &[("FAKE_API_BEFORE", before.as_os_str())], bottle);
+    fx.env.push(("ANTHROPIC_API_KEY", REAL_KEY.into()));
+    fx
+}
+
 /// The fake API `script` (in tests/support, run with `fake_env`) and
 /// agents of `provider` in a bottle made by `bottle(port)`.
 pub(super) fn fixture_for(
@@ -135,7 +149,25 @@ impl Fixture {
         stdin: Option<&str>,
         user: Option<u32>,
     ) -> Output {
-        let env = self.env();
+        self.start_env(state, agent, args, stdin, user, &[])
+    }
+
+    /// [`Fixture::start`] with `extra` in the launcher's environment.
+    pub(super) fn start_with(&self, state: &Path, agent: &str, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        self.start_env(state, agent, args, None, None, extra)
+    }
+
+    fn start_env(
+        &self,
+        state: &Path,
+        agent: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        user: Option<u32>,
+        extra: &[(&str, &str)],
+    ) -> Output {
+        let mut env = self.env();
+        env.extend(extra.iter().map(|(k, v)| (*k, std::ffi::OsString::from(v))));
         let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
         let mut c = start_in(&self.project(), state, &env, agent, args);
         if let Some(uid) = user {

@@ -9,17 +9,20 @@ headers, whether it offered tools). As the real API does, a bearer token
 SSE when asked: a conversation whose user text mentions hello.txt and that
 offers the Bash tool gets one tool_use (create hello.txt and commit it);
 once that tool's result is back, or for any other request, a short text.
+$FAKE_API_BEFORE, when set, is a shell command the tool_use runs first.
 """
 import http.server
 import json
+import os
 import ssl
 import sys
 
 import os
 
 host, cert, key, log = sys.argv[1:5]
-COMMAND = os.environ.get("FAKE_COMMAND") or \
-    "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed"
+COMMAND = os.environ.get("FAKE_COMMAND") or (
+    os.environ.get("FAKE_API_BEFORE", "true")
+    + "; echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && echo committed")
 
 
 def texts(content):
