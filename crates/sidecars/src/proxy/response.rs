@@ -52,6 +52,33 @@ pub(crate) fn redact_headers(h: &mut HeaderMap, det: &Detector) -> usize {
     found.len()
 }
 
+/// Masks known secrets in an HTTP/1 upstream's own reason phrase (`HTTP/1.1
+/// 200 <anything>`), which hyper keeps as an extension and would write to
+/// the agent as it came; returns how many were masked.
+pub(crate) fn redact_reason(ext: &mut http::Extensions, det: &Detector) -> usize {
+    let Some(reason) = ext.get::<hyper::ext::ReasonPhrase>() else { return 0 };
+    let mut text = reason.as_bytes().to_vec();
+    let found = det.redact_known(&mut text).len();
+    if found > 0 {
+        // Masking keeps a phrase valid; were it ever not, the canonical
+        // phrase goes out instead of the secret.
+        match hyper::ext::ReasonPhrase::try_from(text) {
+            Ok(masked) => ext.insert(masked),
+            Err(_) => ext.remove::<hyper::ext::ReasonPhrase>(),
+        };
+    }
+    found
+}
+
+/// `why` (an upstream failure, which can carry what the upstream sent: a
+/// certificate's names, an error text) with known secrets masked, before it
+/// goes into the agent's 502 and the audit log.
+pub(crate) fn redact_text(why: String, det: &Detector) -> String {
+    let mut text = why.into_bytes();
+    det.redact_known(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// What happened to one response body, for the audit log.
 #[derive(Debug, Default)]
 pub(crate) struct Report {
