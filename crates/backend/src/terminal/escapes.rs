@@ -28,7 +28,8 @@
 //! (OSC 0–2, 4, 7, 8, 10–19, 104, 110–119, 133) — and drops every other
 //! OSC, every DCS, APC, PM and SOS string, every window operation (`CSI …
 //! t`: the title report among them, and resizing or moving the window),
-//! and C1 controls (raw 8-bit, or UTF-8 encoded as U+0080–U+009F) but as
+//! reports of what the screen holds (DECRQCRA checksums, which read the
+//! user's earlier output back cell by cell; XTREPORTSGR), and C1 controls (raw 8-bit, or UTF-8 encoded as U+0080–U+009F) but as
 //! the introducer of a sequence that is then judged the same way.
 //!
 //! Where a terminal and this parser could disagree on where a sequence
@@ -42,6 +43,17 @@
 /// the agent's text), the working directory, hyperlinks and prompt marks.
 fn osc_allowed(n: u32) -> bool {
     matches!(n, 0..=2 | 4 | 7 | 8 | 10..=19 | 104 | 110..=119 | 133)
+}
+
+/// Control sequences that are dropped: window operations (`CSI … t`:
+/// reports, the title's among them, and resizing, moving, raising), and
+/// reports of what the screen shows — a checksum of any rectangle of it
+/// (DECRQCRA, `CSI … * y`, which read cell by cell gives the agent the text
+/// the user had on screen before it started) and its attributes
+/// (XTREPORTSGR, `CSI … # |`). Everything else passes.
+fn csi_refused(held: &[u8], last: u8) -> bool {
+    let has = |i: u8| held.contains(&i);
+    last == b't' || (last == b'y' && has(b'*')) || (last == b'|' && has(b'#'))
 }
 
 /// The longest CSI kept while its final byte is awaited; longer is dropped
@@ -227,9 +239,7 @@ impl EscapeFilter {
     fn csi(&mut self, b: u8, out: &mut Vec<u8>) {
         match b {
             0x40..=0x7e => {
-                // Window operations (`t`): reports (the title among them),
-                // resizing, moving, raising. Everything else passes.
-                if b != b't' {
+                if !csi_refused(&self.held, b) {
                     out.extend_from_slice(&self.held);
                     out.push(b);
                 }
@@ -341,6 +351,9 @@ mod tests {
         check(b"a\x1b]\x07b\x1b];x\x07c", b"abc");
         // Title report and every other window operation.
         check(b"a\x1b[21tb\x1b[20t\x1b[8;1;1t\x1b[3;0;0t\x9b21t\xc2\x9b21t", b"ab");
+        // Screen contents read back: a checksum of one cell, SGR of a rectangle.
+        check(b"a\x1b[1;1;1;1;1;1*yb\x1b[1;1;2;2#|", b"ab");
+        check(b"\x1b[2*x\x1b[?1;2$y\x1b[1 q", b"\x1b[2*x\x1b[?1;2$y\x1b[1 q");
         // DECRQSS, XTGETTCAP, DECUDK, tmux passthrough, APC graphics, PM, SOS.
         check(b"a\x1bP$qm\x1b\\b\x1bP+q544e\x1b\\\x1bP0;1|17/6c73\x1b\\", b"ab");
         check(b"a\x1bPtmux;\x1b\x1b]52;c;eA==\x07\x1b\\b", b"ab");
