@@ -27,9 +27,38 @@ use super::body::{BoxError, FrameBody, MAX_ENCODED, scan_decoded};
 use super::limits::Gates;
 
 /// Masks known secrets in header values, scanning all values of the map as
-/// one text; returns how many were masked.
+/// one text, and removes every header whose name holds one (an upstream
+/// can echo a request's header values as response header names); returns
+/// how many were found.
 pub(crate) fn redact_headers(h: &mut HeaderMap, det: &Detector) -> usize {
     if !det.has_known() || h.is_empty() {
+        return 0;
+    }
+    let mut names = Vec::new();
+    for n in h.keys() {
+        names.extend_from_slice(n.as_str().as_bytes());
+        names.push(b'\n');
+    }
+    let mut removed = 0;
+    if !det.redact_known(&mut names).is_empty() {
+        // Masked names are the ones to go: each line of the masked text
+        // that changed.
+        let gone: Vec<http::header::HeaderName> = h
+            .keys()
+            .zip(names.split(|&b| b == b'\n'))
+            .filter(|(n, masked)| n.as_str().as_bytes() != *masked)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            h.remove(&n);
+            removed += 1;
+        }
+    }
+    removed + redact_values(h, det)
+}
+
+fn redact_values(h: &mut HeaderMap, det: &Detector) -> usize {
+    if h.is_empty() {
         return 0;
     }
     let mut all = Vec::new();
