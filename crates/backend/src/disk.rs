@@ -21,6 +21,14 @@ pub const DEFAULT_DISK: u64 = 10 << 30;
 /// The shortest time between two measurements.
 const TICK: Duration = Duration::from_secs(1);
 
+/// The longest time between two measurements, however slow the walk.
+const LONGEST_PAUSE: Duration = Duration::from_secs(10);
+
+/// What each file, directory or link costs at least: empty files hold no
+/// blocks but take an inode of the host's filesystem, which runs out too
+/// (and millions of them make the walk slow).
+const INODE_COST: u64 = 4096;
+
 /// Failed measurements in a row that stop the bottle.
 const FAILED_LOOKS: u32 = 3;
 
@@ -94,8 +102,9 @@ fn watch(dir: &Path, start: u64, budget: u64, stop: &AtomicBool, done: &AtomicBo
             }
         };
         // A large tree is looked at less often, so watching costs at most
-        // a twentieth of a core.
-        pause = TICK.max(began.elapsed() * 20);
+        // a twentieth of a core; but never less than every `LONGEST_PAUSE`,
+        // or a tree made slow to walk would buy minutes of unwatched writing.
+        pause = (began.elapsed() * 20).clamp(TICK, LONGEST_PAUSE);
         if let Some(why) = why {
             *over.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
             stop.store(true, Ordering::SeqCst);
@@ -104,8 +113,9 @@ fn watch(dir: &Path, start: u64, budget: u64, stop: &AtomicBool, done: &AtomicBo
     }
 }
 
-/// The disk space the tree at `dir` takes: allocated blocks, each inode
-/// counted once, symlinks not followed, other filesystems not entered.
+/// The disk space the tree at `dir` takes: allocated blocks, at least
+/// [`INODE_COST`] for each inode, each inode counted once, symlinks not
+/// followed, other filesystems not entered.
 ///
 /// The tree is the agent's, and it changes it while this looks: every
 /// directory is opened relative to its parent's descriptor with
@@ -168,7 +178,7 @@ pub(crate) fn usage(dir: &Path) -> std::io::Result<u64> {
             if m.st_nlink > 1 && !is_dir && !seen.insert(m.st_ino) {
                 continue;
             }
-            total += m.st_blocks as u64 * 512;
+            total += (m.st_blocks as u64 * 512).max(INODE_COST);
             if is_dir {
                 stack.push((d.clone(), name.to_owned()));
             }
@@ -182,6 +192,17 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn empty_files_cost_their_inodes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = usage(dir.path()).expect("usage");
+        for i in 0..2000 {
+            std::fs::File::create(dir.path().join(format!("e{i}"))).expect("create");
+        }
+        let grown = usage(dir.path()).expect("usage") - before;
+        assert!(grown >= 2000 * INODE_COST, "2,000 empty files grew the count by {grown} bytes");
+    }
 
     #[test]
     fn a_tree_nested_past_path_max_is_measured_whole() {
