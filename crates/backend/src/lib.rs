@@ -45,6 +45,9 @@ pub use fds::close_inherited as close_inherited_fds;
 pub use forward::guest_main as guest_forward_main;
 pub use session::{Events, Outcome, Session, SessionError, run as run_session};
 pub use teardown::Teardown;
+/// The agent's output as it may reach a terminal: escape sequences that
+/// reach past the screen (clipboard, answerbacks, programmable keys) removed.
+pub use terminal::filtered as terminal_safe;
 pub use workspace::{
     CopyOptions, CopyReport, Guarded, Progress, Project, ProjectError, ProjectQuery, ProjectSource, WorkspaceError,
     check_project, copy_owner, copy_project, find_project, guarded, partial_path, prepare_workspace, workdir_in,

@@ -139,6 +139,18 @@ pub(crate) fn logs(args: LogsArgs) -> Result<(), Failure> {
     }
 }
 
+/// The agent's output as `logs` prints it. On a terminal it goes through
+/// the relay's escape filter: with no bot-bottle reading the terminal, an
+/// answerback (a title report, a clipboard query) would be typed straight
+/// into the user's shell, and a clipboard write would wait for the next paste.
+fn agent_text(buf: &[u8]) -> String {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        String::from_utf8_lossy(&bot_bottle_backend::terminal_safe(buf)).into_owned()
+    } else {
+        String::from_utf8_lossy(buf).into_owned()
+    }
+}
+
 fn agent(dir: &Path, args: &LogsArgs) -> Result<(), Failure> {
     let p = dir.join("agent.log");
     let mut f = std::fs::File::open(&p).map_err(|e| {
@@ -153,7 +165,7 @@ fn agent(dir: &Path, args: &LogsArgs) -> Result<(), Failure> {
             .map_err(|e| failure(format!("error: {e}")))?;
         at += buf.len() as u64;
         if !buf.is_empty() {
-            print(&String::from_utf8_lossy(&buf))?;
+            print(&agent_text(&buf))?;
         }
         if !args.follow || !alive {
             return Ok(());

@@ -26,4 +26,5 @@ mod supervise;
 mod supervise_claude;
 mod supervise_tui;
 mod terminal;
+mod terminal_escapes;
 mod workspace;

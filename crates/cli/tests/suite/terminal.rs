@@ -16,7 +16,7 @@ use super::start_native::{Project, cli, command, leftovers, project};
 /// driven by `steps` (see tests/support/pty_run.py), in the project with
 /// its state under the test's dir; returns the exit code and what the
 /// terminal showed.
-fn on_a_terminal(p: &Project, steps: &serde_json::Value, argv: &[&str]) -> (i32, String) {
+pub(crate) fn on_a_terminal(p: &Project, steps: &serde_json::Value, argv: &[&str]) -> (i32, String) {
     let out = pty_run(p, steps, argv).output().expect("python3");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("pty_run: {e}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -41,7 +41,7 @@ fn pty_run(p: &Project, steps: &serde_json::Value, argv: &[&str]) -> Command {
     c
 }
 
-const BOT_BOTTLE: &str = env!("CARGO_BIN_EXE_bot-bottle");
+pub(crate) const BOT_BOTTLE: &str = env!("CARGO_BIN_EXE_bot-bottle");
 
 /// An interactive shell with no startup files, as a user's terminal runs one.
 const SHELL: &[&str] = &["bash", "--norc", "--noprofile", "-i"];
@@ -81,7 +81,7 @@ fn typed(p: &Project, args: &str) -> String {
 }
 
 /// Waits until `path` exists.
-fn wait_for(path: impl Fn() -> bool, what: &str) {
+pub(crate) fn wait_for(path: impl Fn() -> bool, what: &str) {
     let t = Instant::now();
     while !path() {
         assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
@@ -95,7 +95,7 @@ fn in_workspace(p: &Project, name: &str) -> Option<std::path::PathBuf> {
     std::fs::read_dir(bottles).ok()?.flatten().map(|b| b.path().join("workspace").join(name)).find(|f| f.exists())
 }
 
-fn skip_without_bottles() -> bool {
+pub(crate) fn skip_without_bottles() -> bool {
     if let Err(why) = available() {
         panic_or_skip(&why);
         return true;

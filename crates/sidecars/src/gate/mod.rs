@@ -559,15 +559,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes every known secret out of a message from an upstream.
-    fn redact(&self, s: &str) -> String {
+    /// Takes every known secret out of a message from an upstream: as
+    /// written, and in every encoding the detector knows. An upstream's
+    /// message can echo the credential git sent it (base64 inside
+    /// `Authorization: Basic`, hex, reversed), and it goes to the agent.
+    async fn redact(&self, s: &str) -> String {
         let mut out = s.to_owned();
         for v in &self.redact {
             if v.len() >= 8 {
                 out = out.replace(v.as_str(), "<redacted>");
             }
         }
-        out
+        let mut bytes = out.into_bytes();
+        self.detector.get().await.redact_known(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn audit(
@@ -605,12 +610,12 @@ impl Inner {
         }
         let out = self.git.output(&argv::fetch(&repo.dir, &repo.remote, repo.landed.is_some())?, None).await?;
         if !out.status.success() {
-            return Err(self.upstream_error(repo, "fetching", &out));
+            return Err(self.upstream_error(repo, "fetching", &out).await);
         }
         if let Some(prefix) = &repo.landed {
             let out = self.git.output(&argv::fetch_landed(&repo.dir, &repo.remote, prefix)?, None).await?;
             if !out.status.success() {
-                return Err(self.upstream_error(repo, "fetching the landed branches", &out));
+                return Err(self.upstream_error(repo, "fetching the landed branches", &out).await);
             }
         }
         Ok(())
@@ -634,10 +639,10 @@ impl Inner {
         refs
     }
 
-    fn upstream_error(&self, repo: &RepoState, what: &str, out: &std::process::Output) -> GateError {
+    async fn upstream_error(&self, repo: &RepoState, what: &str, out: &std::process::Output) -> GateError {
         GateError::Upstream {
             repo: repo.name.clone(),
-            message: self.redact(&format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            message: self.redact(&format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())).await,
         }
     }
 
@@ -646,7 +651,7 @@ impl Inner {
     async fn remote_head(&self, repo: &RepoState) -> Result<Option<Oid>, GateError> {
         let out = self.git.output(&argv::ls_remote_head(&repo.remote)?, None).await?;
         if !out.status.success() {
-            return Err(self.upstream_error(repo, "reading HEAD", &out));
+            return Err(self.upstream_error(repo, "reading HEAD", &out).await);
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let mut commit = None;

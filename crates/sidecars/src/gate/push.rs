@@ -125,21 +125,23 @@ impl Inner {
             Ok(o) => o,
             Err(e) => {
                 return refuse(
-                    format!("bot-bottle git gate: forwarding failed: {}\n", self.redact(&e.to_string())),
+                    format!("bot-bottle git gate: forwarding failed: {}\n", self.redact(&e.to_string()).await),
                     0,
                     "error",
                 );
             }
         };
         if !out.status.success() {
-            let said = self.redact(&format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                match String::from_utf8_lossy(&out.stderr).trim() {
-                    "" => String::new(),
-                    e => format!("\n{e}"),
-                }
-            ));
+            let said = self
+                .redact(&format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    match String::from_utf8_lossy(&out.stderr).trim() {
+                        "" => String::new(),
+                        e => format!("\n{e}"),
+                    }
+                ))
+                .await;
             let whom =
                 if matches!(repo.remote, Remote::Local { .. }) { "the project's repository" } else { "the upstream" };
             return refuse(

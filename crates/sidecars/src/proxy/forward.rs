@@ -167,14 +167,15 @@ impl Inner {
                 }
                 return match e {
                     UpstreamError::Denied(d) => self.denied(&c, d),
-                    UpstreamError::Failed(why) => self.failed(&c, why),
+                    UpstreamError::Failed(why) => self.failed(&c, response::redact_text(why, &dets.response)),
                 };
             }
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let report = Arc::new(Report::default());
-        let masked = response::redact_headers(&mut parts.headers, &dets.response);
+        let masked = response::redact_headers(&mut parts.headers, &dets.response)
+            + response::redact_reason(&mut parts.extensions, &dets.response);
         report.redacted.fetch_add(masked as u64, Ordering::Relaxed);
         let status = parts.status.as_u16();
         let no_body = is_head
@@ -235,13 +236,13 @@ impl Inner {
         let addr = match resolve_checked(&c.host, c.port, route).await {
             Ok(a) => a,
             Err(UpstreamError::Denied(d)) => return self.denied(&c, d),
-            Err(UpstreamError::Failed(why)) => return self.failed(&c, why),
+            Err(UpstreamError::Failed(why)) => return self.failed(&c, response::redact_text(why, &dets.response)),
         };
         let tls = (c.tls == "inspect").then_some(&self.upstream_tls_h1);
         let mut sender = match connect_upgradable(tls, &c.host, addr).await {
             Ok(s) => s,
             Err(UpstreamError::Denied(d)) => return self.denied(&c, d),
-            Err(UpstreamError::Failed(why)) => return self.failed(&c, why),
+            Err(UpstreamError::Failed(why)) => return self.failed(&c, response::redact_text(why, &dets.response)),
         };
         let body = Empty::new().map_err(|e: Infallible| match e {}).boxed();
         let Ok(up_req) = build(parts.method, path_q.parse().unwrap_or_default(), headers, body) else {
@@ -249,7 +250,7 @@ impl Inner {
         };
         let mut resp = match sender.send_request(up_req).await {
             Ok(r) => r,
-            Err(e) => return self.failed(&c, format!("upstream: {e}")),
+            Err(e) => return self.failed(&c, response::redact_text(format!("upstream: {e}"), &dets.response)),
         };
         let known = dets.response.clone();
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -257,7 +258,8 @@ impl Inner {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let report = Arc::new(Report::default());
-            let masked = response::redact_headers(&mut parts.headers, &known);
+            let masked = response::redact_headers(&mut parts.headers, &known)
+                + response::redact_reason(&mut parts.extensions, &known);
             self.record_full(&c, "allow", None, status, 0, 0, masked as u64);
             let codings = response::codings(&parts.headers);
             let body = response::scan(body, codings, known, self.gates.clone(), report);
@@ -266,7 +268,8 @@ impl Inner {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
-        let masked = response::redact_headers(&mut parts.headers, &known) as u64;
+        let masked = (response::redact_headers(&mut parts.headers, &known)
+            + response::redact_reason(&mut parts.extensions, &known)) as u64;
         let inner = self.clone();
         let det = dets.request.clone();
         tokio::spawn(async move {

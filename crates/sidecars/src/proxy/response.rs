@@ -27,9 +27,38 @@ use super::body::{BoxError, FrameBody, MAX_ENCODED, scan_decoded};
 use super::limits::Gates;
 
 /// Masks known secrets in header values, scanning all values of the map as
-/// one text; returns how many were masked.
+/// one text, and removes every header whose name holds one (an upstream
+/// can echo a request's header values as response header names); returns
+/// how many were found.
 pub(crate) fn redact_headers(h: &mut HeaderMap, det: &Detector) -> usize {
     if !det.has_known() || h.is_empty() {
+        return 0;
+    }
+    let mut names = Vec::new();
+    for n in h.keys() {
+        names.extend_from_slice(n.as_str().as_bytes());
+        names.push(b'\n');
+    }
+    let mut removed = 0;
+    if !det.redact_known(&mut names).is_empty() {
+        // Masked names are the ones to go: each line of the masked text
+        // that changed.
+        let gone: Vec<http::header::HeaderName> = h
+            .keys()
+            .zip(names.split(|&b| b == b'\n'))
+            .filter(|(n, masked)| n.as_str().as_bytes() != *masked)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            h.remove(&n);
+            removed += 1;
+        }
+    }
+    removed + redact_values(h, det)
+}
+
+fn redact_values(h: &mut HeaderMap, det: &Detector) -> usize {
+    if h.is_empty() {
         return 0;
     }
     let mut all = Vec::new();
@@ -50,6 +79,33 @@ pub(crate) fn redact_headers(h: &mut HeaderMap, det: &Detector) -> usize {
         at += n;
     }
     found.len()
+}
+
+/// Masks known secrets in an HTTP/1 upstream's own reason phrase (`HTTP/1.1
+/// 200 <anything>`), which hyper keeps as an extension and would write to
+/// the agent as it came; returns how many were masked.
+pub(crate) fn redact_reason(ext: &mut http::Extensions, det: &Detector) -> usize {
+    let Some(reason) = ext.get::<hyper::ext::ReasonPhrase>() else { return 0 };
+    let mut text = reason.as_bytes().to_vec();
+    let found = det.redact_known(&mut text).len();
+    if found > 0 {
+        // Masking keeps a phrase valid; were it ever not, the canonical
+        // phrase goes out instead of the secret.
+        match hyper::ext::ReasonPhrase::try_from(text) {
+            Ok(masked) => ext.insert(masked),
+            Err(_) => ext.remove::<hyper::ext::ReasonPhrase>(),
+        };
+    }
+    found
+}
+
+/// `why` (an upstream failure, which can carry what the upstream sent: a
+/// certificate's names, an error text) with known secrets masked, before it
+/// goes into the agent's 502 and the audit log.
+pub(crate) fn redact_text(why: String, det: &Detector) -> String {
+    let mut text = why.into_bytes();
+    det.redact_known(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// What happened to one response body, for the audit log.

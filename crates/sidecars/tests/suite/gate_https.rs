@@ -211,6 +211,27 @@ fn an_https_upstream_gets_the_hosts_token_and_the_agent_never_does() {
     let head = ok(git(&home).arg("-C").arg(&work).args(["rev-parse", "HEAD"]));
     assert_eq!(ok(git(&home).arg("--git-dir").arg(&upstream).args(["rev-parse", "bot/x"])), head);
     assert!(seen.lock().expect("lock").iter().all(|a| a.starts_with("Basic ")), "every request carried the token");
+    // An upstream that refuses a push and echoes the credential git sent
+    // it (as `Authorization: Basic` holds it, and hex): the agent's push
+    // shows the refusal, never the token in any form.
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"));
+    let hex: String = TOKEN.bytes().map(|b| format!("{b:02x}")).collect();
+    let hook = upstream.join("hooks/pre-receive");
+    std::fs::write(&hook, format!("#!/bin/sh\necho \"denied for Basic {basic}\"\necho \"token hex {hex}\"\nexit 1\n"))
+        .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    ok(git(&home).arg("-C").arg(&work).args(["checkout", "-qb", "bot/y"]));
+    std::fs::write(work.join("b"), "b\n").expect("write");
+    ok(git(&home).arg("-C").arg(&work).args(["add", "."]));
+    ok(git(&home).arg("-C").arg(&work).args(["commit", "-qm", "b"]));
+    let out = run(git(&home).arg("-C").arg(&work).args(["push", "origin", "bot/y"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refused the push") && err.contains("denied for Basic"), "{err}");
+    for (form, v) in [("raw", TOKEN), ("basic", &basic[16..]), ("hex", &hex)] {
+        assert!(!err.contains(v), "the upstream's echo showed the agent the token ({form}): {err}");
+    }
+    std::fs::remove_file(&hook).expect("rm hook");
     // A wrong token: the upstream's 401 fails the clone, and says so.
     let bad = start("wrong-token-0000000000");
     let out = run(git(&home).args(["clone", "-q", &bad]).arg(tmp.path().join("bad")));

@@ -169,8 +169,9 @@ async fn handle(
 }
 
 /// What a careless debugging endpoint does: hands the request's
-/// `x-api-key` back in a header, split across two headers, raw and base64
-/// in the body; gzip-compressed when the path ends in `gz`.
+/// `x-api-key` back in a header, as a header's name, split across two headers, in the status
+/// line's reason phrase (HTTP/1), raw and base64 in the body;
+/// gzip-compressed when the path ends in `gz`.
 fn reflect(headers: &BTreeMap<String, String>, path: &str) -> Response<Full<Bytes>> {
     use base64::Engine;
     let key = headers.get("x-api-key").cloned().unwrap_or_default();
@@ -187,8 +188,14 @@ fn reflect(headers: &BTreeMap<String, String>, path: &str) -> Response<Full<Byte
     } else {
         Response::new(Full::new(Bytes::from(body)))
     };
+    let reason = hyper::ext::ReasonPhrase::try_from(format!("OK {key}").into_bytes()).expect("reason phrase");
+    r.extensions_mut().insert(reason);
     let h = r.headers_mut();
     h.insert("x-echo", key.parse().expect("h"));
+    h.insert(
+        hyper::header::HeaderName::from_bytes(format!("x-{key}").as_bytes()).expect("name"),
+        "1".parse().expect("h"),
+    );
     h.insert("x-part-a", a.parse().expect("h"));
     h.insert("x-part-b", b.parse().expect("h"));
     r

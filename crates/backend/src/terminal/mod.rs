@@ -16,6 +16,15 @@
 //!   (a pipe, a socket, a file, a terminal), the agent only ever sees bytes.
 //!
 //! This is the shape of `sudo`'s `use_pty`, `ssh -t` and `docker run -t`.
+//! Unlike those, what the agent writes to a terminal goes through
+//! [`EscapeFilter`] first: escape sequences that reach past the screen (the
+//! clipboard, answerbacks carrying the agent's text, programmable keys)
+//! never reach the user's terminal.
+
+mod escapes;
+
+pub(crate) use escapes::EscapeFilter;
+pub use escapes::filtered;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -163,9 +172,13 @@ impl Drop for Relay {
 /// Copies from `from` to `to` until `from` ends. If `to` fails (a closed
 /// pipe), the rest is read and dropped so that the agent never blocks on a
 /// full pipe or terminal.
+///
+/// When `to` is a terminal, the bytes go through an [`EscapeFilter`].
 fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
     let mut buf = vec![0u8; 64 << 10];
     let mut sink_ok = true;
+    let mut filter = rustix::termios::isatty(to).then(EscapeFilter::default);
+    let mut filtered = Vec::new();
     loop {
         let n = match rustix::io::read(from, &mut buf) {
             Ok(0) => return,
@@ -175,7 +188,14 @@ fn copy(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
             Err(_) => return,
         };
         if sink_ok {
-            sink_ok = write_all(to, &buf[..n]).is_ok();
+            sink_ok = match &mut filter {
+                Some(f) => {
+                    filtered.clear();
+                    f.filter(&buf[..n], &mut filtered);
+                    write_all(to, &filtered).is_ok()
+                }
+                None => write_all(to, &buf[..n]).is_ok(),
+            };
         }
     }
 }
