@@ -29,13 +29,13 @@ pub use listing::{AgentSummary, BottleSummary, Listing};
 pub use load::{LoadError, Manifest};
 pub use merge::{merge, merge_all};
 pub use model::{
-    BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, EnvName, GitUrl, GitUser, HostKey, HostKind,
-    HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode, WorkspaceMode,
-    looks_like_secret,
+    BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, DockerRuntime, EnvName, GitUrl, GitUser, HostKey,
+    HostKind, HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode,
+    WorkspaceMode, looks_like_secret,
 };
 pub use mounts::Mount;
 pub use plan::{
-    PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanSkill, PromptRef, Request,
-    ResolveError, SecretRef,
+    PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanRuntime, PlanSkill, PromptRef,
+    Request, ResolveError, SecretRef,
 };
 pub use yaml::Pos;
