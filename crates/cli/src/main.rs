@@ -20,7 +20,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bot_bottle_manifest::{BackendKind, DiscoverError, DiscoverFrom, Manifest, Request, ResolveError, discover};
+use bot_bottle_manifest::{
+    BackendKind, DiscoverError, DiscoverFrom, DockerRuntime, Manifest, Request, ResolveError, discover,
+};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "\
@@ -153,6 +155,10 @@ struct StartArgs {
     /// Backend, overriding the bottle's `backend:`.
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
+    /// The docker backend's OCI runtime, overriding the bottle's `runtime:`
+    /// (the daemon must have it registered; `bot-bottle doctor` lists them).
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeArg>,
     /// Resolve and print the plan; create nothing.
     #[arg(long)]
     dry_run: bool,
@@ -205,6 +211,16 @@ enum BackendArg {
     Docker,
     /// Micro-VMs through the smolvm CLI.
     Smolmachines,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeArg {
+    /// gVisor's runsc when the daemon has it, else the daemon's default.
+    Auto,
+    /// Linux namespaces: the agent makes its syscalls to the host kernel.
+    Runc,
+    /// gVisor: a userspace kernel between the agent and the host's.
+    Runsc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -367,6 +383,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
             BackendArg::Docker => BackendKind::Docker,
             BackendArg::Smolmachines => BackendKind::Smolmachines,
         }),
+        runtime: args.runtime.map(|r| match r {
+            RuntimeArg::Auto => DockerRuntime::Auto,
+            RuntimeArg::Runc => DockerRuntime::Runc,
+            RuntimeArg::Runsc => DockerRuntime::Runsc,
+        }),
         args: args.args,
     };
     let is_set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
@@ -427,6 +448,7 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         agent: plan.agent.name.clone(),
         bottles: req.bottles.clone(),
         backend: req.backend.map(BackendKind::as_str).map(str::to_owned),
+        runtime: req.runtime.map(DockerRuntime::as_str).map(str::to_owned),
         args: req.args.clone(),
         manifest: manifest.root().to_path_buf(),
         project: project.root.clone(),
