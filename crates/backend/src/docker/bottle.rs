@@ -11,7 +11,7 @@ use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::client::Client;
+use super::client::{Client, State};
 use super::{FORWARDER, HOME, ids};
 use crate::terminal::Relay;
 use crate::{BackendError, Bottle, Exec, Output, Owner};
@@ -133,7 +133,23 @@ impl Bottle for DockerBottle {
             r
         });
         let mut stopped = false;
+        let mut checked = std::time::Instant::now();
+        let mut ended = None;
         while !done.load(Ordering::SeqCst) {
+            // A container that ends under the agent (gVisor's sandbox killed
+            // at the memory limit, a runtime that fails) can leave the exec's
+            // stream open for ever: its state is watched too.
+            if !stopped && checked.elapsed() > CONTAINER_CHECK {
+                checked = std::time::Instant::now();
+                match self.client.state(&self.container) {
+                    Ok(s) if !s.running => {
+                        ended = Some(s);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(container = %self.container, error = %e, "checking the container"),
+                }
+            }
             if stop.load(Ordering::SeqCst) && !stopped {
                 // Killing the container ends every process in it, the agent too.
                 if let Err(e) = self.client.kill(&self.container) {
@@ -147,12 +163,38 @@ impl Bottle for DockerBottle {
             std::thread::sleep(Duration::from_millis(10));
         }
         signal_hook::low_level::unregister(winch_id);
+        if let Some(s) = ended {
+            agent.abort();
+            // Cancelled: its streams are dropped, so the relay drains.
+            if let Err(e) = self.client.rt.block_on(agent) {
+                tracing::debug!(error = %e, "the agent's exec task");
+            }
+            relay.finish();
+            return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+        }
         let r = self.client.rt.block_on(agent);
         relay.finish();
         match r {
             Ok(r) => r,
             Err(_) => Err(BackendError::Control("the agent's exec task failed".into())),
         }
+    }
+}
+
+/// How often a running agent's container is checked.
+const CONTAINER_CHECK: Duration = Duration::from_millis(500);
+
+/// Why the container ended under the agent, for the user.
+fn container_ended(s: State) -> String {
+    if s.oom_killed {
+        "the bottle was killed at its memory limit (`resources.memory`); under gVisor (runsc) the limit applies to \
+         the whole sandbox, so a bottle that reaches it ends whole"
+            .into()
+    } else {
+        format!(
+            "the bottle's container stopped (exit code {})",
+            s.exit_code.map_or("unknown".into(), |c| c.to_string())
+        )
     }
 }
 
