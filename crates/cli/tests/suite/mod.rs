@@ -7,6 +7,7 @@ mod doors;
 mod dry_run;
 mod egress;
 mod escape;
+mod escape_docker;
 mod gate;
 mod lifecycle;
 mod malformed;
