@@ -131,7 +131,7 @@ impl Outside {
         let h = hits.clone();
         std::thread::spawn(move || {
             for mut c in abs.incoming().flatten() {
-                c.read(&mut [0u8; 1]).ok();
+                c.read_exact(&mut [0u8; 1]).ok();
                 h.fetch_add(1, Ordering::SeqCst);
             }
         });
@@ -181,7 +181,8 @@ fn nothing_escapes_a_docker_bottle_under_runc_or_runsc() {
         failures.extend(f);
         report.extend(r);
     }
-    eprintln!("{}", report.join("\n"));
+    // Every case and why it held, under each runtime (`--nocapture`).
+    std::io::Write::write_all(&mut std::io::stderr(), format!("{}\n", report.join("\n")).as_bytes()).ok();
     assert!(failures.is_empty(), "escapes or broken cases:\n{}\n\nall:\n{}", failures.join("\n"), report.join("\n"));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(outside.hits.load(Ordering::SeqCst), hits_before, "something reached a host listener");
