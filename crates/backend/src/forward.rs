@@ -104,9 +104,23 @@ impl From<String> for Failed {
 
 fn guest(args: &[String]) -> Result<(), Failed> {
     if args.first().map(String::as_str) == Some("--exec") {
-        let argv = match args.get(1).map(String::as_str) {
-            Some("--") => &args[2..],
-            _ => &args[1..],
+        let mut args = &args[1..];
+        // `--size ROWSxCOLS`: the terminal's size, set before the agent
+        // starts (docker sizes an exec's pty only after it has started).
+        if args.first().map(String::as_str) == Some("--size") {
+            let size = args.get(1).and_then(|s| s.split_once('x'));
+            let parsed = size.and_then(|(r, c)| Some((r.parse::<u16>().ok()?, c.parse::<u16>().ok()?)));
+            let Some((rows, cols)) = parsed else { return Err(String::from("expected --size ROWSxCOLS").into()) };
+            let stdin = std::io::stdin();
+            if rustix::termios::isatty(&stdin) {
+                let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                rustix::termios::tcsetwinsize(&stdin, ws).map_err(|e| format!("sizing the terminal: {e}"))?;
+            }
+            args = &args[2..];
+        }
+        let argv = match args.first().map(String::as_str) {
+            Some("--") => &args[1..],
+            _ => args,
         };
         return confine_and_exec(argv);
     }

@@ -122,13 +122,18 @@ impl Bottle for DockerBottle {
         let done = Arc::new(AtomicBool::new(false));
         let client = self.client.clone();
         let container = self.container.clone();
-        let argv = confined(&cmd.argv);
+        let mut argv = confined(&cmd.argv);
+        if let Some(s) = size {
+            argv.splice(3..3, ["--size".to_owned(), format!("{}x{}", s.ws_row, s.ws_col)]);
+        }
         let env = cmd.env.clone();
         let d = done.clone();
         let rt = self.client.rt.clone();
+        // The user's window size, passed on to the container's own pty.
+        let (resize, sizes) = tokio::sync::mpsc::unbounded_channel();
+        let streams = Streams { input: ours_in, out: ours_out, err: ours_err, sizes };
         let agent = rt.spawn(async move {
-            let r =
-                attach(&client, &container, &argv, &env, &workdir, &user, tty, size, ours_in, ours_out, ours_err).await;
+            let r = attach(&client, &container, &argv, &env, &workdir, &user, tty, size, streams).await;
             d.store(true, Ordering::SeqCst);
             r
         });
@@ -159,6 +164,10 @@ impl Bottle for DockerBottle {
             }
             if winch.swap(false, Ordering::SeqCst) {
                 relay.resize();
+                if let Some(s) = crate::terminal::terminal_size().filter(|_| tty) {
+                    // Gone only once the agent has ended.
+                    resize.send(s).ok();
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -179,6 +188,14 @@ impl Bottle for DockerBottle {
             Err(_) => Err(BackendError::Control("the agent's exec task failed".into())),
         }
     }
+}
+
+/// The launcher's side of the agent's streams, and its window sizes.
+struct Streams {
+    input: Arc<OwnedFd>,
+    out: Arc<OwnedFd>,
+    err: Option<Arc<OwnedFd>>,
+    sizes: tokio::sync::mpsc::UnboundedReceiver<rustix::termios::Winsize>,
 }
 
 /// How often a running agent's container is checked.
@@ -210,10 +227,9 @@ async fn attach(
     user: &str,
     tty: bool,
     size: Option<rustix::termios::Winsize>,
-    input_fd: Arc<OwnedFd>,
-    out_fd: Arc<OwnedFd>,
-    err_fd: Option<Arc<OwnedFd>>,
+    streams: Streams,
 ) -> Result<i32, BackendError> {
+    let Streams { input: input_fd, out: out_fd, err: err_fd, mut sizes } = streams;
     let id = client.create_exec(container, argv, env, Some(workdir), user, tty, true).await?;
     let started = client
         .api
@@ -229,6 +245,17 @@ async fn attach(
             tracing::debug!(error = %e, "sizing the agent's terminal");
         }
     }
+    // Later sizes (SIGWINCH) go to the exec's pty: the daemon resizes it and
+    // the agent gets its own SIGWINCH.
+    let (api, exec) = (client.api.clone(), id.clone());
+    let resizer = tokio::spawn(async move {
+        while let Some(s) = sizes.recv().await {
+            let opts = ResizeExecOptions { height: s.ws_row, width: s.ws_col };
+            if let Err(e) = api.resize_exec(&exec, opts).await {
+                tracing::debug!(error = %e, "resizing the agent's terminal");
+            }
+        }
+    });
     // Our input side, read on a thread of its own (a blocking fd), sent on.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let stop_in = Arc::new(AtomicBool::new(false));
@@ -257,6 +284,7 @@ async fn attach(
     }
     stop_in.store(true, Ordering::SeqCst);
     feeder.abort();
+    resizer.abort();
     client.exit_code(&id).await
 }
 

@@ -22,4 +22,5 @@ mod supervise;
 mod supervise_claude;
 mod supervise_tui;
 mod terminal;
+mod terminal_docker;
 mod workspace;
