@@ -134,11 +134,11 @@ fn container_name(slug: &str) -> String {
 }
 
 /// The agent's ids inside: the launcher's own (a mounted project stays
-/// writable and owned by its user), or [`crate::native::AGENT_ID`] when
+/// writable and owned by its user), or [`crate::AGENT_ID`] when
 /// the launcher is root: the agent is never root.
 pub(crate) fn agent_ids() -> (u32, u32) {
     let (u, g) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-    if u == 0 { (crate::native::AGENT_ID, crate::native::AGENT_ID) } else { (u, g) }
+    if u == 0 { (crate::AGENT_ID, crate::AGENT_ID) } else { (u, g) }
 }
 
 impl Backend for Docker {
