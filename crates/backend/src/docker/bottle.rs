@@ -183,6 +183,14 @@ impl Bottle for DockerBottle {
         }
         let r = self.client.rt.block_on(agent);
         relay.finish();
+        // The exec's stream can also end because its container did: then
+        // the agent's exit code is the runtime's, and why is the container's.
+        if !stopped
+            && let Ok(s) = self.client.state(&self.container)
+            && !s.running
+        {
+            return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+        }
         match r {
             Ok(r) => r,
             Err(_) => Err(BackendError::Control("the agent's exec task failed".into())),
@@ -206,6 +214,11 @@ fn container_ended(s: State) -> String {
     if s.oom_killed {
         "the bottle was killed at its memory limit (`resources.memory`); under gVisor (runsc) the limit applies to \
          the whole sandbox, so a bottle that reaches it ends whole"
+            .into()
+    } else if s.exit_code == Some(137) {
+        // The daemon does not always see gVisor's sandbox OOM-killed.
+        "the bottle's container was killed (SIGKILL): at its memory limit (`resources.memory`; under gVisor (runsc) \
+         the limit applies to the whole sandbox), or by `docker kill`"
             .into()
     } else {
         format!(

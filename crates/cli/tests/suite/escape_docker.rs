@@ -34,8 +34,9 @@ const ALONE: &[&str] = &["48-fork-bomb", "49-memory-hog"];
 const ALONE_RESOURCES: &str = "{ pids: 256, memory: 2GiB }";
 /// The shared bottle's.
 const RESOURCES: &str = "{ pids: 512, memory: 1GiB }";
-/// What `start` says when the bottle ended at its memory limit.
-const OOM: &str = "killed at its memory limit";
+/// What `start` says when the bottle ended at its memory limit (the daemon
+/// sees the OOM kill, or only the sandbox's SIGKILL).
+const OOM: &str = "at its memory limit";
 /// A launch that takes longer has hung.
 const DEADLINE: Duration = Duration::from_secs(240);
 
