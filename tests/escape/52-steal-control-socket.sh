@@ -20,6 +20,23 @@ try:
             pass
 except OSError:
     pass
+# Every other user's process too (a docker bottle's forwarder holds the
+# sidecar sockets): Linux checks ptrace access, gVisor did not.
+me = os.getuid()
+for p in os.listdir("/proc"):
+    if not p.isdigit() or p == "1" or int(p) == os.getpid():
+        continue
+    try:
+        uid = int([l.split()[1] for l in open("/proc/%s/status" % p) if l.startswith("Uid:")][0])
+        names = os.listdir("/proc/%s/fd" % p) if uid != me else []
+    except (OSError, IndexError):
+        continue
+    for n in names:
+        try:
+            os.close(os.open("/proc/%s/fd/%s" % (p, n), os.O_RDONLY))
+            got.append("reopened fd %s of pid %s (uid %d)" % (n, p, uid))
+        except OSError:
+            pass
 pidfd = libc.syscall(434, 1, 0)  # pidfd_open
 if pidfd >= 0:
     for target in range(0, 64):

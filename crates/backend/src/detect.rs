@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use bot_bottle_manifest::BackendKind;
 
 use crate::docker::Docker;
+#[cfg(target_os = "linux")]
 use crate::native::Native;
 use crate::smolmachines::Smolmachines;
 use crate::{Backend, BackendError, Status};
@@ -20,13 +21,22 @@ pub struct Context {
 }
 
 /// The backends this build has, in the order `auto` tries them.
+#[cfg(target_os = "linux")]
 pub const KINDS: &[BackendKind] = &[BackendKind::Native, BackendKind::Docker, BackendKind::Smolmachines];
+/// The backends this build has (no native: it needs Linux namespaces).
+#[cfg(not(target_os = "linux"))]
+pub const KINDS: &[BackendKind] = &[BackendKind::Docker, BackendKind::Smolmachines];
 
 /// The backend `kind` (`auto`: [`detect`]).
 pub fn open(kind: BackendKind, ctx: &Context) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Auto => detect(ctx),
+        #[cfg(target_os = "linux")]
         BackendKind::Native => Ok(Box::new(Native::new()?)),
+        #[cfg(not(target_os = "linux"))]
+        BackendKind::Native => Err(BackendError::Preflight(
+            "the native backend needs Linux namespaces: on this system use `--backend docker` or `smolmachines`".into(),
+        )),
         BackendKind::Smolmachines => Ok(Box::new(Smolmachines::from_env(&ctx.state_root))),
         BackendKind::Docker => Ok(Box::new(Docker::from_env(&ctx.state_root))),
     }

@@ -37,6 +37,7 @@ fn relay(conn: TcpStream, socket: &std::path::Path) {
 
 /// Brings `lo` up over rtnetlink (RTM_NEWLINK with IFF_UP), so that no
 /// `ip` program is needed in an image we did not build.
+#[cfg(target_os = "linux")]
 pub(crate) fn loopback_up() -> io::Result<()> {
     use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netdevice, netlink, recv, sendto, socket};
     let probe = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
@@ -94,6 +95,7 @@ pub fn guest_main(args: &[String]) -> i32 {
 /// Why the guest mode failed: a command that could not run (exit 127 or
 /// 126, as a shell says), or anything else (exit 1).
 enum Failed {
+    #[cfg_attr(not(target_os = "linux"), expect(dead_code, reason = "only the Linux confiner runs a command"))]
     NotRun(io::Error),
     Said(String),
 }
@@ -106,9 +108,23 @@ impl From<String> for Failed {
 
 fn guest(args: &[String]) -> Result<(), Failed> {
     if args.first().map(String::as_str) == Some("--exec") {
-        let argv = match args.get(1).map(String::as_str) {
-            Some("--") => &args[2..],
-            _ => &args[1..],
+        let mut args = &args[1..];
+        // `--size ROWSxCOLS`: the terminal's size, set before the agent
+        // starts (docker sizes an exec's pty only after it has started).
+        if args.first().map(String::as_str) == Some("--size") {
+            let size = args.get(1).and_then(|s| s.split_once('x'));
+            let parsed = size.and_then(|(r, c)| Some((r.parse::<u16>().ok()?, c.parse::<u16>().ok()?)));
+            let Some((rows, cols)) = parsed else { return Err(String::from("expected --size ROWSxCOLS").into()) };
+            let stdin = std::io::stdin();
+            if rustix::termios::isatty(&stdin) {
+                let ws = rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                rustix::termios::tcsetwinsize(&stdin, ws).map_err(|e| format!("sizing the terminal: {e}"))?;
+            }
+            args = &args[2..];
+        }
+        let argv = match args.first().map(String::as_str) {
+            Some("--") => &args[1..],
+            _ => args,
         };
         return confine_and_exec(argv);
     }
@@ -197,6 +213,7 @@ fn unpack(input: impl io::Read) -> Result<(), Failed> {
 /// Whether this process has no ambient capability: `/proc/self/status`
 /// says the set is empty, or has no `CapAmb` line at all (a kernel without
 /// ambient capabilities, such as gVisor's: the line came with them).
+#[cfg(target_os = "linux")]
 fn ambient_empty() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         match s.lines().find_map(|l| l.strip_prefix("CapAmb:")) {
@@ -206,7 +223,21 @@ fn ambient_empty() -> bool {
     })
 }
 
+/// Off Linux no guest runs this binary (rtnetlink is Linux's).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn loopback_up() -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "bringing lo up needs Linux's rtnetlink"))
+}
+
+/// Off Linux there is no bottle for this binary to confine an agent in
+/// (a docker bottle needs bot-bottle built for Linux bind-mounted in).
+#[cfg(not(target_os = "linux"))]
+fn confine_and_exec(_argv: &[String]) -> Result<(), Failed> {
+    Err(Failed::Said("--exec confines with Linux's seccomp and capabilities: run a Linux build of bot-bottle".into()))
+}
+
 /// Never returns on success: the process becomes ARGV.
+#[cfg(target_os = "linux")]
 fn confine_and_exec(argv: &[String]) -> Result<(), Failed> {
     use std::os::unix::process::CommandExt;
     let Some((prog, rest)) = argv.split_first() else { return Err(Failed::Said("--exec needs a command".into())) };

@@ -26,6 +26,9 @@ mod disk;
 pub mod docker;
 mod fds;
 mod forward;
+/// Linux namespaces: only Linux has them, so only a Linux build has it;
+/// docker and smolmachines build wherever their daemon and CLI run.
+#[cfg(target_os = "linux")]
 pub mod native;
 mod session;
 pub mod smolmachines;
@@ -155,6 +158,7 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Native(#[from] native::NativeError),
     /// The workspace copy failed; nothing of it is left.
@@ -211,6 +215,10 @@ fn tail(stderr: &str) -> String {
     format!(": {}", &s[start..])
 }
 
+/// The agent's uid and gid inside a bottle when bot-bottle runs as root
+/// (native, docker and smolmachines alike).
+pub const AGENT_ID: u32 = 1000;
+
 /// The hidden modes of the bot-bottle binary that backends run inside
 /// bottles (`__bottle-init` for a native bottle's init stages,
 /// `__bottle-forward` for a guest's sidecar forwarder): `args` are the
@@ -218,6 +226,7 @@ fn tail(stderr: &str) -> String {
 /// for one; the caller's `main` must return it before doing anything else.
 pub fn helper_main(args: &[String]) -> Option<i32> {
     match args.first().map(String::as_str) {
+        #[cfg(target_os = "linux")]
         Some("__bottle-init") => Some(native::init_main(&args[1..])),
         Some("__bottle-forward") => Some(guest_forward_main(&args[1..])),
         _ => None,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bot_bottle_manifest::{Plan, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision as plan_provision};
 use bot_bottle_sidecars::{Bundle, BundleConfig, BundleReport, SharedEnv};
 
@@ -98,6 +98,14 @@ pub fn run(backend: &dyn Backend, s: &Session<'_>) -> Outcome {
     };
     for w in prepared.warnings() {
         s.events.warn(&w);
+    }
+    if let Some(r) = s.plan.runtime.as_ref().filter(|_| backend.kind() != BackendKind::Docker) {
+        s.events.warn(&format!(
+            "`runtime: {}` ({}) applies to the docker backend only; the {} backend ignores it",
+            r.requested.as_str(),
+            r.from,
+            backend.kind().as_str()
+        ));
     }
     if let Err(e) = prepared.build(&|line| s.events.note(&format!("build: {line}"))) {
         return Outcome { result: Err(at("building the bottle's image")(e)), report: None };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bot_bottle_backend::{ProjectSource, check_project};
-use bot_bottle_manifest::{BackendKind, Manifest, Request, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, DockerRuntime, Manifest, Request, WorkspaceMode};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -187,6 +187,7 @@ pub(crate) fn resume(slug: &str, quiet: bool, detach: bool) -> Result<(), Failur
         agent: r.agent.clone(),
         bottles: r.bottles.clone(),
         backend: r.backend.as_deref().and_then(BackendKind::parse),
+        runtime: r.runtime.as_deref().and_then(DockerRuntime::parse),
         args: r.args.clone(),
     };
     let is_set = crate::credentials::is_set;

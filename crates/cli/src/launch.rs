@@ -28,6 +28,9 @@ pub(crate) struct Stored {
     pub(crate) agent: String,
     pub(crate) bottles: Vec<String>,
     pub(crate) backend: Option<String>,
+    /// `--runtime` (docker).
+    #[serde(default)]
+    pub(crate) runtime: Option<String>,
     pub(crate) args: Vec<String>,
     pub(crate) manifest: PathBuf,
     pub(crate) project: PathBuf,

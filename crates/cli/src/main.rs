@@ -21,7 +21,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bot_bottle_manifest::{BackendKind, DiscoverError, DiscoverFrom, Manifest, Request, ResolveError, discover};
+use bot_bottle_manifest::{
+    BackendKind, DiscoverError, DiscoverFrom, DockerRuntime, Manifest, Request, ResolveError, discover,
+};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 const EXIT_CODES: &str = "\
@@ -155,6 +157,10 @@ struct StartArgs {
     /// Backend, overriding the bottle's `backend:`.
     #[arg(long, value_enum)]
     backend: Option<BackendArg>,
+    /// The docker backend's OCI runtime, overriding the bottle's `runtime:`
+    /// (the daemon must have it registered; `bot-bottle doctor` lists them).
+    #[arg(long, value_enum)]
+    runtime: Option<RuntimeArg>,
     /// Resolve and print the plan; create nothing.
     #[arg(long)]
     dry_run: bool,
@@ -207,6 +213,16 @@ enum BackendArg {
     Docker,
     /// Micro-VMs through the smolvm CLI.
     Smolmachines,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RuntimeArg {
+    /// gVisor's runsc when the daemon has it, else the daemon's default.
+    Auto,
+    /// Linux namespaces: the agent makes its syscalls to the host kernel.
+    Runc,
+    /// gVisor: a userspace kernel between the agent and the host's.
+    Runsc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -369,6 +385,11 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
             BackendArg::Docker => BackendKind::Docker,
             BackendArg::Smolmachines => BackendKind::Smolmachines,
         }),
+        runtime: args.runtime.map(|r| match r {
+            RuntimeArg::Auto => DockerRuntime::Auto,
+            RuntimeArg::Runc => DockerRuntime::Runc,
+            RuntimeArg::Runsc => DockerRuntime::Runsc,
+        }),
         args: args.args,
     };
     let is_set = crate::credentials::is_set;
@@ -430,6 +451,7 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
         agent: plan.agent.name.clone(),
         bottles: req.bottles.clone(),
         backend: req.backend.map(BackendKind::as_str).map(str::to_owned),
+        runtime: req.runtime.map(DockerRuntime::as_str).map(str::to_owned),
         args: req.args.clone(),
         manifest: manifest.root().to_path_buf(),
         project: project.root.clone(),

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bot_bottle_manifest::{BackendKind, Manifest, Request, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, DockerRuntime, Manifest, Request, WorkspaceMode};
 use bot_bottle_sidecars::RouteSpec;
 use serde_yaml::Value;
 
@@ -54,6 +54,7 @@ fn target(slug: &str) -> Result<PathBuf, Failure> {
         agent: r.agent.clone(),
         bottles: r.bottles.clone(),
         backend: r.backend.as_deref().and_then(BackendKind::parse),
+        runtime: r.runtime.as_deref().and_then(DockerRuntime::parse),
         args: r.args.clone(),
     };
     let is_set = crate::credentials::is_set;

@@ -111,6 +111,9 @@ pub(crate) fn plan_text(p: &Plan) -> String {
     let backend =
         serde_json::to_value(p.backend.requested).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     let _ = writeln!(s, "backend    {backend} (from {})", p.backend.from);
+    if let Some(r) = &p.runtime {
+        let _ = writeln!(s, "runtime    {} (from {})", r.requested.as_str(), r.from);
+    }
     match &p.image {
         Some(ImageSource::Image(i)) => {
             let _ = writeln!(s, "image      {i}");

@@ -30,14 +30,14 @@ pub use listing::{AgentSummary, BottleSummary, Listing};
 pub use load::{LoadError, Manifest};
 pub use merge::{merge, merge_all};
 pub use model::{
-    BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, EnvName, GitUrl, GitUser, HOST_ALIAS, HostKey,
-    HostKind, HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode,
-    WorkspaceMode, in_reserved_domain, looks_like_secret,
+    BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, DockerRuntime, EnvName, GitUrl, GitUser,
+    HOST_ALIAS, HostKey, HostKind, HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route,
+    TlsMode, WorkspaceMode, in_reserved_domain, looks_like_secret,
 };
 pub use mounts::Mount;
 pub use plan::{
-    PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanSkill, PromptRef, Request,
-    ResolveError, SecretRef,
+    PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanRuntime, PlanSkill, PromptRef,
+    Request, ResolveError, SecretRef,
 };
 pub use provider::{AuthKind, CHATGPT_BASE_URL, CODEX_LOGIN_ENV, OPENAI_BASE_URL, PlanAuth};
 pub use yaml::Pos;

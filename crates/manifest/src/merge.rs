@@ -23,6 +23,7 @@ use crate::model::{BottleSpec, GitUser, Resources};
 pub fn merge(base: &BottleSpec, over: &BottleSpec) -> BottleSpec {
     BottleSpec {
         backend: over.backend.or(base.backend),
+        runtime: over.runtime.or(base.runtime),
         image: over.image.clone().or_else(|| base.image.clone()),
         workspace: over.workspace.or(base.workspace),
         include_ignored: appended(&base.include_ignored, &over.include_ignored),

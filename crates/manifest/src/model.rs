@@ -902,6 +902,38 @@ impl BackendKind {
     }
 }
 
+/// The OCI runtime a docker bottle runs under (`runtime:`); `auto`: gVisor's
+/// `runsc` when the daemon has it, else the daemon's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerRuntime {
+    Auto,
+    Runc,
+    Runsc,
+}
+
+impl DockerRuntime {
+    pub const NAMES: &[&str] = &["auto", "runc", "runsc"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "auto" => DockerRuntime::Auto,
+            "runc" => DockerRuntime::Runc,
+            "runsc" => DockerRuntime::Runsc,
+            _ => return None,
+        })
+    }
+
+    /// The name used in manifests, on the command line and by the daemon.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerRuntime::Auto => "auto",
+            DockerRuntime::Runc => "runc",
+            DockerRuntime::Runsc => "runsc",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageSource {
@@ -925,6 +957,8 @@ pub enum WorkspaceMode {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BottleSpec {
     pub backend: Option<BackendKind>,
+    /// `runtime:`: the docker backend's OCI runtime.
+    pub runtime: Option<DockerRuntime>,
     pub image: Option<ImageSource>,
     pub workspace: Option<WorkspaceMode>,
     /// `workspace.include-ignored`: `.gitignore`-style patterns of ignored

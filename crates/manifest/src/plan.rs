@@ -29,6 +29,8 @@ pub struct Request {
     pub bottles: Vec<String>,
     /// `--backend`; overrides the bottle's `backend:`.
     pub backend: Option<BackendKind>,
+    /// `--runtime`; overrides the bottle's `runtime:`.
+    pub runtime: Option<DockerRuntime>,
     /// Arguments after `--`, passed to the agent.
     pub args: Vec<String>,
 }
@@ -61,6 +63,10 @@ pub struct Plan {
     pub agent: PlanAgent,
     pub bottle: PlanBottle,
     pub backend: PlanBackend,
+    /// The docker backend's OCI runtime, when the bottle or the command line
+    /// names one; otherwise `auto` and not shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<PlanRuntime>,
     pub image: Option<ImageSource>,
     pub workspace: WorkspaceMode,
     /// Ignored files a copy brings in anyway (`.gitignore` patterns, relative
@@ -126,6 +132,14 @@ pub struct PlanBottle {
     /// The lineage as the CLI shows it: `base -> dev -> claude-dev`.
     pub lineage_text: String,
     pub files: Vec<PathBuf>,
+}
+
+/// The docker runtime asked for, and by what.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanRuntime {
+    pub requested: DockerRuntime,
+    /// `command line` (`--runtime`) or `bottle`.
+    pub from: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -238,6 +252,21 @@ impl Manifest {
             (None, None) => (BackendKind::Auto, "default"),
         };
         let mut warnings: Vec<String> = diags.iter().map(|d| format!("{}: {}", d.file.display(), d.message)).collect();
+        let runtime = match (req.runtime, spec.runtime) {
+            (Some(r), _) => Some(PlanRuntime { requested: r, from: "command line" }),
+            (None, Some(r)) => Some(PlanRuntime { requested: r, from: "bottle" }),
+            (None, None) => None,
+        };
+        if let Some(r) = &runtime
+            && !matches!(backend, BackendKind::Docker | BackendKind::Auto)
+        {
+            warnings.push(format!(
+                "`runtime: {}` ({}) applies to the docker backend only; the {} backend ignores it",
+                r.requested.as_str(),
+                r.from,
+                backend.as_str()
+            ));
+        }
         if backend == BackendKind::Native && spec.image.is_some() {
             warnings.push("the native backend runs on the host's system directories; `image`/`dockerfile` apply to docker and smolmachines only".into());
         }
@@ -287,6 +316,7 @@ impl Manifest {
                 lineage: lin.order,
             },
             backend: PlanBackend { requested: backend, from },
+            runtime,
             image: spec.image,
             workspace,
             workspace_include_ignored: if workspace == WorkspaceMode::Copy { spec.include_ignored } else { Vec::new() },

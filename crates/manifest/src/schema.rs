@@ -291,6 +291,7 @@ pub(crate) const BOTTLE_KEYS: &[&str] = &[
     "description",
     "extends",
     "backend",
+    "runtime",
     "image",
     "dockerfile",
     "workspace",
@@ -345,6 +346,9 @@ pub(crate) fn bottle(
     let spec = &mut out.spec;
     if let Some(v) = get(m, "backend") {
         spec.backend = ck.one_of(&top.key("backend"), v, BackendKind::NAMES, BackendKind::parse);
+    }
+    if let Some(v) = get(m, "runtime") {
+        spec.runtime = ck.one_of(&top.key("runtime"), v, DockerRuntime::NAMES, DockerRuntime::parse);
     }
     match (get(m, "image"), get(m, "dockerfile")) {
         (Some(_), Some(_)) => ck.error(

@@ -11,7 +11,7 @@ use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::client::Client;
+use super::client::{Client, State};
 use super::{FORWARDER, HOME, ids};
 use crate::terminal::Relay;
 use crate::{BackendError, Bottle, Exec, Output, Owner};
@@ -157,18 +157,39 @@ impl Bottle for DockerBottle {
         let done = Arc::new(AtomicBool::new(false));
         let client = self.client.clone();
         let container = self.container.clone();
-        let argv = confined(&cmd.argv);
+        let mut argv = confined(&cmd.argv);
+        if let Some(s) = size {
+            argv.splice(3..3, ["--size".to_owned(), format!("{}x{}", s.ws_row, s.ws_col)]);
+        }
         let env = cmd.env.clone();
         let d = done.clone();
         let rt = self.client.rt.clone();
+        // The user's window size, passed on to the container's own pty.
+        let (resize, sizes) = tokio::sync::mpsc::unbounded_channel();
+        let streams = Streams { input: ours_in, out: ours_out, err: ours_err, sizes };
         let agent = rt.spawn(async move {
-            let r =
-                attach(&client, &container, &argv, &env, &workdir, &user, tty, size, ours_in, ours_out, ours_err).await;
+            let r = attach(&client, &container, &argv, &env, &workdir, &user, tty, size, streams).await;
             d.store(true, Ordering::SeqCst);
             r
         });
         let mut stopped = false;
+        let mut checked = std::time::Instant::now();
+        let mut ended = None;
         while !done.load(Ordering::SeqCst) {
+            // A container that ends under the agent (gVisor's sandbox killed
+            // at the memory limit, a runtime that fails) can leave the exec's
+            // stream open for ever: its state is watched too.
+            if !stopped && checked.elapsed() > CONTAINER_CHECK {
+                checked = std::time::Instant::now();
+                match self.client.state(&self.container) {
+                    Ok(s) if !s.running => {
+                        ended = Some(s);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(container = %self.container, error = %e, "checking the container"),
+                }
+            }
             if stop.load(Ordering::SeqCst) && !stopped {
                 // Killing the container ends every process in it, the agent too.
                 if let Err(e) = self.client.kill(&self.container) {
@@ -178,16 +199,67 @@ impl Bottle for DockerBottle {
             }
             if winch.swap(false, Ordering::SeqCst) {
                 relay.resize();
+                if let Some(s) = crate::terminal::terminal_size().filter(|_| tty) {
+                    // Gone only once the agent has ended.
+                    resize.send(s).ok();
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         signal_hook::low_level::unregister(winch_id);
+        if let Some(s) = ended {
+            agent.abort();
+            // Cancelled: its streams are dropped, so the relay drains.
+            if let Err(e) = self.client.rt.block_on(agent) {
+                tracing::debug!(error = %e, "the agent's exec task");
+            }
+            relay.finish();
+            return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+        }
         let r = self.client.rt.block_on(agent);
         relay.finish();
+        // The exec's stream can also end because its container did: then
+        // the agent's exit code is the runtime's, and why is the container's.
+        if !stopped
+            && let Ok(s) = self.client.state(&self.container)
+            && !s.running
+        {
+            return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+        }
         match r {
             Ok(r) => r,
             Err(_) => Err(BackendError::Control("the agent's exec task failed".into())),
         }
+    }
+}
+
+/// The launcher's side of the agent's streams, and its window sizes.
+struct Streams {
+    input: Arc<OwnedFd>,
+    out: Arc<OwnedFd>,
+    err: Option<Arc<OwnedFd>>,
+    sizes: tokio::sync::mpsc::UnboundedReceiver<rustix::termios::Winsize>,
+}
+
+/// How often a running agent's container is checked.
+const CONTAINER_CHECK: Duration = Duration::from_millis(500);
+
+/// Why the container ended under the agent, for the user.
+fn container_ended(s: State) -> String {
+    if s.oom_killed {
+        "the bottle was killed at its memory limit (`resources.memory`); under gVisor (runsc) the limit applies to \
+         the whole sandbox, so a bottle that reaches it ends whole"
+            .into()
+    } else if s.exit_code == Some(137) {
+        // The daemon does not always see gVisor's sandbox OOM-killed.
+        "the bottle's container was killed (SIGKILL): at its memory limit (`resources.memory`; under gVisor (runsc) \
+         the limit applies to the whole sandbox), or by `docker kill`"
+            .into()
+    } else {
+        format!(
+            "the bottle's container stopped (exit code {})",
+            s.exit_code.map_or("unknown".into(), |c| c.to_string())
+        )
     }
 }
 
@@ -203,10 +275,9 @@ async fn attach(
     user: &str,
     tty: bool,
     size: Option<rustix::termios::Winsize>,
-    input_fd: Arc<OwnedFd>,
-    out_fd: Arc<OwnedFd>,
-    err_fd: Option<Arc<OwnedFd>>,
+    streams: Streams,
 ) -> Result<i32, BackendError> {
+    let Streams { input: input_fd, out: out_fd, err: err_fd, mut sizes } = streams;
     let id = client.create_exec(container, argv, env, Some(workdir), user, tty, true).await?;
     let started = client
         .api
@@ -222,6 +293,17 @@ async fn attach(
             tracing::debug!(error = %e, "sizing the agent's terminal");
         }
     }
+    // Later sizes (SIGWINCH) go to the exec's pty: the daemon resizes it and
+    // the agent gets its own SIGWINCH.
+    let (api, exec) = (client.api.clone(), id.clone());
+    let resizer = tokio::spawn(async move {
+        while let Some(s) = sizes.recv().await {
+            let opts = ResizeExecOptions { height: s.ws_row, width: s.ws_col };
+            if let Err(e) = api.resize_exec(&exec, opts).await {
+                tracing::debug!(error = %e, "resizing the agent's terminal");
+            }
+        }
+    });
     // Our input side, read on a thread of its own (a blocking fd), sent on.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let stop_in = Arc::new(AtomicBool::new(false));
@@ -250,6 +332,7 @@ async fn attach(
     }
     stop_in.store(true, Ordering::SeqCst);
     feeder.abort();
+    resizer.abort();
     client.exit_code(&id).await
 }
 

@@ -17,6 +17,14 @@ use tokio::io::AsyncWriteExt;
 use super::LABEL_SLUG;
 use crate::{BackendError, Output};
 
+/// What [`Client::state`] says of a container.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct State {
+    pub(crate) running: bool,
+    pub(crate) oom_killed: bool,
+    pub(crate) exit_code: Option<i64>,
+}
+
 /// A connection to the local daemon, its API version negotiated.
 #[derive(Clone, Debug)]
 pub(crate) struct Client {
@@ -112,6 +120,17 @@ impl Client {
     /// Kills the container's processes (the agent's too); removal is teardown's.
     pub(crate) fn kill(&self, name: &str) -> Result<(), BackendError> {
         self.rt.block_on(self.api.kill_container(name, None)).map_err(err(format!("stopping the container {name}")))
+    }
+
+    /// Whether the container still runs; when not, whether the kernel
+    /// killed it at its memory limit and its exit code.
+    pub(crate) fn state(&self, name: &str) -> Result<State, BackendError> {
+        let i = self
+            .rt
+            .block_on(self.api.inspect_container(name, None))
+            .map_err(err(format!("asking how the container {name} is")))?;
+        let s = i.state.unwrap_or_default();
+        Ok(State { running: s.running == Some(true), oom_killed: s.oom_killed == Some(true), exit_code: s.exit_code })
     }
 
     /// The names of every container, running or not, labelled for `slug`.

@@ -21,7 +21,7 @@ mod spec;
 
 use std::path::{Path, PathBuf};
 
-use bot_bottle_manifest::{BackendKind, ImageSource, WorkspaceMode};
+use bot_bottle_manifest::{BackendKind, DockerRuntime, ImageSource, WorkspaceMode};
 
 pub use bottle::DockerBottle;
 use client::Client;
@@ -45,7 +45,7 @@ const STATE_DIR: &str = "/run/bot-bottle";
 /// The pids limit when the plan sets none: a fork bomb stops here.
 const DEFAULT_PIDS: u32 = 4096;
 /// The environment variable that picks the OCI runtime (`runc`, `runsc`)
-/// until the cli's `--runtime` reaches the backend.
+/// when neither `--runtime` nor the bottle's `runtime:` does.
 pub const RUNTIME_ENV: &str = "BOT_BOTTLE_DOCKER_RUNTIME";
 
 /// The docker backend.
@@ -80,9 +80,11 @@ impl Docker {
         let (version, runtimes) = c.info()?;
         let runtime = choose_runtime(self.runtime.as_deref(), &runtimes)?;
         Ok(format!(
-            "docker {version} (API {}), bottles run under {}",
+            "docker {version} (API {}); runtimes: {}; bottles run under {}{}",
             c.api_version(),
-            runtime.as_deref().unwrap_or("the daemon's default runtime")
+            runtimes.join(", "),
+            runtime.as_deref().unwrap_or("the daemon's default runtime (runsc, gVisor, is not registered)"),
+            if self.runtime.is_some() { format!(" ({RUNTIME_ENV})") } else { String::new() }
         ))
     }
 }
@@ -154,11 +156,11 @@ fn container_name(slug: &str) -> String {
 }
 
 /// The agent's ids inside: the launcher's own (a mounted project stays
-/// writable and owned by its user), or [`crate::native::AGENT_ID`] when
+/// writable and owned by its user), or [`crate::AGENT_ID`] when
 /// the launcher is root: the agent is never root.
 pub(crate) fn agent_ids() -> (u32, u32) {
     let (u, g) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-    if u == 0 { (crate::native::AGENT_ID, crate::native::AGENT_ID) } else { (u, g) }
+    if u == 0 { (crate::AGENT_ID, crate::AGENT_ID) } else { (u, g) }
 }
 
 impl Backend for Docker {
@@ -217,11 +219,17 @@ impl Docker {
             warnings.push("disk: the workspace is watched as on every backend; docker's own layers are not".into());
         }
         let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        // `--runtime` or the bottle's `runtime:`, else the environment's.
+        let runtime = match t.plan.runtime.as_ref().map(|r| r.requested) {
+            Some(DockerRuntime::Auto) => None,
+            Some(r) => Some(r.as_str().to_owned()),
+            None => self.runtime.clone(),
+        };
         Ok(Prepared {
             container: container_name(t.slug),
             image,
             dockerfile,
-            runtime: self.runtime.clone(),
+            runtime,
             workspace,
             sockets_dir: t.state.join("sockets"),
             mounts: t.plan.mounts.iter().map(|m| m.path.clone()).collect(),
@@ -371,7 +379,7 @@ mod tests {
         assert_eq!(choose_runtime(None, &reg(&["runc"])).expect("ok"), None);
         assert_eq!(choose_runtime(Some("runc"), &reg(&["runc", "runsc"])).expect("ok"), Some("runc".into()));
         let e = choose_runtime(Some("kata"), &reg(&["runc"])).expect_err("unknown");
-        assert!(e.to_string().contains("daemon.json"), "{e}");
+        assert!(e.to_string().contains("daemon.json") && e.to_string().contains("it has: runc)"), "{e}");
     }
 
     #[test]

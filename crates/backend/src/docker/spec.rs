@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, ResourcesUlimits};
 
 use super::{FORWARDER, LABEL_BACKEND, LABEL_SLUG, Prepared, SIDECARS};
 
@@ -41,17 +41,34 @@ pub(super) fn container(p: &Prepared, forwarder_host: &str) -> ContainerCreateBo
         });
     }
     let (au, ag) = p.agent_ids;
-    let tmpfs: HashMap<String, String> = [
+    let mut tmpfs: HashMap<String, String> = [
         (super::HOME.to_owned(), tmpfs("1g", "0700", Some((au, ag)))),
         ("/tmp".to_owned(), tmpfs("1g", "1777", None)),
         (super::STATE_DIR.to_owned(), tmpfs("16m", "0755", Some((0, 0)))),
+        // An empty, root-owned /sys in place of docker's sysfs: the host's
+        // devices, cgroups and kernel settings are none of the agent's
+        // business (escape case 45).
+        ("/sys".to_owned(), "ro,nosuid,nodev,noexec,size=4k,mode=0555".to_owned()),
     ]
     .into();
+    let runsc = p.runtime.as_deref() == Some("runsc");
+    if runsc {
+        // gVisor (as of Debian 12's runsc) lets any process of the sandbox
+        // reopen any other's descriptors through /proc/PID/fd, whatever
+        // their uids (Linux checks ptrace access). The processes that are
+        // not the agent's are docker's init (pid 1, holding the container's
+        // stdio) and the forwarder (pid 2, holding the sidecar sockets):
+        // empty read-only directories cover theirs (escape case 52).
+        for pid in [1, 2] {
+            tmpfs.insert(format!("/proc/{pid}/fd"), "ro,nosuid,nodev,noexec,size=4k,mode=0500".to_owned());
+        }
+    }
     let labels: HashMap<String, String> =
         [(LABEL_SLUG.to_owned(), p.slug.clone()), (LABEL_BACKEND.to_owned(), "docker".to_owned())].into();
     let mut cmd = vec!["__bottle-forward".to_owned()];
     cmd.extend(p.sockets.iter().map(|(name, port)| format!("{port}={SIDECARS}/{name}")));
     let (fu, fg) = p.forwarder_ids;
+    let (pids_limit, ulimits) = pids(p.pids, runsc);
     ContainerCreateBody {
         image: Some(p.image.clone()),
         hostname: Some("bottle".into()),
@@ -71,7 +88,8 @@ pub(super) fn container(p: &Prepared, forwarder_host: &str) -> ContainerCreateBo
             tmpfs: Some(tmpfs),
             // Reaps what the agent orphans; the forwarder is not an init.
             init: Some(true),
-            pids_limit: Some(i64::from(p.pids)),
+            pids_limit: Some(pids_limit),
+            ulimits,
             memory: p.memory.and_then(|m| i64::try_from(m).ok()),
             // No swap beyond the memory limit.
             memory_swap: p.memory.and_then(|m| i64::try_from(m).ok()),
@@ -82,6 +100,27 @@ pub(super) fn container(p: &Prepared, forwarder_host: &str) -> ContainerCreateBo
         }),
         ..ContainerCreateBody::default()
     }
+}
+
+/// Host threads per process of a gVisor sandbox under its default
+/// (ptrace) platform: each guest process has a stub process and threads on
+/// the host (measured: 2,677 host tasks for 511 guest processes).
+const RUNSC_HOST_TASKS_PER_PROCESS: i64 = 8;
+
+/// The host cgroup's pids limit and the agent's process rlimits. Under runc
+/// the cgroup counts the bottle's own processes: the limit is the plan's.
+/// Under runsc it counts the sandbox's host threads, and a fork refused
+/// there kills the whole sandbox rather than failing one `fork()` (it hangs
+/// or ends the bottle): the plan's limit is then `RLIMIT_NPROC`, which
+/// gVisor enforces per uid inside the sandbox (and which nothing in it can
+/// raise: no `CAP_SYS_RESOURCE`), with the cgroup's limit kept as a
+/// backstop above what that many processes need on the host.
+fn pids(limit: u32, runsc: bool) -> (i64, Option<Vec<ResourcesUlimits>>) {
+    if !runsc {
+        return (i64::from(limit), None);
+    }
+    let nproc = ResourcesUlimits { name: Some("nproc".into()), soft: Some(limit.into()), hard: Some(limit.into()) };
+    (i64::from(limit) * RUNSC_HOST_TASKS_PER_PROCESS + 256, Some(vec![nproc]))
 }
 
 #[cfg(test)]
@@ -123,7 +162,7 @@ mod tests {
         assert!(h.cap_add.is_none() && h.privileged.is_none() && h.binds.is_none());
         assert_eq!(h.security_opt, Some(vec!["no-new-privileges:true".to_owned()]));
         assert_eq!(h.readonly_rootfs, Some(true));
-        assert_eq!((h.pids_limit, h.memory, h.memory_swap), (Some(512), Some(1 << 30), Some(1 << 30)));
+        assert_eq!((h.memory, h.memory_swap), (Some(1 << 30), Some(1 << 30)));
         assert_eq!(h.nano_cpus, Some(1_500_000_000));
         assert_eq!(h.runtime.as_deref(), Some("runsc"));
         let mounts = h.mounts.expect("mounts");
@@ -138,5 +177,34 @@ mod tests {
         assert_eq!(rust.bind_options.as_ref().and_then(|b| b.read_only_force_recursive), Some(true));
         assert_eq!(c.cmd, Some(vec!["__bottle-forward".to_owned(), format!("3128={SIDECARS}/proxy.sock")]));
         assert_eq!(c.labels.expect("labels").get(LABEL_SLUG).map(String::as_str), Some("x"));
+        assert!(
+            h.tmpfs.expect("tmpfs").get("/sys").is_some_and(|o| o.starts_with("ro,")),
+            "docker's sysfs is replaced"
+        );
+    }
+
+    #[test]
+    fn under_runsc_the_process_limit_is_an_rlimit_inside_the_sandbox() {
+        let h = container(&prepared(), "/usr/bin/bot-bottle").host_config.expect("host config");
+        let nproc = h.ulimits.expect("ulimits");
+        assert_eq!((nproc[0].name.as_deref(), nproc[0].soft, nproc[0].hard), (Some("nproc"), Some(512), Some(512)));
+        assert!(
+            h.pids_limit.is_some_and(|l| l > 512 * 5),
+            "the host backstop leaves the sandbox room: {:?}",
+            h.pids_limit
+        );
+        // Under runc the cgroup is the limit, and no per-uid rlimit (it
+        // would count the launcher's own processes on the host).
+        let runc = Prepared { runtime: Some("runc".into()), ..prepared() };
+        let h = container(&runc, "/usr/bin/bot-bottle").host_config.expect("host config");
+        assert_eq!((h.pids_limit, h.ulimits), (Some(512), None));
+        assert!(!h.tmpfs.expect("tmpfs").contains_key("/proc/1/fd"), "runc checks ptrace access itself");
+    }
+
+    #[test]
+    fn under_runsc_the_descriptors_of_init_and_the_forwarder_are_covered() {
+        let h = container(&prepared(), "/usr/bin/bot-bottle").host_config.expect("host config");
+        let t = h.tmpfs.expect("tmpfs");
+        assert!(["/proc/1/fd", "/proc/2/fd"].iter().all(|d| t.get(*d).is_some_and(|o| o.starts_with("ro,"))), "{t:?}");
     }
 }

@@ -54,8 +54,7 @@ pub use spec::{Forward, Limits, Spec, SpecCgroup};
 /// First host uid/gid of a bottle's range when bot-bottle runs as root:
 /// inside root maps here, so nothing in a bottle is ever host root.
 pub const HOST_ID_BASE: u32 = 0x7000_0000;
-/// The agent's uid inside when bot-bottle runs as root.
-pub const AGENT_ID: u32 = 1000;
+pub use crate::AGENT_ID;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {

@@ -23,7 +23,7 @@
 //!
 //! Users: from smolvm 1.14 (`exec --user`, socket design) the agent and
 //! every provisioning step meant for it run as a user of their own: the
-//! launcher's uid and gid, or [`crate::native::AGENT_ID`] when the launcher
+//! launcher's uid and gid, or [`crate::AGENT_ID`] when the launcher
 //! is root (then the workspace copy is made that uid's, since the guest sees
 //! a volume with the host's ownership). Root in the guest makes the agent's
 //! home and hands it over before anything of the agent's runs, and runs the

@@ -155,7 +155,8 @@ pub fn prepare_workspace(
 pub fn copy_owner(backend: &str) -> Option<u32> {
     let root = nix::unistd::geteuid().is_root();
     match backend {
-        "native" if root => Some(crate::native::HOST_ID_BASE + crate::native::AGENT_ID),
+        #[cfg(target_os = "linux")]
+        "native" if root => Some(crate::native::HOST_ID_BASE + crate::AGENT_ID),
         // A container shares the host's uids: the agent's own.
         "docker" if root => Some(crate::docker::agent_ids().0),
         _ => None,

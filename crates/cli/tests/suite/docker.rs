@@ -63,7 +63,7 @@ pub(crate) fn containers(slugs: &[String]) -> Vec<String> {
 }
 
 /// The runtimes the daemon has of `runc` and `runsc`.
-fn runtimes() -> Vec<&'static str> {
+pub(crate) fn runtimes() -> Vec<&'static str> {
     let out = Command::new("docker").args(["info", "--format", "{{range $k, $v := .Runtimes}}{{$k}} {{end}}"]).output();
     let have = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     ["runc", "runsc"].into_iter().filter(|r| have.split_whitespace().any(|h| h == *r)).collect()
@@ -92,7 +92,7 @@ fn reaches_only_its_routes(image: &str, runtime: &str) {
          curl -s --max-time 3 -o /dev/null --noproxy '*' http://172.17.0.1:{port}/direct || echo direct-refused; \
          id -u; cat /proc/self/status | grep -E '^(CapEff|CapBnd|Seccomp):' | tr -s '\\t ' ' '; \
          grep -q '^NoNewPrivs:.1' /proc/self/status && echo nnp || echo nnp-unreported; \
-         ls /sys/class/net; cat /run/bot-bottle/prompt.md >/dev/null && echo prompt; \
+         awk -F: 'NR>2 {{gsub(/ /, \"\", $1); print $1}}' /proc/net/dev; ls /sys | wc -l; cat /run/bot-bottle/prompt.md >/dev/null && echo prompt; \
          touch /etc/x 2>/dev/null || echo root-read-only; \
          echo changed >> /workspace/notes.txt; exit 3"
     );
@@ -109,7 +109,7 @@ fn reaches_only_its_routes(image: &str, runtime: &str) {
         stdout,
         format!(
             "200\n403\n403\ndirect-refused\n{agent}\nCapEff: 0000000000000000\nCapBnd: 0000000000000000\n\
-             Seccomp: 2\n{nnp}\nlo\nprompt\nroot-read-only\n"
+             Seccomp: 2\n{nnp}\nlo\n0\nprompt\nroot-read-only\n"
         ),
         "{runtime}: {stderr}"
     );

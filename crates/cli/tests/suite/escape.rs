@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::native::{Bottle, available, panic_or_skip};
 
-fn host_addr() -> String {
+pub(crate) fn host_addr() -> String {
     let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output();
     out.ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
@@ -20,7 +20,7 @@ fn host_addr() -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
-fn cases() -> Vec<PathBuf> {
+pub(crate) fn cases() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/escape");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("tests/escape")

@@ -44,12 +44,12 @@ fn pty_run(p: &Project, steps: &serde_json::Value, argv: &[&str]) -> Command {
 pub(crate) const BOT_BOTTLE: &str = env!("CARGO_BIN_EXE_bot-bottle");
 
 /// An interactive shell with no startup files, as a user's terminal runs one.
-const SHELL: &[&str] = &["bash", "--norc", "--noprofile", "-i"];
+pub(crate) const SHELL: &[&str] = &["bash", "--norc", "--noprofile", "-i"];
 
 /// Python, run inside the bottle, that tries every way of pushing `touch
 /// MARK` into a terminal's input queue, and of changing the terminal: its
 /// own streams, /dev/tty, every pty it can open.
-fn injector(mark: &Path) -> String {
+pub(crate) fn injector(mark: &Path) -> String {
     format!(
         r#"python3 - <<'PY'
 import fcntl, glob, os, termios
@@ -76,7 +76,7 @@ for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/nu
 }
 
 /// `bot-bottle ARGS` as typed into the shell, with the test's state dirs.
-fn typed(p: &Project, args: &str) -> String {
+pub(crate) fn typed(p: &Project, args: &str) -> String {
     format!("HOME={s} XDG_STATE_HOME={s} {BOT_BOTTLE} {args}", s = p.state.path().display())
 }
 

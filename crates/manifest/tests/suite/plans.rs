@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use bot_bottle_manifest::{BackendKind, Manifest, Request};
+use bot_bottle_manifest::{BackendKind, DockerRuntime, Manifest, Request};
 
 use super::cases::{Case, load_all};
 
@@ -14,6 +14,7 @@ fn request(case: &Case) -> Request {
         match w.as_str() {
             "--bottle" => req.bottles.push(words.next().expect("bottle name").clone()),
             "--backend" => req.backend = BackendKind::parse(words.next().expect("backend")),
+            "--runtime" => req.runtime = DockerRuntime::parse(words.next().expect("runtime")),
             "--" => req.args = words.by_ref().cloned().collect(),
             agent => req.agent = agent.to_owned(),
         }
