@@ -31,8 +31,8 @@ pub use load::{LoadError, Manifest};
 pub use merge::{merge, merge_all};
 pub use model::{
     BackendKind, BottleSpec, ByteSize, CA_BUNDLE_VARS, Cpus, DlpMode, DockerRuntime, EnvName, GitUrl, GitUser,
-    HOST_ALIAS, HostKey, HostKind, HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route,
-    TlsMode, WorkspaceMode, in_reserved_domain, looks_like_secret,
+    HOST_ALIAS, HostKey, HostKind, HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources,
+    Route, TlsMode, WorkspaceMode, in_reserved_domain, looks_like_secret,
 };
 pub use mounts::Mount;
 pub use plan::{

@@ -27,6 +27,6 @@ mod supervise;
 mod supervise_claude;
 mod supervise_tui;
 mod terminal;
-mod terminal_escapes;
 mod terminal_docker;
+mod terminal_escapes;
 mod workspace;
