@@ -29,6 +29,16 @@ fn load(dir: &Path, out: &mut Vec<u8>) {
     }
 }
 
+/// This process's resident set, in KiB.
+fn rss_kb() -> i64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() {
     let dir = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let mut unit = Vec::new();
@@ -44,11 +54,15 @@ fn main() {
         }
     };
     assert!(!unit.is_empty(), "no data");
-    let mut data = Vec::with_capacity(100_000_000 + unit.len());
+    let mut data: Vec<u8> = Vec::with_capacity(100_000_000 + unit.len());
     while data.len() < 100_000_000 {
         data.extend_from_slice(&unit);
     }
     data.truncate(100_000_000);
+    let before = rss_kb();
+    let det = Detector::builtin();
+    println!("{{\"case\": \"resident memory of the built-in detector\", \"rss_kb\": {}}}", rss_kb() - before);
+    drop(det);
     for (case, det) in [
         ("rules", Detector::builtin()),
         ("rules + known token", Detector::builtin().with_known([("TOKEN", "tok-Zq8VtR2mN4kL7pX1cB9dF3hJ6sW0yA5e")])),
