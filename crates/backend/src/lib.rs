@@ -108,6 +108,10 @@ pub trait PreparedBottle: std::fmt::Debug {
     /// shown in the plan and at start, never silently dropped.
     fn warnings(&self) -> Vec<String>;
 
+    /// The host uid a workspace copy must belong to, so that the agent
+    /// inside owns it; `None` leaves it the launcher's.
+    fn copy_owner(&self) -> Option<u32>;
+
     /// Takes the bottle's place on the host, where its sidecars will listen.
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError>;
 

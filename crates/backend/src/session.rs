@@ -15,7 +15,7 @@ use bot_bottle_sidecars::{Bundle, BundleConfig, BundleReport, SharedEnv};
 
 use crate::{
     Backend, BackendError, CopyOptions, CopyReport, DEFAULT_DISK, DiskWatch, Exec, Owner, PreparedBottle, Progress,
-    Target, Teardown, copy_owner, copy_project, pause_point, workdir_in,
+    Target, Teardown, copy_project, pause_point, workdir_in,
 };
 
 /// What one session is asked to run.
@@ -179,7 +179,7 @@ fn in_bottle(
             s.events.note(&format!("copying {} into the bottle's workspace", s.project.display()));
             let progress = |p: Progress| s.events.copying(p);
             let opts = CopyOptions {
-                owner: copy_owner(backend.kind().as_str()),
+                owner: prepared.copy_owner(),
                 include_ignored: &s.plan.workspace_include_ignored,
                 guarded: &s.guarded,
                 progress: Some(&progress as &(dyn Fn(Progress) + Sync)),

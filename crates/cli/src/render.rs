@@ -102,6 +102,10 @@ pub(crate) fn plan_text(p: &Plan) -> String {
     } else {
         let _ = writeln!(s, "workspace  {ws}, with ignored files matching {}", p.workspace_include_ignored.join(" "));
     }
+    for m in &p.mounts {
+        let on_path = m.bin.as_ref().map(|b| format!(", {} on PATH", b.display())).unwrap_or_default();
+        let _ = writeln!(s, "mount      {} (read-only{on_path})", m.path.display());
+    }
     let r = &p.resources;
     let mut res = Vec::new();
     if let Some(c) = r.cpus {

@@ -17,6 +17,7 @@ mod listing;
 mod load;
 mod merge;
 mod model;
+mod mounts;
 mod plan;
 mod schema;
 mod yaml;
@@ -32,6 +33,7 @@ pub use model::{
     HostPattern, ImageSource, Inject, KeySource, Method, Provider, Repo, Resources, Route, TlsMode, WorkspaceMode,
     looks_like_secret,
 };
+pub use mounts::Mount;
 pub use plan::{
     PLAN_SCHEMA, Plan, PlanAgent, PlanBackend, PlanBottle, PlanEgress, PlanGitGate, PlanSkill, PromptRef, Request,
     ResolveError, SecretRef,

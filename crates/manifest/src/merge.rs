@@ -9,7 +9,8 @@
 //! - `workspace.include-ignored` patterns are appended in order, each kept at
 //!   its last place only. The last matching pattern decides, as in
 //!   `.gitignore`, so an earlier copy of a pattern that also comes later never
-//!   decides anything and dropping it changes nothing.
+//!   decides anything and dropping it changes nothing. `mounts` are appended
+//!   the same way.
 //!
 //! Every rule is "later wins per key" on an ordered map, so `merge` is
 //! associative; the property tests hold it to that.
@@ -25,6 +26,7 @@ pub fn merge(base: &BottleSpec, over: &BottleSpec) -> BottleSpec {
         image: over.image.clone().or_else(|| base.image.clone()),
         workspace: over.workspace.or(base.workspace),
         include_ignored: appended(&base.include_ignored, &over.include_ignored),
+        mounts: appended(&base.mounts, &over.mounts),
         env: keyed(&base.env, &over.env),
         resources: Resources {
             cpus: over.resources.cpus.or(base.resources.cpus),
@@ -54,8 +56,8 @@ fn keyed<K: Clone + std::hash::Hash + Eq, V: Clone>(base: &IndexMap<K, V>, over:
 }
 
 /// `base` then `over`, each entry kept only at its last place.
-fn appended(base: &[String], over: &[String]) -> Vec<String> {
-    let all: Vec<&String> = base.iter().chain(over).collect();
+fn appended<T: Clone + PartialEq>(base: &[T], over: &[T]) -> Vec<T> {
+    let all: Vec<&T> = base.iter().chain(over).collect();
     all.iter().enumerate().filter(|(i, p)| !all[i + 1..].contains(p)).map(|(_, p)| (*p).clone()).collect()
 }
 

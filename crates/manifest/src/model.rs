@@ -895,6 +895,8 @@ pub struct BottleSpec {
     /// files a copy brings in anyway. Later layers append; a later `!pattern`
     /// takes one back, as in `.gitignore`.
     pub include_ignored: Vec<String>,
+    /// Host directories bound read-only at the same path; later layers append.
+    pub mounts: Vec<crate::mounts::Mount>,
     pub env: IndexMap<EnvName, String>,
     pub resources: Resources,
     /// Keyed by the host pattern's text (`api.example.com`, `*.x.com:8443`).

@@ -13,6 +13,7 @@ use crate::diag::{Diagnostic, Diagnostics, Severity};
 use crate::load::{Linearized, Manifest};
 use crate::merge::merge_all;
 use crate::model::*;
+use crate::mounts::Mount;
 use crate::schema::suggest;
 
 /// The plan format version. Bump it on any change a consumer could notice.
@@ -65,6 +66,9 @@ pub struct Plan {
     /// to the project); only with `workspace: copy`, and only shown when set.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workspace_include_ignored: Vec<String>,
+    /// Host directories bound read-only at the same path (`mounts:`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
     pub resources: Resources,
     /// Plain values written into the bottle (never secrets: validation refuses those).
     pub env: IndexMap<EnvName, String>,
@@ -268,6 +272,7 @@ impl Manifest {
             image: spec.image,
             workspace,
             workspace_include_ignored: if workspace == WorkspaceMode::Copy { spec.include_ignored } else { Vec::new() },
+            mounts: spec.mounts,
             resources: spec.resources,
             env: spec.env,
             secrets,

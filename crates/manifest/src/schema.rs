@@ -294,6 +294,7 @@ pub(crate) const BOTTLE_KEYS: &[&str] = &[
     "image",
     "dockerfile",
     "workspace",
+    "mounts",
     "env",
     "resources",
     "egress",
@@ -376,6 +377,9 @@ pub(crate) fn bottle(ck: &mut Checker<'_>, root: &Value, dir: &Path, home: Optio
     if let Some(v) = get(m, "workspace") {
         workspace(ck, &top.key("workspace"), v, spec);
     }
+    if let Some(v) = get(m, "mounts") {
+        mounts(ck, &top.key("mounts"), v, spec, dir, home);
+    }
     if let Some(v) = get(m, "env") {
         env(ck, &top.key("env"), v, spec);
     }
@@ -440,6 +444,21 @@ fn workspace(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut Bottle
             ck.error(&ip, format!("`{pattern}` is listed twice"), "list each pattern once");
         } else {
             spec.include_ignored.push(pattern.to_owned());
+        }
+    }
+}
+
+/// `mounts:`: host directories the bottle sees read-only (see [`crate::mounts`]).
+fn mounts(ck: &mut Checker<'_>, path: &YamlPath, v: &Value, spec: &mut BottleSpec, dir: &Path, home: Option<&Path>) {
+    // Bottle files live in `<manifest>/bottles/`.
+    let manifest_root = dir.parent();
+    for (p, raw) in ck.str_list(path, v) {
+        match crate::mounts::check(raw, home, manifest_root) {
+            Ok(m) if spec.mounts.contains(&m) => {
+                ck.error(&p, format!("mount `{raw}` is listed twice"), "list each directory once");
+            }
+            Ok(m) => spec.mounts.push(m),
+            Err(r) => ck.error(&p, r.message, r.help),
         }
     }
 }

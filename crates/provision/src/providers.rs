@@ -63,7 +63,11 @@ pub(crate) fn common(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
     env(p, "HOME", l.home);
     env(p, "USER", l.user);
     env(p, "LOGNAME", l.user);
-    env(p, "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    // Toolchains from `mounts:` come first, as in the user's own shell.
+    let mut path: Vec<String> =
+        plan.mounts.iter().filter_map(|m| m.bin.as_ref()).map(|b| b.display().to_string()).collect();
+    path.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env(p, "PATH", path.join(":"));
     for k in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"] {
         env(p, k, l.proxy_url);
     }
@@ -388,7 +392,10 @@ pub(crate) fn command(plan: &Plan, l: &Launch<'_>, p: &mut Provision) {
                 program.clone(),
             ],
             user: Owner::Agent,
-            why: format!("the agent's program `{program}` must exist in the bottle"),
+            why: format!(
+                "the agent's program `{program}` must exist in the bottle: install it on the host under /usr, \
+                 or add the host directory that holds it to the bottle's `mounts:`"
+            ),
         });
     }
     argv.extend(plan.args.iter().cloned());

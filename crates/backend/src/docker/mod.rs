@@ -99,6 +99,9 @@ pub struct Prepared {
     pub workspace: Option<PathBuf>,
     /// The host directory of the sidecar sockets, mounted read-only.
     pub sockets_dir: PathBuf,
+    /// `mounts:`: host directories bound read-only at the same path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<PathBuf>,
     /// Each sidecar socket and the port it is reached at inside.
     pub sockets: Vec<(String, u16)>,
     /// The agent's uid and gid inside (the launcher's, or 1000 for root).
@@ -200,6 +203,7 @@ impl Docker {
             runtime: self.runtime.clone(),
             workspace,
             sockets_dir: t.state.join("sockets"),
+            mounts: t.plan.mounts.iter().map(|m| m.path.clone()).collect(),
             sockets,
             agent_ids: agent_ids(),
             forwarder_ids: me,
@@ -223,6 +227,10 @@ impl PreparedBottle for Prepared {
 
     fn warnings(&self) -> Vec<String> {
         self.warnings.clone()
+    }
+
+    fn copy_owner(&self) -> Option<u32> {
+        crate::copy_owner("docker")
     }
 
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {

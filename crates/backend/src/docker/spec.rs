@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType};
 
 use super::{FORWARDER, LABEL_BACKEND, LABEL_SLUG, Prepared, SIDECARS};
 
@@ -31,6 +31,14 @@ pub(super) fn container(p: &Prepared, forwarder_host: &str) -> ContainerCreateBo
         vec![bind(&p.sockets_dir.display().to_string(), SIDECARS, true), bind(forwarder_host, FORWARDER, true)];
     if let Some(w) = &p.workspace {
         mounts.push(bind(&w.display().to_string(), super::WORKSPACE, false));
+    }
+    // Host toolchains, read-only all the way down (submounts included).
+    for m in &p.mounts {
+        let path = m.display().to_string();
+        mounts.push(Mount {
+            bind_options: Some(MountBindOptions { read_only_force_recursive: Some(true), ..Default::default() }),
+            ..bind(&path, &path, true)
+        });
     }
     let (au, ag) = p.agent_ids;
     let tmpfs: HashMap<String, String> = [
@@ -87,6 +95,7 @@ mod tests {
             runtime: Some("runsc".into()),
             workspace: Some("/w".into()),
             sockets_dir: "/s".into(),
+            mounts: vec!["/opt/rust".into()],
             sockets: vec![("proxy.sock".into(), 3128)],
             agent_ids: (1000, 1000),
             forwarder_ids: (0, 0),
@@ -121,6 +130,10 @@ mod tests {
         assert_eq!(writable.len(), 1);
         assert_eq!(writable[0].target.as_deref(), Some("/workspace"));
         assert!(mounts.iter().all(|m| m.source.as_deref() != Some("/var/run/docker.sock")));
+        // A `mounts:` entry: at its own path, read-only with its submounts.
+        let rust = mounts.iter().find(|m| m.target.as_deref() == Some("/opt/rust")).expect("mount");
+        assert_eq!(rust.source.as_deref(), Some("/opt/rust"));
+        assert_eq!(rust.bind_options.as_ref().and_then(|b| b.read_only_force_recursive), Some(true));
         assert_eq!(c.cmd, Some(vec!["__bottle-forward".to_owned(), format!("3128={SIDECARS}/proxy.sock")]));
         assert_eq!(c.labels.expect("labels").get(LABEL_SLUG).map(String::as_str), Some("x"));
     }

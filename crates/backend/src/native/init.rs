@@ -156,6 +156,11 @@ struct Held {
     workspace: Option<fs::File>,
     sockets: Option<fs::File>,
     init: fs::File,
+    /// `mounts:`, each with its path inside (the same as outside).
+    mounts: Vec<(PathBuf, fs::File)>,
+    /// The bottle root's real path, as mountinfo shows it (resolved while
+    /// the launcher's access can still traverse the state dir).
+    root_real: PathBuf,
 }
 
 fn fd_path(f: &fs::File) -> PathBuf {
@@ -182,6 +187,8 @@ fn stage_root_open(spec: &Spec) -> R<Held> {
         workspace: spec.workspace.as_deref().map(open).transpose()?,
         sockets: spec.sockets_dir.as_deref().map(open).transpose()?,
         init: open(&spec.init_exe)?,
+        mounts: spec.mounts.iter().map(|p| Ok((p.clone(), open(p)?))).collect::<R<_>>()?,
+        root_real: ctx(fs::canonicalize(root), || format!("resolving {}", root.display()))?,
     })
 }
 
@@ -204,6 +211,16 @@ fn stage_root_fill(spec: &Spec, held: &Held) -> R<()> {
     }
     touch(&run.join("init"))?;
     bind(&fd_path(&held.init), &run.join("init"), true)?;
+    // Host toolchains, read-only at their own paths. None lies under a
+    // place stage b mounts over (the manifest refuses those), so they can
+    // go in now, while the opened host paths are at hand.
+    for (path, dir) in &held.mounts {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let dst = Path::new(".").join(rel);
+        mkdirs(&dst)?;
+        bind(&fd_path(dir), &dst, false)?;
+        readonly_tree(&held.root_real, rel)?;
+    }
     let json = ctx(serde_json::to_vec(spec), || "spec".into())?;
     ctx(fs::write(run.join("spec.json"), json), || "write spec".into())
 }
@@ -218,6 +235,74 @@ fn bind(src: &Path, dst: &Path, readonly: bool) -> R<()> {
         ctx(mount(None::<&str>, dst, None::<&str>, flags, None::<&str>), || format!("read-only {}", dst.display()))?;
     }
     Ok(())
+}
+
+/// Makes the mount at `rel` under the bottle root (the working directory,
+/// whose real path mountinfo shows as `root_real`) and every mount below it
+/// read-only (a recursive bind brings submounts whose own
+/// flags a single remount would leave writable). Each remount keeps the
+/// flags the kernel locks in a user namespace (nosuid, nodev, noexec,
+/// atime), as it must.
+fn readonly_tree(root_real: &Path, rel: &Path) -> R<()> {
+    let top = root_real.join(rel);
+    let info = ctx(fs::read_to_string("/proc/self/mountinfo"), || "reading mountinfo".into())?;
+    let mut done = 0;
+    for (point, opts) in info.lines().filter_map(mountinfo_point) {
+        // Reached from the working directory: the mapped ids may not
+        // traverse the state dir's absolute path.
+        let Ok(inside) = point.strip_prefix(root_real) else { continue };
+        if !point.starts_with(&top) {
+            continue;
+        }
+        let point = Path::new(".").join(inside);
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+        for o in opts.split(',') {
+            flags |= match o {
+                "nodev" => MsFlags::MS_NODEV,
+                "noexec" => MsFlags::MS_NOEXEC,
+                "noatime" => MsFlags::MS_NOATIME,
+                "nodiratime" => MsFlags::MS_NODIRATIME,
+                "relatime" => MsFlags::MS_RELATIME,
+                "strictatime" => MsFlags::MS_STRICTATIME,
+                _ => MsFlags::empty(),
+            };
+        }
+        ctx(mount(None::<&str>, &point, None::<&str>, flags, None::<&str>), || {
+            format!("read-only {}", point.display())
+        })?;
+        done += 1;
+    }
+    // The bind itself must have been found: nothing may stay writable.
+    if done == 0 {
+        return Err(format!("read-only {}: not found in mountinfo", top.display()));
+    }
+    Ok(())
+}
+
+/// A mountinfo line's mount point (octal escapes decoded) and its
+/// per-mount options.
+fn mountinfo_point(line: &str) -> Option<(PathBuf, &str)> {
+    let mut f = line.split(' ');
+    let point = f.nth(4)?;
+    let opts = f.next()?;
+    let mut out = Vec::with_capacity(point.len());
+    let b = point.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let esc = b.get(i + 1..i + 4).and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match (b[i], esc) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    Some((PathBuf::from(std::ffi::OsString::from_vec(out)), opts))
 }
 
 fn tmpfs(dst: &Path, opts: &str, flags: MsFlags) -> R<()> {
@@ -501,7 +586,9 @@ pub(super) const EXEC_VAR: &str = "BOT_BOTTLE_EXEC";
 fn landlock(spec: &Spec) -> R<()> {
     use super::landlock::{FsRules, LandlockStatus, NotEnforced, restrict};
     let workspace = spec.workspace.as_ref().map(|_| Path::new("/workspace"));
-    let rules = FsRules::bottle(Path::new(&spec.home), workspace);
+    let mut rules = FsRules::bottle(Path::new(&spec.home), workspace);
+    // `mounts:` hold toolchains: their programs must run.
+    rules.read_exec.extend(spec.mounts.iter().cloned());
     match restrict(&rules) {
         Ok(LandlockStatus::NotEnforced(why @ NotEnforced::Refused)) => Err(format!("landlock: {why}")),
         Ok(_) => Ok(()),

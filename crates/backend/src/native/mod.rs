@@ -186,6 +186,7 @@ impl Native {
             sync_in: t.state.join("sync-in"),
             control: t.state.join("control.sock"),
             init_exe: self.init.clone(),
+            mounts: t.plan.mounts.iter().map(|m| m.path.clone()).collect(),
             cgroup: None,
         };
         let (enforcement, warnings) = enforcement(&spec.limits, &t.plan.resources);
@@ -209,6 +210,10 @@ impl PreparedBottle for Prepared {
 
     fn warnings(&self) -> Vec<String> {
         self.warnings.clone()
+    }
+
+    fn copy_owner(&self) -> Option<u32> {
+        crate::copy_owner("native")
     }
 
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {

@@ -30,6 +30,11 @@ pub struct Spec {
     pub control: PathBuf,
     /// The init binary, bind-mounted inside for the last stage.
     pub init_exe: PathBuf,
+    /// Host directories bound read-only at the same path (`mounts:`; the
+    /// manifest has refused credential locations and paths the bottle
+    /// builds itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<PathBuf>,
     /// The bottle's cgroup, when the launcher made one (none in the specs
     /// of older launchers): the first init stage joins it before it
     /// unshares, so the bottle's cgroup namespace is rooted there.
@@ -107,6 +112,7 @@ mod tests {
             sync_in: "/i".into(),
             control: "/c".into(),
             init_exe: "/bb".into(),
+            mounts: vec![],
             cgroup: None,
         };
         let json = serde_json::to_string(&spec).expect("json");

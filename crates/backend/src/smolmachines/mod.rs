@@ -21,9 +21,14 @@
 //!   the gateway's address reaches the host's `127.0.0.1` (smolvm #784,
 //!   #1060), and `--mount-socket` does not exist yet.
 //!
-//! Users: smolvm before 1.14 has no `exec --user`, so commands run as the
-//! image's user (root in the guest). The VM is the boundary here; ownership
-//! inside it is bookkeeping.
+//! Users: from smolvm 1.14 (`exec --user`, socket design) the agent and
+//! every provisioning step meant for it run as a user of their own: the
+//! launcher's uid and gid, or [`crate::native::AGENT_ID`] when the launcher
+//! is root (then the workspace copy is made that uid's, since the guest sees
+//! a volume with the host's ownership). Root in the guest makes the agent's
+//! home and hands it over before anything of the agent's runs, and runs the
+//! forwarder. Before 1.14 the agent runs as root in the guest (with no
+//! capabilities in the socket design); the plan says so and warns.
 
 mod image;
 mod sockets;
@@ -37,7 +42,7 @@ use std::time::Duration;
 use bot_bottle_loopback::{self as loopback, Pool};
 use bot_bottle_manifest::{BackendKind, WorkspaceMode};
 use bot_bottle_smolvm::{
-    CpOpts, CreateOpts, ExecOpts, MachineState, SOCKETS, SUPPORTED, Smolvm, Source, TSI_LOOPBACK, Version,
+    CpOpts, CreateOpts, EXEC_USER, ExecOpts, MachineState, SOCKETS, SUPPORTED, Smolvm, Source, TSI_LOOPBACK, Version,
     VersionRange, Volume,
 };
 pub use image::Image;
@@ -52,6 +57,9 @@ use crate::{
 /// The label that names a machine's bottle, and the one with its address.
 const LABEL: &str = "bot-bottle";
 const LABEL_ADDR: &str = "bot-bottle-addr";
+
+/// The agent's home in the guest, as provisioning has it.
+const HOME: &str = "/home/agent";
 
 /// The smolmachines backend.
 #[derive(Clone, Debug)]
@@ -215,6 +223,9 @@ pub struct Prepared {
     pub memory_mib: Option<u32>,
     /// The host directory mounted at `/workspace`.
     pub workspace: Option<PathBuf>,
+    /// Who the agent runs as in the guest: `UID:GID`, or root where smolvm
+    /// has no `exec --user`.
+    pub agent_user: String,
     /// Every setting of the plan a VM cannot enforce as asked.
     pub warnings: Vec<String>,
     #[serde(skip)]
@@ -227,6 +238,9 @@ pub struct Prepared {
     state: PathBuf,
     #[serde(skip)]
     resume: bool,
+    /// The agent's uid and gid in the guest; `None`: root.
+    #[serde(skip)]
+    agent_ids: Option<(u32, u32)>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -301,6 +315,10 @@ impl PreparedBottle for SmolPrepared {
         self.p.warnings.clone()
     }
 
+    fn copy_owner(&self) -> Option<u32> {
+        copy_owner(&self.p)
+    }
+
     fn reserve(&self, teardown: &mut Teardown) -> Result<Endpoint, BackendError> {
         self.backend.reserve_for(&self.p, teardown)
     }
@@ -323,6 +341,11 @@ impl Smolmachines {
             }
             None => Design::Sockets,
         };
+        if !t.plan.mounts.is_empty() {
+            warnings.push(
+                "mounts: not supported by smolmachines yet: the VM sees none of the host directories listed".into(),
+            );
+        }
         let (address, sockets) = match design {
             Design::TsiLoopback => {
                 // Read-only: which address the pool would hand out now.
@@ -350,6 +373,20 @@ impl Smolmachines {
             warnings.push(format!("cpus: a VM has whole cpus: {c} becomes {}", c.0.div_ceil(1000)));
         }
         let tsi = design == Design::TsiLoopback;
+        // A smolvm not found is planned as a current one, which has `--user`.
+        let agent_ids = (!tsi && found.is_none_or(|v| v >= EXEC_USER)).then(crate::docker::agent_ids);
+        let agent_user = match agent_ids {
+            Some((u, g)) => format!("{u}:{g}"),
+            None => {
+                let how = if tsi { "root" } else { "root, with no capabilities" };
+                warnings.push(format!(
+                    "user: in the VM the agent runs as {how}: smolvm {} has no `exec --user`, which arrives in {EXEC_USER}; \
+                     upgrade smolvm to run it as a user of its own",
+                    found.map_or_else(|| "?".into(), |v| v.to_string())
+                ));
+                how.to_owned()
+            }
+        };
         Ok(Prepared {
             warnings,
             machine: machine_name(t.slug),
@@ -380,6 +417,8 @@ impl Smolmachines {
             project: t.project.to_path_buf(),
             state: t.state.to_path_buf(),
             resume: t.resume,
+            agent_user,
+            agent_ids,
         })
     }
 
@@ -468,7 +507,7 @@ impl Smolmachines {
         pause_point("vm-started");
         let scratch = p.state.join("copy-in");
         std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
-        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner: None, scratch })
+        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner: None, scratch, agent: None })
     }
 
     fn cleanup_leftovers(&self, slug: &str, state: &Path) -> Vec<String> {
@@ -488,6 +527,13 @@ impl Smolmachines {
         }
         did
     }
+}
+
+/// The host uid the workspace copy must have: the agent's, when the agent
+/// runs as a user and the launcher is root (as a user, the copy is already
+/// the launcher's, who is the agent).
+fn copy_owner(p: &Prepared) -> Option<u32> {
+    p.agent_ids.filter(|_| nix::unistd::geteuid().is_root()).map(|(u, _)| u)
 }
 
 /// The socket design's endpoint: a directory of the bottle's own (0700),
@@ -534,7 +580,7 @@ impl Smolmachines {
             }
         });
         let source = image::source(p.boots.as_ref().unwrap_or(&Image::Bare), &p.slug, &saved)?;
-        let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, None)?;
+        let workspace = crate::prepare_workspace(p.workspace_mode, &p.project, &p.state, p.resume, copy_owner(p))?;
         let opts = CreateOpts {
             cpus: p.cpus,
             mem_mib: p.memory_mib,
@@ -567,7 +613,27 @@ impl Smolmachines {
         let scratch = p.state.join("copy-in");
         std::fs::create_dir_all(&scratch).map_err(crate::io(format!("creating {}", scratch.display())))?;
         let confiner = Some(sockets::FORWARDER.to_owned());
-        Ok(SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner, scratch })
+        let bottle =
+            SmolBottle { smolvm: self.smolvm.clone(), name: p.machine.clone(), confiner, scratch, agent: p.agent_ids };
+        if let Some((u, g)) = p.agent_ids {
+            // As root, before anything of the agent's runs: the agent can
+            // read and run what bot-bottle put in `/run/bot-bottle`, and has
+            // a home of its own (the image's `/home` is root's).
+            bottle.run(
+                "making the agent's home".into(),
+                &[
+                    "sh",
+                    "-c",
+                    "chmod 755 /run/bot-bottle /run/bot-bottle/bin && mkdir -p -- \"$1\" && \
+                     chown -h -- \"$2\" \"$1\" && chmod 700 -- \"$1\"",
+                    "sh",
+                    HOME,
+                    &format!("{u}:{g}"),
+                ],
+                None,
+            )?;
+        }
+        Ok(bottle)
     }
 }
 
@@ -588,15 +654,47 @@ pub struct SmolBottle {
     confiner: Option<String>,
     /// Host scratch dir for files on their way in.
     scratch: PathBuf,
+    /// The agent's uid and gid (`exec --user`); `None`: it runs as root.
+    agent: Option<(u32, u32)>,
 }
 
 impl SmolBottle {
-    fn run(&self, what: String, argv: &[&str]) -> Result<(), BackendError> {
-        let out = self.smolvm.machine_exec(&ExecOpts::new(self.name.clone(), argv.iter().copied()))?;
+    /// Runs `argv` in the guest as `user` (`UID:GID`; root when `None`).
+    fn run(&self, what: String, argv: &[&str], user: Option<String>) -> Result<(), BackendError> {
+        let opts = ExecOpts { user, ..ExecOpts::new(self.name.clone(), argv.iter().copied()) };
+        let out = self.smolvm.machine_exec(&opts)?;
         if out.status == 0 {
             return Ok(());
         }
         Err(BackendError::Inside { what, message: String::from_utf8_lossy(&out.stderr).trim().to_owned() })
+    }
+
+    /// `-u` for a command of `owner`'s: the agent's ids, or none (root).
+    fn user(&self, owner: Owner) -> Option<String> {
+        match owner {
+            Owner::Agent => self.agent.map(|(u, g)| format!("{u}:{g}")),
+            Owner::Root => None,
+        }
+    }
+
+    /// Who writes `path` for `owner`: as in a docker bottle, whatever lands
+    /// in the agent's home is the agent's, as any file there is the agent's
+    /// to replace; root writes only outside it.
+    fn writer(&self, path: &str, owner: Owner) -> Owner {
+        let in_home = path == HOME || path.starts_with(&format!("{HOME}/"));
+        if in_home { Owner::Agent } else { owner }
+    }
+
+    /// `argv` through the guest's confiner, when it has one.
+    fn confined(&self, argv: &[String]) -> Vec<String> {
+        match &self.confiner {
+            Some(c) => [c.as_str(), "__bottle-forward", "--exec", "--"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(argv.iter().cloned())
+                .collect(),
+            None => argv.to_vec(),
+        }
     }
 }
 
@@ -605,47 +703,51 @@ impl Bottle for SmolBottle {
         let opts = ExecOpts {
             env: cmd.env.clone(),
             workdir: cmd.workdir.clone(),
-            ..ExecOpts::new(self.name.clone(), cmd.argv.iter().cloned())
+            user: self.user(cmd.user),
+            ..ExecOpts::new(self.name.clone(), self.confined(&cmd.argv))
         };
         let out = self.smolvm.machine_exec(&opts)?;
         Ok(Output { code: out.status, stdout: out.stdout, stderr: out.stderr })
     }
 
-    fn mkdir(&mut self, path: &str, mode: u32, _owner: Owner) -> Result<(), BackendError> {
+    fn mkdir(&mut self, path: &str, mode: u32, owner: Owner) -> Result<(), BackendError> {
         let mode = format!("{mode:o}");
+        let user = self.user(self.writer(path, owner));
         self.run(
             format!("creating {path}"),
             &["sh", "-c", "mkdir -p -- \"$1\" && chmod \"$2\" -- \"$1\"", "sh", path, &mode],
+            user,
         )
     }
 
-    fn copy_in(&mut self, path: &str, content: &[u8], mode: u32, _owner: Owner) -> Result<(), BackendError> {
+    fn copy_in(&mut self, path: &str, content: &[u8], mode: u32, owner: Owner) -> Result<(), BackendError> {
+        let writer = self.writer(path, owner);
         if let Some(parent) = Path::new(path).parent().and_then(Path::to_str) {
-            self.run(format!("creating {parent}"), &["mkdir", "-p", "--", parent])?;
+            self.run(format!("creating {parent}"), &["mkdir", "-p", "--", parent], self.user(writer))?;
         }
         let tmp = tempfile::NamedTempFile::new_in(&self.scratch).map_err(crate::io("a scratch file"))?;
         std::fs::write(tmp.path(), content).map_err(crate::io("a scratch file"))?;
-        self.smolvm.machine_cp_in(&self.name, tmp.path(), path, &CpOpts { mode: Some(mode), ..CpOpts::default() })?;
+        // `machine cp` writes as root; the file is handed to its writer.
+        // Provisioning writes files before any command of the agent's runs,
+        // so nothing of the agent's can have put a link in the way.
+        let (uid, gid) = match (writer, self.agent) {
+            (Owner::Agent, Some((u, g))) => (Some(u), Some(g)),
+            _ => (None, None),
+        };
+        self.smolvm.machine_cp_in(&self.name, tmp.path(), path, &CpOpts { mode: Some(mode), uid, gid })?;
         Ok(())
     }
 
     fn run_agent(&mut self, cmd: &Exec, stop: &AtomicBool) -> Result<i32, BackendError> {
         // As native: a pty when both stdin and stdout are a terminal.
         let tty = crate::terminal::terminal_size().is_some();
-        let argv: Vec<String> = match &self.confiner {
-            Some(c) => [c.as_str(), "__bottle-forward", "--exec", "--"]
-                .into_iter()
-                .map(str::to_owned)
-                .chain(cmd.argv.iter().cloned())
-                .collect(),
-            None => cmd.argv.clone(),
-        };
         let opts = ExecOpts {
             env: cmd.env.clone(),
             workdir: cmd.workdir.clone(),
             interactive: tty,
             tty,
-            ..ExecOpts::new(self.name.clone(), argv)
+            user: self.user(cmd.user),
+            ..ExecOpts::new(self.name.clone(), self.confined(&cmd.argv))
         };
         // On a terminal, smolvm's client is on a pty of ours, relayed: the
         // user's terminal is never its terminal, so nothing the guest sends
@@ -736,6 +838,26 @@ mod tests {
         assert_eq!(machine_name("hello-0a1b2c"), "bottle-hello-0a1b2c");
         assert_eq!(machine_name("a.b..c-"), "bottle-a-b-c");
         assert!(bot_bottle_smolvm::argv::check_name(&machine_name("x.-_.y--")).is_ok());
+    }
+
+    #[test]
+    fn the_agent_writes_its_home_and_root_the_rest() {
+        let b = |agent| SmolBottle {
+            smolvm: Smolvm::at("/nonexistent/smolvm"),
+            name: "bottle-t".into(),
+            confiner: None,
+            scratch: PathBuf::from("/nonexistent"),
+            agent,
+        };
+        let user = b(Some((1000, 1001)));
+        assert_eq!(user.writer("/home/agent", Owner::Agent), Owner::Agent);
+        assert_eq!(user.writer("/home/agent/.codex/AGENTS.md", Owner::Root), Owner::Agent);
+        assert_eq!(user.writer("/home/agentx/f", Owner::Root), Owner::Root);
+        assert_eq!(user.writer("/run/bot-bottle/ca.pem", Owner::Root), Owner::Root);
+        assert_eq!(user.user(Owner::Agent).as_deref(), Some("1000:1001"));
+        assert_eq!(user.user(Owner::Root), None);
+        // Before `exec --user`: everything as root.
+        assert_eq!(b(None).user(Owner::Agent), None);
     }
 
     #[test]

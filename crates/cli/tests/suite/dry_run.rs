@@ -195,6 +195,11 @@ fn dry_run_shows_what_a_smolmachines_launch_would_build() {
     );
     assert!(sockets.iter().all(|s| s["host"].as_str().is_some_and(|h| h.ends_with(".sock"))), "{sockets:?}");
     assert!(launch.get("address").is_none() && launch.get("allowlist").is_none(), "{launch}");
+    // A current smolvm has `exec --user`: the agent is never root.
+    let root = nix::unistd::geteuid().is_root();
+    let ids =
+        if root { "1000:1000".to_owned() } else { format!("{}:{}", nix::unistd::getuid(), nix::unistd::getgid()) };
+    assert_eq!(launch["agent_user"], ids.as_str());
 
     // A smolvm of the seeds' era: its own loopback address.
     let fake = std::path::Path::new(env!("CARGO_BIN_EXE_bot-bottle")).with_file_name("fake-smolvm");
@@ -214,6 +219,14 @@ fn dry_run_shows_what_a_smolmachines_launch_would_build() {
         assert_eq!(launch["dns"], "127.0.0.16");
         assert_eq!(launch["pool"], "127.0.0.16-127.0.0.31");
         assert!(launch.get("sockets").is_none(), "{launch}");
+        assert_eq!(launch["agent_user"], "root");
+        // Before `exec --user`: root with no capabilities, and a warning.
+        let launch = &with("1.13.9")["launch"];
+        assert_eq!(launch["design"], "sockets");
+        assert_eq!(launch["agent_user"], "root, with no capabilities");
+        let warned = launch["warnings"].to_string();
+        assert!(warned.contains("smolvm 1.13.9 has no `exec --user`, which arrives in 1.14.0"), "{warned}");
+        assert_eq!(with("1.14.0")["launch"]["agent_user"], ids.as_str());
         // In between: the plan says it will be refused.
         let p = with("1.5.0");
         let said = p.to_string();

@@ -10,6 +10,7 @@ mod escape;
 mod gate;
 mod lifecycle;
 mod malformed;
+mod mounts;
 mod native;
 mod providers;
 mod proxy_cmd;

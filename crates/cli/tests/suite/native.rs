@@ -48,6 +48,7 @@ impl Bottle {
             sync_in: d.join("sync-in"),
             control: d.join("control.sock"),
             init_exe: PathBuf::from(env!("CARGO_BIN_EXE_bot-bottle")),
+            mounts: vec![],
             cgroup: None,
         };
         let cmd = Exec {

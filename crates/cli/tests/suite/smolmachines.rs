@@ -310,6 +310,84 @@ fn on_current_smolvm_the_vm_has_no_network_and_reaches_only_its_published_proxy(
     }
 }
 
+/// The agent's ids in the guest: the launcher's, or 1000 when it is root.
+fn agent_ids() -> (u32, u32) {
+    if nix::unistd::geteuid().is_root() {
+        (1000, 1000)
+    } else {
+        (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw())
+    }
+}
+
+#[test]
+fn on_smolvm_with_exec_user_the_agent_is_a_user_who_owns_its_workspace_and_home_and_nothing_else() {
+    if !netns() {
+        return;
+    }
+    let (port, seen) = upstream();
+    let script = format!(
+        "echo uid=$(id -u) gid=$(id -g); echo home=$HOME owner=$(stat -c %u $HOME) mode=$(stat -c %a $HOME); \
+         echo mine > /workspace/agent-wrote && echo workspace-written; \
+         echo mine > $HOME/agent-wrote && echo home-written; \
+         echo changed >> /workspace/notes.txt && echo copy-changed; \
+         head -1 /run/bot-bottle/ca.pem; \
+         for p in /etc/bot-bottle-x /bot-bottle-x /run/bot-bottle/bot-bottle-x /run/bot-bottle/ca.pem; do \
+           (echo x >> $p) 2>/dev/null && echo wrote=$p || echo denied=$p; done; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://127.0.0.1:{port}/ok; \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --noproxy '' -x \"$HTTP_PROXY\" http://denied.example/; \
+         echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '); exit 4"
+    );
+    let Some(s) = Setup::at("1.14.0", &script, port) else { return };
+    let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{stdout}\n{stderr}");
+    let (u, g) = agent_ids();
+    assert_ne!(u, 0);
+    let want = format!(
+        "uid={u} gid={g}\nhome=/home/agent owner={u} mode=700\nworkspace-written\nhome-written\ncopy-changed\n\
+         -----BEGIN CERTIFICATE-----\n\
+         denied=/etc/bot-bottle-x\ndenied=/bot-bottle-x\ndenied=/run/bot-bottle/bot-bottle-x\n\
+         denied=/run/bot-bottle/ca.pem\n200\n403\nifaces=lo\n"
+    );
+    assert!(stdout.contains(&want), "want:\n{want}\ngot:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("exec --user"), "no warning on a smolvm with --user: {stderr}");
+    assert_eq!(*seen.lock().expect("lock"), vec!["GET /ok HTTP/1.1".to_owned()]);
+
+    // The agent ran with `-u`; the forwarder (which brings `lo` up) as root.
+    let calls = s.calls();
+    let user = format!("{u}:{g}");
+    let execs: Vec<&Vec<String>> = calls.iter().filter(|c| c.get(1).is_some_and(|w| w == "exec")).collect();
+    let as_user = |c: &Vec<String>| c.windows(2).any(|w| w[0] == "-u" && w[1] == user);
+    // Provisioning's checks and the agent: confined, as the agent's user.
+    let confined: Vec<_> = execs.iter().filter(|c| c.iter().any(|w| w == "--exec")).collect();
+    assert!(confined.len() >= 2, "{execs:?}");
+    assert!(confined.iter().all(|c| as_user(c)), "{confined:?}");
+    let agent = execs.last().expect("the agent's exec");
+    assert!(agent.iter().any(|w| w == "--exec") && as_user(agent), "{agent:?}");
+    let forwarder = execs.iter().find(|c| c.iter().any(|w| w == "-d")).expect("the forwarder's exec");
+    assert!(!forwarder.iter().any(|w| w == "-u"), "{forwarder:?}");
+    assert!(s.machines().is_empty(), "{:?}", s.machines());
+}
+
+#[test]
+fn below_smolvm_1_14_the_agent_runs_as_root_without_capabilities_and_the_launch_says_so() {
+    if !netns() {
+        return;
+    }
+    let script = "echo uid=$(id -u) cap=$(grep CapEff /proc/self/status | cut -f2); \
+                  echo x > /workspace/w && echo x > $HOME/h && echo wrote-workspace-and-home";
+    let Some(s) = Setup::at("1.13.9", script, 1) else { return };
+    let out = s.command(&["start", "a"]).output().expect("start");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("uid=0 cap=0000000000000000\nwrote-workspace-and-home\n"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("in the VM the agent runs as root, with no capabilities: smolvm 1.13.9 has no `exec --user`"),
+        "{stderr}"
+    );
+    assert!(!s.calls().iter().any(|c| c.iter().any(|w| w == "-u")), "no -u below 1.14: {:?}", s.calls());
+}
+
 #[test]
 fn a_smolvm_between_the_two_designs_is_refused_before_anything_is_made() {
     for v in ["1.1.3", "1.6.3"] {
@@ -399,16 +477,17 @@ fn the_escape_suites_network_cases_are_contained_in_the_guest() {
     assert_eq!(cases.len(), network.len(), "{cases:?}");
     let mut failures = Vec::new();
     let mut report = Vec::new();
-    for case in &cases {
-        let Some(s) = Setup::at("1.9.3", &format!("env {env} sh /workspace/case.sh"), 1) else { return };
+    // As root without capabilities (before `exec --user`) and as a user.
+    for (version, case) in ["1.9.3", "1.14.0"].into_iter().flat_map(|v| cases.iter().map(move |c| (v, c))) {
+        let Some(s) = Setup::at(version, &format!("env {env} sh /workspace/case.sh"), 1) else { return };
         std::fs::copy(case, s.path("project/case.sh")).expect("copy");
         let out = s.command(&["start", "a", "--quiet"]).output().expect("start");
         let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let stem = case.file_stem().expect("stem").to_string_lossy().into_owned();
-        report.push(format!("{stem}: {said}"));
+        report.push(format!("{stem} on {version}: {said}"));
         if out.status.code() != Some(0) || !said.starts_with("contained") {
             failures.push(format!(
-                "{stem} (exit {:?}): {said} {}",
+                "{stem} on {version} (exit {:?}): {said} {}",
                 out.status.code(),
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
@@ -433,13 +512,15 @@ fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_ter
     let agent = format!(
         "[ -t 0 ] && [ -t 1 ] && echo tty-ok; \
          python3 -c 'import fcntl, termios\nfor fd in (0, 1, 2):\n    for c in b\"touch {mark}\\n\":\n        try: fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n        except OSError: pass'; \
-         for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/null; done; echo injector-done",
+         for t in /dev/stdin /dev/tty; do stty rows 5 cols 7 -echo -icanon < $t 2>/dev/null; done; echo injector-done; \
+         echo agent-uid=$(id -u)",
         mark = mark.display()
     );
-    let Some(s) = Setup::at("1.9.3", &agent, 1) else { return };
+    // A smolvm with `exec --user`: `-it` as the agent's user.
+    let Some(s) = Setup::at("1.14.0", &agent, 1) else { return };
     let t = tmp.path().display();
     let env = format!(
-        "HOME={} XDG_STATE_HOME={} SMOLVM_DATA_DIR={} BOT_BOTTLE_SMOLVM={} FAKE_SMOLVM_VERSION=1.9.3 BOT_BOTTLE_KVM_DEVICE={}",
+        "HOME={} XDG_STATE_HOME={} SMOLVM_DATA_DIR={} BOT_BOTTLE_SMOLVM={} FAKE_SMOLVM_VERSION=1.14.0 BOT_BOTTLE_KVM_DEVICE={}",
         s.path("home").display(),
         s.path("state").display(),
         s.path("smolvm").display(),
@@ -483,6 +564,9 @@ fn on_a_terminal_the_agent_types_nothing_into_the_users_shell_and_leaves_its_ter
     // smolvm's client ran in a session of its own, on bot-bottle's pty.
     let exec = s.calls().into_iter().rfind(|c| c.get(1).is_some_and(|w| w == "exec")).expect("exec");
     assert!(exec.iter().any(|w| w == "-t") && exec.iter().any(|w| w == "-i"), "{exec:?}");
+    let (u, g) = agent_ids();
+    assert!(exec.windows(2).any(|w| w[0] == "-u" && w[1] == format!("{u}:{g}")), "{exec:?}");
+    assert!(shown.contains(&format!("agent-uid={u}")), "{shown}");
     assert!(s.machines().is_empty());
 }
 

@@ -232,15 +232,57 @@ impl PumpError {
     }
 }
 
+/// Streams the request body into git's stdin (see [`pump_into`]). A request
+/// over the cap is still read to its end (thrown away, within bounds), so
+/// that the client, still sending, gets the 413 that says why instead of a
+/// broken pipe.
+///
+/// git's stdin comes back with the result: on a refusal the caller answers
+/// before closing it, since git at EOF would answer first, with an unpack
+/// error that says nothing of the cap.
+async fn pump(
+    mut body: Incoming,
+    gzip: bool,
+    cap: u64,
+    stdin: ChildStdin,
+) -> (Result<(), PumpError>, Option<ChildStdin>) {
+    let mut stdin = Some(stdin);
+    let result = pump_into(&mut body, gzip, cap, &mut stdin).await;
+    if matches!(result, Err(PumpError::TooLarge(_))) {
+        drain(&mut body).await;
+    }
+    // A request read whole: git gets its EOF now.
+    if result.is_ok() {
+        stdin = None;
+    }
+    (result, stdin)
+}
+
+/// Reads and drops what is left of a refused request: at most 256 MiB or
+/// 30 s, whichever comes first; then the connection closes anyway.
+async fn drain(body: &mut Incoming) {
+    const MAX: u64 = 256 << 20;
+    let read = async {
+        let mut n = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            n += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n > MAX {
+                break;
+            }
+        }
+    };
+    // Whatever the drain's outcome, the answer is the 413.
+    tokio::time::timeout(std::time::Duration::from_secs(30), read).await.ok();
+}
+
 /// Streams the request body into git's stdin, decoding gzip in small steps
 /// so that no burst of decoded data (a gzip bomb) is ever held whole.
-async fn pump(mut body: Incoming, gzip: bool, cap: u64, stdin: ChildStdin) -> Result<(), PumpError> {
+async fn pump_into(body: &mut Incoming, gzip: bool, cap: u64, stdin: &mut Option<ChildStdin>) -> Result<(), PumpError> {
     const STEP: usize = 16 << 10;
     let mut dec = gzip.then(|| flate2::write::GzDecoder::new(Vec::new()));
     let (mut raw, mut decoded) = (0u64, 0u64);
     // When git stops reading, the rest is still read and counted (not
     // kept), so an oversized request is refused as such whenever git gave up.
-    let mut stdin = Some(stdin);
     let mut send = async |bytes: &[u8], decoded: &mut u64| -> Result<(), PumpError> {
         *decoded += bytes.len() as u64;
         if *decoded > cap {
@@ -249,7 +291,7 @@ async fn pump(mut body: Incoming, gzip: bool, cap: u64, stdin: ChildStdin) -> Re
         if let Some(w) = stdin.as_mut()
             && w.write_all(bytes).await.is_err()
         {
-            stdin = None;
+            *stdin = None;
         }
         Ok(())
     };
@@ -448,9 +490,11 @@ async fn rpc(
             r = &mut pumping, if !pump_done => {
                 pump_done = true;
                 match r {
-                    Ok(Ok(())) | Ok(Err(PumpError::Child)) => {}
-                    Ok(Err(e)) => {
+                    Ok((Ok(()) | Err(PumpError::Child), _)) => {}
+                    Ok((Err(e), stdin)) => {
                         let _ = kill_tx.send(());
+                        // git's stdin closes only now that the answer is ours.
+                        drop(stdin);
                         return e.response();
                     }
                     Err(_) => {
@@ -466,7 +510,7 @@ async fn rpc(
         // push is a lone flush packet), unless the request itself was bad.
         Ok(0) => {
             if !pump_done
-                && let Ok(Err(e)) = pumping.await
+                && let Ok((Err(e), _)) = pumping.await
                 && !matches!(e, PumpError::Child)
             {
                 let _ = kill_tx.send(());

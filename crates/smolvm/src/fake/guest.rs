@@ -127,6 +127,9 @@ impl Fake {
                 if let Some(mode) = a.mode {
                     set_mode(&target, mode)?;
                 }
+                if a.uid.is_some() || a.gid.is_some() {
+                    std::os::unix::fs::chown(&target, a.uid, a.gid).map_err(|e| format!("chown {name}:{path}: {e}"))?;
+                }
                 err_line(&format!("Copied {n} bytes to {name}:{path}"));
             }
             (Some((name, path)), None) => {

@@ -41,8 +41,8 @@
 //!
 //! Not modelled: DNS resolution of `--allow-host` (only `localhost` and IP
 //! literals are turned into CIDRs; names are kept in `dns_filter_hosts`),
-//! `--uid`/`--gid` of `cp` (accepted, not applied), images (never pulled),
-//! and flags the wrapper never passes.
+//! images (never pulled), and flags the wrapper never passes. `cp --uid`/
+//! `--gid` give the uploaded file those ids (the fake must run as root).
 
 mod cli;
 mod guest;
