@@ -50,8 +50,9 @@ fn ordinary_text_is_clean() {
 
 #[test]
 fn short_case_insensitive_keywords_match_in_any_case() {
-    // `aws` is under the packed searchers' four bytes, so it is searched as
-    // every case form spelled out; each must still open the rule's window.
+    // `aws` is under the packed searchers' four bytes, so it has a searcher
+    // of its own over the lower-cased data; every case form must still
+    // open the rule's window.
     let det = Detector::builtin();
     let key = "XmyhXQ2b5Krp0R6uv1Czb3URj1MkPwX/ka7eVzTX";
     for name in ["aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "Aws_Secret_Access_Key", "aWs_secret"] {
