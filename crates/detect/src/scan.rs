@@ -366,7 +366,7 @@ impl Detector {
             let rule = &self.rules[r];
             for w in ws {
                 let hay = &data[w.clone()];
-                for caps in rule.regex.captures_iter(hay) {
+                for caps in rule.regex().captures_iter(hay) {
                     let Some(m) = caps.get_group(rule.group) else { continue };
                     let secret = &hay[m.range()];
                     if rule.entropy.is_some_and(|min| entropy(secret) < min) {
