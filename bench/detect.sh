@@ -18,15 +18,19 @@ cargo build -q --release -p bot-bottle-detect --benches
 taskset -c 0 cargo bench -q -p bot-bottle-detect --bench throughput -- "$corpus" | tee /tmp/bb-bench-ours.json
 
 echo "== detect-secrets (CPU 0)"
-if ! command -v detect-secrets >/dev/null; then
-  python3 -m pip install -q detect-secrets
+# In the bench virtualenv (see bench/proxy.sh), not the machine's Python.
+venv=target/bench-venv
+if [ ! -x "$venv/bin/detect-secrets" ]; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q detect-secrets
 fi
-detect-secrets --version
+ds=$PWD/$venv/bin/detect-secrets
+"$ds" --version
 # detect-secrets scans paths relative to the current directory: handed an
 # absolute folder it finds no files and reports nothing in a fraction of a
 # second. Run it inside the corpus.
 start=$(date +%s.%N)
-(cd "$corpus" && taskset -c 0 detect-secrets scan --all-files .) > /tmp/bb-bench-ds.json
+(cd "$corpus" && taskset -c 0 "$ds" scan --all-files .) > /tmp/bb-bench-ds.json
 end=$(date +%s.%N)
 python3 - "$start" "$end" "$mb" <<'PY'
 import json, sys

@@ -6,14 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
-if ! command -v mitmdump >/dev/null; then
-  python3 -m pip install -q mitmproxy
+# mitmproxy lives in a virtualenv of its own: installed into the machine's
+# Python it pins h11 and cryptography down for everything else.
+venv=target/bench-venv
+if [ ! -x "$venv/bin/mitmdump" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q mitmproxy
 fi
-mitmdump --version | head -1
+mitmdump=$PWD/$venv/bin/mitmdump
+"$mitmdump" --version | head -1
 cargo build -q --release -p bot-bottle
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "== proxy vs mitmdump vs direct"
 cargo bench -q -p bot-bottle-sidecars --bench proxy -- \
-  --bin "$PWD/target/release/bot-bottle" --mitmdump "$(command -v mitmdump)" --seconds "$secs"
+  --bin "$PWD/target/release/bot-bottle" --mitmdump "$mitmdump" --seconds "$secs"
 echo "== load test"
 cargo bench -q -p bot-bottle-sidecars --bench proxy -- --bin "$PWD/target/release/bot-bottle" --load

@@ -288,6 +288,20 @@ async fn uploads(direct: &Target, ours: &Target, proxy_pid: u32) -> (f64, f64) {
     (md, mo)
 }
 
+/// RSS with 100 tunnels open at once, each having made a request.
+async fn rss_tunnels(t: &Target, pid: u32) -> u64 {
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let mut c = open(t).await.expect("open");
+        let r = c.send_request(get(t)).await.expect("request");
+        let _ = r.into_body().collect().await;
+        held.push(c);
+    }
+    let rss = rss_kb(pid);
+    println!("{{\"case\": \"rss with 100 open tunnels\", \"rss_kb\": {rss}}}");
+    rss
+}
+
 /// User + system CPU seconds of a process (`self` or a pid).
 fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -439,6 +453,20 @@ async fn run() {
         return;
     }
 
+    if arg("--case").as_deref() == Some("rss") {
+        // Where the 100-tunnel figure comes from, step by step.
+        let pid = ours.0.id();
+        println!("{{\"case\": \"rss at rest\", \"rss_kb\": {}}}", rss_kb(pid));
+        let mut c = open(&ours_t).await.expect("open");
+        let r = c.send_request(get(&ours_t)).await.expect("request");
+        let _ = r.into_body().collect().await;
+        drop(c);
+        println!("{{\"case\": \"rss after one request (detector built)\", \"rss_kb\": {}}}", rss_kb(pid));
+        uploads(&direct, &ours_t, pid).await;
+        println!("{{\"case\": \"rss after the uploads\", \"rss_kb\": {}}}", rss_kb(pid));
+        rss_tunnels(&ours_t, pid).await;
+        return;
+    }
     if arg("--case").as_deref() == Some("upload") {
         uploads(&direct, &ours_t, ours.0.id()).await;
         return;
@@ -479,17 +507,7 @@ async fn run() {
 
     let (up_direct, up_ours) = uploads(&direct, &ours_t, ours.0.id()).await;
 
-    // RSS with 100 tunnels open at once, each having made a request.
-    let mut held = Vec::new();
-    for _ in 0..100 {
-        let mut c = open(&ours_t).await.expect("open");
-        let r = c.send_request(get(&ours_t)).await.expect("request");
-        let _ = r.into_body().collect().await;
-        held.push(c);
-    }
-    let rss = rss_kb(ours.0.id());
-    println!("{{\"case\": \"rss with 100 open tunnels\", \"rss_kb\": {rss}}}");
-    drop(held);
+    let rss = rss_tunnels(&ours_t, ours.0.id()).await;
 
     let by = |n: &str| results.iter().find(|r| r.0 == n);
     if let (Some(d), Some(o)) = (by("direct"), by("bot-bottle")) {

@@ -47,3 +47,17 @@ fn ordinary_text_is_clean() {
     let text = "fn main() {\n    let token = tokenizer.next();\n    println!(\"password: {}\", mask);\n    // see https://example.com/docs\n    let api_key = std::env::var(\"API_KEY\")?;\n}\n";
     assert_eq!(det.scan(text.as_bytes()), vec![]);
 }
+
+#[test]
+fn short_case_insensitive_keywords_match_in_any_case() {
+    // `aws` is under the packed searchers' four bytes, so it has a searcher
+    // of its own over the lower-cased data; every case form must still
+    // open the rule's window.
+    let det = Detector::builtin();
+    let key = "XmyhXQ2b5Krp0R6uv1Czb3URj1MkPwX/ka7eVzTX";
+    for name in ["aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "Aws_Secret_Access_Key", "aWs_secret"] {
+        let text = format!("{name} = {key}\n");
+        let found = det.scan(text.as_bytes());
+        assert!(found.iter().any(|f| f.rule == "aws-secret-access-key"), "{text:?} -> {found:?}");
+    }
+}

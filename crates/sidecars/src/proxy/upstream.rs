@@ -154,6 +154,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for EofOk<S> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
+    // Passed through: without them hyper takes the stream for one that
+    // cannot write several buffers at once, and copies every body byte
+    // into a write buffer of its own before TLS copies it again.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)
     }
