@@ -236,6 +236,7 @@ mod tests {
             inject: None,
             tls: TlsMode::Inspect,
             websocket: false,
+            provider: false,
         }
     }
 
