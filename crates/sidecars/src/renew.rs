@@ -127,8 +127,10 @@ pub(crate) async fn keep_fresh(cred: LiveCredential, proxy: Proxy) {
                 cred.token.replace(Current { value: r.value, expires: r.expires, failure: None });
                 tracing::debug!(env = %cred.env, %endpoint, changed, expires = ?r.expires, "renewed a host credential");
                 proxy.audit_renewal(&cred.env, &endpoint, None);
-                if !changed && r.expires.is_some_and(|e| e <= now().saturating_add(cred.margin.as_secs())) {
-                    // The same value, still about to expire: do not spin.
+                if r.expires.is_some_and(|e| e <= now().saturating_add(cred.margin.as_secs())) {
+                    // A value that expires within the margin already (a
+                    // margin longer than the token lives): pace the next
+                    // attempt instead of spinning.
                     failed = true;
                 }
             }
