@@ -168,10 +168,12 @@ impl Injected {
                 let cur = token.current();
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 if cur.expires.is_some_and(|e| e <= now) {
-                    let why = cur.failure.as_deref().unwrap_or("it was not renewed in time");
+                    // Why the renewal failed (host paths, the endpoint) is
+                    // for the host: the launcher's stderr and the audit log.
+                    let why = if cur.failure.is_some() { "could not be renewed" } else { "was not renewed in time" };
                     return Err(format!(
-                        "the host's login for ${env} has expired and could not be renewed ({why}); \
-                         run `codex login` on the host: the bottle picks the new login up at its next renewal attempt"
+                        "the host's login for ${env} has expired and {why}; run `codex login` on the host: \
+                         the bottle picks the new login up at its next renewal attempt"
                     ));
                 }
                 HeaderValue::from_str(&format.replacen("{}", &cur.value, 1))
