@@ -164,7 +164,7 @@ mod tests {
 
     /// Runs the renewal of a token that expires in 2 s (margin 1 s) with
     /// `fake` until `done` holds of it; returns it and the audit log.
-    fn renewing(fake: Fake, done: impl Fn(&Current) -> bool) -> (Arc<Current>, String) {
+    fn renewing(fake: Fake, done: impl Fn(&Current) -> bool) -> (Arc<Current>, String, Proxy) {
         let dir = tempfile::tempdir().expect("tempdir");
         let egress = bot_bottle_manifest::parse_egress(std::path::Path::new("r.yaml"), "routes: []\n").expect("egress");
         let proxy = Proxy::new(ProxyConfig {
@@ -190,7 +190,7 @@ mod tests {
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
-            let task = tokio::spawn(keep_fresh(cred, proxy));
+            let task = tokio::spawn(keep_fresh(cred, proxy.clone()));
             for _ in 0..100 {
                 if done(&token.current()) {
                     break;
@@ -199,12 +199,13 @@ mod tests {
             }
             task.abort();
         });
-        (token.current(), std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default())
+        (token.current(), std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default(), proxy)
     }
 
     #[test]
     fn a_token_is_renewed_a_margin_before_it_expires_and_audited_by_name() {
-        let (cur, audit) = renewing(Fake(Ok("new-value-9a2c")), |c| c.value == "new-value-9a2c");
+        let (cur, audit, proxy) = renewing(Fake(Ok("new-value-9a2c")), |c| c.value == "new-value-9a2c");
+        assert!(proxy.knows("new-value-9a2c"), "the renewed token is a known secret from now on");
         assert_eq!((cur.value.as_str(), cur.failure.as_deref()), ("new-value-9a2c", None));
         assert!(audit.contains("\"method\":\"RENEW\"") && audit.contains("\"decision\":\"allow\""), "{audit}");
         assert!(audit.contains("\"injected\":\"LIVE\"") && audit.contains("auth.example.com"), "{audit}");
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_failed_renewal_keeps_the_old_token_and_is_audited() {
-        let (cur, audit) = renewing(Fake(Err("the token endpoint answered 401")), |c| c.failure.is_some());
+        let (cur, audit, _) = renewing(Fake(Err("the token endpoint answered 401")), |c| c.failure.is_some());
         assert_eq!(cur.value, "old-value-5e1d");
         assert_eq!(cur.failure.as_deref(), Some("the token endpoint answered 401"));
         assert!(audit.contains("\"decision\":\"error\"") && audit.contains("answered 401"), "{audit}");

@@ -319,6 +319,18 @@ impl Proxy {
         l.detector = LazyDetector::spawn(l.secrets.clone());
     }
 
+    /// Whether `value` is one of the secrets the detectors are built from.
+    #[cfg(test)]
+    pub(crate) fn knows(&self, value: &str) -> bool {
+        self.inner
+            .live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .secrets
+            .iter()
+            .any(|(_, v)| v == value)
+    }
+
     /// Records a renewal of the token injected as `env` at `endpoint`
     /// (the host's own request, not the bottle's), failed with `error`.
     pub(crate) fn audit_renewal(&self, env: &str, endpoint: &str, error: Option<&str>) {
