@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bot_bottle_manifest::{BackendKind, Plan, WorkspaceMode};
 use bot_bottle_provision::{Launch, provision as plan_provision};
-use bot_bottle_sidecars::{Bundle, BundleConfig, BundleReport, SharedEnv};
+use bot_bottle_sidecars::{Bundle, BundleConfig, BundleReport, LiveCredential, SharedEnv};
 
 use crate::{
     Backend, BackendError, CopyOptions, CopyReport, DEFAULT_DISK, DiskWatch, Exec, Owner, PreparedBottle, Progress,
@@ -31,6 +31,8 @@ pub struct Session<'a> {
     pub resume: bool,
     /// The host's environment, for the secrets the sidecars inject.
     pub env: SharedEnv,
+    /// Tokens the host renews while the bottle runs (taken by the bundle).
+    pub live: Vec<LiveCredential>,
     /// An extra CA for upstreams and forge APIs (tests, corporate CAs).
     pub upstream_ca: Option<PathBuf>,
     /// How long supervise's `request_egress` waits for a decision.
@@ -128,6 +130,7 @@ pub fn run(backend: &dyn Backend, s: &Session<'_>) -> Outcome {
             project: s.project,
             endpoint: &endpoint,
             env: s.env.clone(),
+            live: s.live.clone(),
             upstream_ca: s.upstream_ca.clone(),
             supervise_wait: s.supervise_wait,
         },

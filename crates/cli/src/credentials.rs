@@ -10,6 +10,10 @@
 //! does, writes the renewed login back atomically (same file, mode 0600,
 //! a rename), and serves the access token to the proxy under
 //! [`CODEX_LOGIN_ENV`], and the account's identifiers to provisioning.
+//! While the bottle runs, the bundle renews the token the same way a
+//! margin before it expires ([`ChatgptRenewal`]), under the same lock: two
+//! bottles on one login spend its refresh token once, the one that loses
+//! the race finding the login the winner wrote.
 //! Nothing here is ever written inside a bottle or printed.
 
 use std::collections::HashMap;
@@ -22,16 +26,24 @@ use std::time::Duration;
 use base64::Engine as _;
 use bot_bottle_manifest::{AuthKind, CODEX_LOGIN_ENV, Plan, Provider};
 use bot_bottle_provision::{CHATGPT_ACCOUNT_ENV, CHATGPT_PLAN_ENV};
+use bot_bottle_sidecars::{LiveCredential, LiveToken, Renew, Renewed};
 
 /// Where Codex refreshes a ChatGPT login, and the client it does it as.
 const TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
 const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// Codex's own override of the token endpoint, honoured the same way here.
 const TOKEN_URL_VAR: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
-/// Refresh when the access token has less than this left. Access tokens
-/// last about ten days; a day's margin keeps one from expiring in the
-/// middle of a session (the proxy reads it once, at start).
+/// Refresh when the access token has less than this left: at start, and
+/// while a bottle runs. Access tokens last about ten days; a day's margin
+/// leaves a day of retries when the token endpoint is down.
 const MARGIN: u64 = 24 * 3600;
+/// Tests only: the margin in seconds, so that a token can expire a few
+/// seconds into a run (documented in docs/providers.md).
+const MARGIN_VAR: &str = "BOT_BOTTLE_LOGIN_MARGIN_SECS";
+
+fn margin() -> u64 {
+    std::env::var(MARGIN_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(MARGIN)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoginError {
@@ -76,24 +88,56 @@ pub(crate) fn is_set(name: &str) -> bool {
 /// What a bottle's sidecars and provisioning read from the host: its
 /// environment, plus a ChatGPT login's token and account when the plan
 /// uses one (read, and refreshed if needed, now).
-pub(crate) fn host_env(plan: &Plan) -> Result<bot_bottle_sidecars::SharedEnv, LoginError> {
+/// The ChatGPT login's token is also a [`LiveCredential`], renewed by the
+/// bundle while the bottle runs.
+pub(crate) fn host_env(plan: &Plan) -> Result<(bot_bottle_sidecars::SharedEnv, Vec<LiveCredential>), LoginError> {
     let mut extra: HashMap<&'static str, String> = HashMap::new();
+    let mut live = Vec::new();
     let chatgpt =
         plan.agent.provider == Provider::Codex && plan.agent.auth.as_ref().is_some_and(|a| a.kind == AuthKind::Login);
     if chatgpt {
         let path = auth_path().ok_or_else(|| LoginError::Missing { path: PathBuf::from("~/.codex/auth.json") })?;
-        let login = chatgpt_login(&path)?;
+        let login = chatgpt_login(&path, None)?;
+        live.push(LiveCredential {
+            env: CODEX_LOGIN_ENV.to_owned(),
+            token: LiveToken::new(login.access_token.clone(), expiry(&login.access_token)),
+            renew: Arc::new(ChatgptRenewal { path }),
+            margin: Duration::from_secs(margin()),
+        });
         extra.insert(CODEX_LOGIN_ENV, login.access_token);
         extra.insert(CHATGPT_ACCOUNT_ENV, login.account_id);
         extra.insert(CHATGPT_PLAN_ENV, login.plan_type);
     }
-    Ok(Arc::new(move |name: &str| match extra.get(name) {
+    let env = Arc::new(move |name: &str| match extra.get(name) {
         Some(v) => Some(v.clone()),
         // The launcher's own names are answered from the login only, never
         // from a variable someone set.
         None if [CODEX_LOGIN_ENV, CHATGPT_ACCOUNT_ENV, CHATGPT_PLAN_ENV].contains(&name) => None,
         None => std::env::var(name).ok(),
-    }))
+    });
+    Ok((env, live))
+}
+
+/// Renews the ChatGPT login at `path` while a bottle runs.
+struct ChatgptRenewal {
+    path: PathBuf,
+}
+
+impl Renew for ChatgptRenewal {
+    fn renew(&self, spent: &str) -> Result<Renewed, String> {
+        // The error names the file or the endpoint, never a token.
+        let login = chatgpt_login(&self.path, Some(spent)).map_err(|e| e.to_string())?;
+        Ok(Renewed { expires: expiry(&login.access_token), value: login.access_token })
+    }
+
+    fn endpoint(&self) -> String {
+        token_url()
+    }
+}
+
+/// When an access token expires (Unix seconds), if it says.
+fn expiry(access: &str) -> Option<u64> {
+    claims(access).and_then(|c| c["exp"].as_u64())
 }
 
 struct Login {
@@ -135,17 +179,21 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn chatgpt_login(path: &Path) -> Result<Login, LoginError> {
+/// The login at `path`, its access token refreshed if it expires within
+/// the margin or is `spent` (the one a running bottle is renewing).
+fn chatgpt_login(path: &Path, spent: Option<&str>) -> Result<Login, LoginError> {
     let mut doc = read(path)?;
     let not = |why| LoginError::NotChatgpt { path: path.to_owned(), why };
     let t = tokens(&doc).map_err(not)?;
+    let margin = margin();
     let expiring = |t: &serde_json::Map<String, serde_json::Value>| {
         let access = t["access_token"].as_str().unwrap_or_default();
-        claims(access).and_then(|c| c["exp"].as_u64()).is_some_and(|exp| exp <= now() + MARGIN)
+        spent == Some(access) || expiry(access).is_some_and(|exp| exp <= now().saturating_add(margin))
     };
     // Refresh tokens are single-use: two launchers refreshing at once would
     // spend one twice. The second waits on the directory's lock, then finds
-    // the login renewed. (A lock on the directory leaves no file behind.)
+    // the login renewed (by the other, or by `codex login`), and uses that.
+    // (A lock on the directory leaves no file behind.)
     let _lock = if expiring(t) {
         let dir = std::fs::File::open(path.parent().unwrap_or(Path::new(".")))
             .map_err(|e| LoginError::Unreadable { path: path.to_owned(), why: e.to_string() })?;
@@ -184,10 +232,14 @@ fn chatgpt_login(path: &Path) -> Result<Login, LoginError> {
     Ok(Login { access_token: t["access_token"].as_str().unwrap_or_default().to_owned(), account_id, plan_type })
 }
 
+fn token_url() -> String {
+    std::env::var(TOKEN_URL_VAR).ok().filter(|u| !u.is_empty()).unwrap_or_else(|| TOKEN_URL.to_owned())
+}
+
 /// The refresh grant, as Codex sends it. Runs on a thread of its own so
 /// that it never nests in a caller's async runtime.
 fn refresh_tokens(refresh_token: &str) -> Result<serde_json::Value, LoginError> {
-    let url = std::env::var(TOKEN_URL_VAR).ok().filter(|u| !u.is_empty()).unwrap_or_else(|| TOKEN_URL.to_owned());
+    let url = token_url();
     let fail = |why: String| LoginError::Refresh { url: url.clone(), why };
     let body = serde_json::json!({
         "client_id": CLIENT_ID,

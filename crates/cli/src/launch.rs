@@ -233,7 +233,7 @@ fn run_on(backend: &dyn Backend, plan: &Plan, opts: &Options) -> Result<i32, Fai
     manifest_out_of_reach(plan, &opts.request)?;
     // The host's logins, read (and a ChatGPT login refreshed) before any
     // state exists: a login that fails creates nothing.
-    let env = crate::credentials::host_env(plan).map_err(|e| failure(format!("error: {e}")))?;
+    let (env, live) = crate::credentials::host_env(plan).map_err(|e| failure(format!("error: {e}")))?;
     let dir = bottles_dir().ok_or_else(|| failure("error: no state dir: set XDG_STATE_HOME or HOME"))?;
     let (slug, state) = match &opts.resume {
         Some(s) if valid_slug(s) => (s.clone(), dir.join(s)),
@@ -268,7 +268,7 @@ fn run_on(backend: &dyn Backend, plan: &Plan, opts: &Options) -> Result<i32, Fai
     pause_point("state");
     // Teardown runs inside, whatever happens; the workspace copy and the
     // audit log stay, so nothing the agent did is lost.
-    let result = session(backend, plan, opts, &slug, &state, env);
+    let result = session(backend, plan, opts, &slug, &state, env, live);
     meta.exit = Some(match &result {
         Ok(c) => *c,
         Err(f) => i32::from(f.code),
@@ -288,6 +288,7 @@ fn session(
     slug: &str,
     state: &Path,
     env: bot_bottle_sidecars::SharedEnv,
+    live: Vec<bot_bottle_sidecars::LiveCredential>,
 ) -> Result<i32, Failure> {
     // The walk refuses to enter any of these, and home itself, whatever path
     // (a bind mount) leads there.
@@ -304,6 +305,7 @@ fn session(
             workdir: &opts.request.workdir,
             resume: opts.resume.is_some(),
             env,
+            live,
             upstream_ca: upstream_ca(),
             supervise_wait: supervise_wait(),
             guarded,

@@ -50,6 +50,7 @@ pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
         audit_log: args.log,
         env: Box::new(|name| std::env::var(name).ok()),
         known_secrets: Vec::new(),
+        live: Vec::new(),
         routes_file: Some(args.routes.display().to_string()),
         limits: Default::default(),
         supervise: false,

@@ -15,8 +15,8 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::{
-    Gate, GateConfig, GateError, GateReport, Landing, Proxy, ProxyConfig, ProxyError, Supervise, SuperviseConfig,
-    SuperviseError,
+    Gate, GateConfig, GateError, GateReport, Landing, LiveCredential, Proxy, ProxyConfig, ProxyError, Supervise,
+    SuperviseConfig, SuperviseError,
 };
 
 /// Reads host environment variables (by name; values stay in the bundle).
@@ -34,6 +34,9 @@ pub struct BundleConfig<'a> {
     pub project: &'a Path,
     pub endpoint: &'a Endpoint,
     pub env: SharedEnv,
+    /// Tokens the host renews while the bottle runs (a ChatGPT login):
+    /// the proxy injects their current value, and the bundle renews them.
+    pub live: Vec<LiveCredential>,
     /// An extra CA for upstreams and forge APIs (tests, corporate CAs).
     pub upstream_ca: Option<PathBuf>,
     /// How long supervise's `request_egress` waits for a decision.
@@ -122,8 +125,9 @@ impl Bundle {
     /// Starts every service the plan needs on `endpoint`, on the runtime
     /// behind `handle` (which must outlive the bundle). Fails, leaving
     /// nothing running and no deploy key behind, if any service cannot start.
-    pub fn start(cfg: BundleConfig<'_>, handle: &Handle) -> Result<Bundle, BundleError> {
+    pub fn start(mut cfg: BundleConfig<'_>, handle: &Handle) -> Result<Bundle, BundleError> {
         let known = known_secrets(cfg.plan, &cfg.env);
+        let live_creds = std::mem::take(&mut cfg.live);
         let env = cfg.env.clone();
         let proxy = Proxy::new(ProxyConfig {
             bottle: cfg.slug.to_owned(),
@@ -133,6 +137,7 @@ impl Bundle {
             audit_log: Some(cfg.state.join("audit.jsonl")),
             env: Box::new(move |n| env(n)),
             known_secrets: known.clone(),
+            live: live_creds.iter().map(|l| (l.env.clone(), l.token.clone())).collect(),
             // Denials name the bottle file to add a route to.
             routes_file: cfg
                 .plan
@@ -182,6 +187,11 @@ impl Bundle {
                 supervise_url: None,
             },
         };
+        // Renewed on the host for as long as the bundle runs.
+        for cred in live_creds {
+            let p = bundle.proxy.clone();
+            bundle.tasks.push(handle.spawn(crate::renew::keep_fresh(cred, p)));
+        }
         if let Err(e) = bundle.listen(cfg.endpoint) {
             // Deletes any deploy key just minted before giving up, and says
             // so if one could not be.

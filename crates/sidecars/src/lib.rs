@@ -22,6 +22,7 @@ mod bundle;
 mod endpoint;
 mod gate;
 mod proxy;
+mod renew;
 mod supervise;
 
 pub use bundle::{Addresses, Bundle, BundleConfig, BundleError, BundleReport, SharedEnv, cleanup as bundle_cleanup};
@@ -31,6 +32,7 @@ pub use gate::{
     cleanup as gate_cleanup, landing_prefix,
 };
 pub use proxy::{Ca, EnvLookup, Limits, Policy, Proxy, ProxyConfig, ProxyError};
+pub use renew::{LiveCredential, LiveToken, Renew, Renewed};
 pub use supervise::{
     AuditError, AuditEvent, DEFAULT_WAIT as SUPERVISE_DEFAULT_WAIT, Decision, EgressRequest, Lifetime, Queue,
     RouteSpec, State as RequestState, Supervise, SuperviseConfig, SuperviseError, audit_path, check_route, read_audit,

@@ -21,12 +21,12 @@ use super::providers::{Fixture, TASK, fixture_for, on_a_terminal, probe, workspa
 
 /// The task's command, then what the agent could see of its credentials,
 /// left in the workspace copy for the test to read.
-const SEEN: &str = "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && \
+pub(super) const SEEN: &str = "echo hello > hello.txt && git add hello.txt && git commit -q -m 'add hello.txt' && \
      { env; cat \"$HOME/.claude.json\" \"${CODEX_HOME:-/nonexistent}/auth.json\"; \
        command -v codex >/dev/null && codex login status; } > .seen 2>&1; echo committed";
 
 /// Every entry the proxy wrote went to the fake API, and none was denied.
-fn only_the_api(state: &Path) -> String {
+pub(super) fn only_the_api(state: &Path) -> String {
     let audit = audit(state);
     let proxy: Vec<&str> = audit.lines().filter(|l| l.contains("\"method\"")).collect();
     assert!(!proxy.is_empty(), "the proxy saw the API's requests:\n{audit}");
@@ -51,7 +51,7 @@ fn plan(fx: &Fixture, agent: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn no_secret(what: &str, text: &str, secrets: &[&str]) {
+pub(super) fn no_secret(what: &str, text: &str, secrets: &[&str]) {
     for s in secrets {
         assert!(!text.contains(s), "{what} holds a real credential ({s}):\n{text}");
     }
@@ -59,7 +59,7 @@ fn no_secret(what: &str, text: &str, secrets: &[&str]) {
 
 /// No file the bottle left (its workspace copy, its home and state, the
 /// audit and agent logs) holds a real credential.
-fn no_secret_under(dir: &Path, secrets: &[&str]) {
+pub(super) fn no_secret_under(dir: &Path, secrets: &[&str]) {
     for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
         let path = entry.path();
         let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
@@ -111,18 +111,18 @@ fn claude_on_a_subscription_token_gets_a_placeholder_and_the_proxy_injects_the_r
     no_secret_under(state.path(), &[real]);
 }
 
-fn jwt(claims: serde_json::Value) -> String {
+pub(super) fn jwt(claims: serde_json::Value) -> String {
     let b = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     format!("{}.{}.{}", b(&serde_json::json!({"alg": "RS256", "typ": "JWT"})), b(&claims), b(&serde_json::json!("sig")))
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
 }
 
 /// A ChatGPT login as `codex login` leaves it, for account `acc-real-1`,
 /// with the access token `access` and refresh token `refresh`.
-fn login(access: &str, refresh: &str) -> serde_json::Value {
+pub(super) fn login(access: &str, refresh: &str) -> serde_json::Value {
     let auth = serde_json::json!({"chatgpt_account_id": "acc-real-1", "chatgpt_plan_type": "pro",
                                   "chatgpt_user_id": "user-real-1"});
     serde_json::json!({

@@ -20,6 +20,7 @@ mod native;
 mod providers;
 mod proxy_cmd;
 mod reflection;
+mod renewal;
 mod scan;
 mod smolmachines;
 mod start_native;

@@ -17,14 +17,19 @@ Codex's workspace routing expects; POST /oauth/token answers a refresh
 grant with the tokens in $FAKE_REFRESHED (a JSON file) when its
 `refresh_token` is $FAKE_REFRESH_TOKEN, once: refresh tokens are single-use,
 and a spent or unknown one gets 401 as from the real endpoint.
-$FAKE_COMMAND, when set, replaces the shell command it asks for.
+$FAKE_STALL (seconds) holds a response that calls a tool that long
+mid-stream. A bearer JWT whose `exp` has passed gets 401 `token_expired`, as from the
+real backend. $FAKE_COMMAND, when set, replaces the shell command it asks
+for.
 """
+import base64
 import os
 import http.server
 import json
 import ssl
 import subprocess
 import sys
+import time
 
 host, cert, key, log = sys.argv[1:5]
 SCRIPT = os.environ.get("FAKE_COMMAND") or \
@@ -82,6 +87,20 @@ def tool_call(tools):
 SPENT = set()
 
 
+def expired(authorization):
+    """Whether a bearer JWT's `exp` has passed (API keys are not JWTs)."""
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return False
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return isinstance(exp, (int, float)) and exp <= time.time()
+
+
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -108,6 +127,9 @@ class H(http.server.BaseHTTPRequestHandler):
         if upgrade:
             return self.send(426, {"error": {"message": "websocket not supported"}})
         path = self.path.split("?")[0]
+        if path != "/oauth/token" and expired(self.headers.get("authorization")):
+            # As the ChatGPT backend answers an access token past its `exp`.
+            return self.send(401, {"error": {"code": "token_expired", "message": "Provided authentication token is expired."}})
         if self.command == "POST" and path.endswith("/responses"):
             return self.respond(req, tools)
         if self.command == "POST" and path == "/oauth/token":
@@ -164,6 +186,10 @@ class H(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
 
         ev("response.created", {"response": resp})
+        if item.get("type") != "message" and os.environ.get("FAKE_STALL"):
+            # A slow first turn: the next request comes FAKE_STALL seconds
+            # later (a long turn, as a real model's can be).
+            time.sleep(float(os.environ["FAKE_STALL"]))
         ev("response.output_item.added", {"output_index": 0, "item": item})
         ev("response.output_item.done", {"output_index": 0, "item": item})
         done_resp = dict(resp, status="completed", output=[item],

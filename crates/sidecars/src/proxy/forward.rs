@@ -69,10 +69,15 @@ impl Inner {
                 return self.denied(&c, deny("upgrade", format!("protocol upgrade to `{other}` is never forwarded")));
             }
         }
-        let inject = route.inject.as_ref().and_then(|i| {
-            let v = tokens.get(i.env.as_str())?;
-            Some((HeaderName::from_bytes(i.header.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?, i.env.clone()))
-        });
+        let inject = match route.inject.as_ref().and_then(|i| Some((i, tokens.get(i.env.as_str())?))) {
+            None => None,
+            // A renewed token asked for its value now; one that expired
+            // unrenewed is answered here, with what to do on the host.
+            Some((i, t)) => match t.value(i.env.as_str()) {
+                Ok(v) => HeaderName::from_bytes(i.header.as_bytes()).ok().map(|n| (n, v, i.env.clone())),
+                Err(why) => return self.no_credential(&c, why),
+            },
+        };
         if scheme == Scheme::Http && inject.is_some() {
             return self
                 .denied(&c, deny("inject-plaintext", "this route injects a token; it is never sent over plain http"));

@@ -49,6 +49,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::renew::LiveToken;
 pub use ca::Ca;
 pub use limits::Limits;
 pub use policy::Policy;
@@ -118,6 +119,10 @@ pub struct ProxyConfig {
     pub env: EnvLookup,
     /// Other secret values the bottle knows (by name), blocked by DLP too.
     pub known_secrets: Vec<(String, String)>,
+    /// Tokens the host renews while the proxy runs, by the name routes
+    /// inject them by: asked for their value on every request, in place
+    /// of `env`.
+    pub live: Vec<(String, LiveToken)>,
     /// Where the routes come from (the bottle file), named in denials so
     /// the agent can say what to add.
     pub routes_file: Option<String>,
@@ -139,9 +144,43 @@ impl std::fmt::Debug for ProxyConfig {
 /// The live state a request reads: replaced whole by [`Proxy::set_egress`].
 struct Live {
     policy: Arc<Policy>,
-    /// Env name -> header value, formatted.
-    tokens: Arc<HashMap<String, String>>,
+    /// Env name -> what is injected.
+    tokens: Arc<HashMap<String, Injected>>,
     detector: Arc<LazyDetector>,
+    /// What the detector was built from, for [`Proxy::learn_secret`].
+    secrets: Vec<(String, String)>,
+}
+
+/// A token a route injects.
+pub(crate) enum Injected {
+    /// Read once (when the routes were set), formatted.
+    Fixed(HeaderValue),
+    /// Renewed by the host: its current value, formatted per request.
+    Renewed { token: LiveToken, format: String },
+}
+
+impl Injected {
+    /// The header value to send, or why there is none to send.
+    pub(crate) fn value(&self, env: &str) -> Result<HeaderValue, String> {
+        match self {
+            Injected::Fixed(v) => Ok(v.clone()),
+            Injected::Renewed { token, format } => {
+                let cur = token.current();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                if cur.expires.is_some_and(|e| e <= now) {
+                    // Why the renewal failed (host paths, the endpoint) is
+                    // for the host: the launcher's stderr and the audit log.
+                    let why = if cur.failure.is_some() { "could not be renewed" } else { "was not renewed in time" };
+                    return Err(format!(
+                        "the host's login for ${env} has expired and {why}; run `codex login` on the host: \
+                         the bottle picks the new login up at its next renewal attempt"
+                    ));
+                }
+                HeaderValue::from_str(&format.replacen("{}", &cur.value, 1))
+                    .map_err(|_| format!("the host's renewed ${env} cannot be sent in a header"))
+            }
+        }
+    }
 }
 
 /// The two detectors a request needs: the full rule set plus the known
@@ -194,7 +233,8 @@ struct Inner {
     bottle: String,
     live: RwLock<Live>,
     env: EnvLookup,
-    known: Vec<(String, String)>,
+    known: std::sync::Mutex<Vec<(String, String)>>,
+    live_tokens: Vec<(String, LiveToken)>,
     ca: Ca,
     upstream_tls: Arc<ClientConfig>,
     /// HTTP/1.1 only, for WebSocket upgrades.
@@ -228,13 +268,14 @@ impl Proxy {
         let upstream_tls_h1 = Arc::new(h1);
         let audit = Audit::open(cfg.audit_log.as_deref())
             .map_err(|source| ProxyError::Io { path: cfg.audit_log.clone().unwrap_or_default(), source })?;
-        let live = build_live(&cfg.egress, &*cfg.env, &cfg.known_secrets)?;
+        let live = build_live(&cfg.egress, &*cfg.env, &cfg.live, &cfg.known_secrets)?;
         Ok(Proxy {
             inner: Arc::new(Inner {
                 bottle: cfg.bottle,
                 live: RwLock::new(live),
                 env: cfg.env,
-                known: cfg.known_secrets,
+                known: std::sync::Mutex::new(cfg.known_secrets),
+                live_tokens: cfg.live,
                 ca,
                 upstream_tls,
                 upstream_tls_h1,
@@ -254,11 +295,53 @@ impl Proxy {
     /// every request after this is checked against the new routes. Fails,
     /// changing nothing, if a new route injects a token that is not set.
     pub fn set_egress(&self, egress: &Egress) -> Result<(), ProxyError> {
-        let live = build_live(egress, &*self.inner.env, &self.inner.known)?;
+        let known = self.inner.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let live = build_live(egress, &*self.inner.env, &self.inner.live_tokens, &known)?;
         if let Ok(mut l) = self.inner.live.write() {
             *l = live;
         }
         Ok(())
+    }
+
+    /// Adds a secret the bottle knows from now on (a renewed token): the
+    /// detectors are rebuilt with it, the routes stay as they are.
+    pub(crate) fn learn_secret(&self, name: &str, value: &str) {
+        let pair = (name.to_owned(), value.to_owned());
+        {
+            let mut known = self.inner.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if known.contains(&pair) {
+                return;
+            }
+            known.push(pair.clone());
+        }
+        let mut l = self.inner.live.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        l.secrets.push(pair);
+        l.detector = LazyDetector::spawn(l.secrets.clone());
+    }
+
+    /// Whether `value` is one of the secrets the detectors are built from.
+    #[cfg(test)]
+    pub(crate) fn knows(&self, value: &str) -> bool {
+        self.inner
+            .live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .secrets
+            .iter()
+            .any(|(_, v)| v == value)
+    }
+
+    /// Records a renewal of the token injected as `env` at `endpoint`
+    /// (the host's own request, not the bottle's), failed with `error`.
+    pub(crate) fn audit_renewal(&self, env: &str, endpoint: &str, error: Option<&str>) {
+        let uri: http::Uri = endpoint.parse().unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 });
+        let mut c = Ctx::new("RENEW", uri.host().unwrap_or("-"), port, uri.path(), "host");
+        c.injected = Some(env.to_owned());
+        match error {
+            None => self.inner.record(&c, "allow", Some(&deny("renew", "renewed on the host")), 200, 0, 0),
+            Some(why) => self.inner.record(&c, "error", Some(&deny("renew", why.to_owned())), 502, 0, 0),
+        }
     }
 
     /// The routes in force.
@@ -330,6 +413,7 @@ impl Proxy {
 fn build_live(
     egress: &Egress,
     env: &dyn Fn(&str) -> Option<String>,
+    renewed: &[(String, LiveToken)],
     known: &[(String, String)],
 ) -> Result<Live, ProxyError> {
     let mut tokens = HashMap::new();
@@ -337,20 +421,32 @@ fn build_live(
     for r in &egress.routes {
         let Some(inj) = &r.inject else { continue };
         let name = inj.env.as_str();
-        let value = env(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ProxyError::MissingToken { route: r.host.to_string(), env: name.to_owned() })?;
-        let formatted = inj.format.replacen("{}", &value, 1);
-        if HeaderValue::from_str(&formatted).is_err() {
-            return Err(ProxyError::BadToken { route: r.host.to_string(), env: name.to_owned() });
+        let live = renewed.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let value = match live {
+            Some(t) => Some(t.current().value.clone()),
+            None => env(name),
         }
-        tokens.insert(name.to_owned(), formatted);
-        secrets.push((name.to_owned(), value));
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ProxyError::MissingToken { route: r.host.to_string(), env: name.to_owned() })?;
+        let formatted = inj.format.replacen("{}", &value, 1);
+        let Ok(header) = HeaderValue::from_str(&formatted) else {
+            return Err(ProxyError::BadToken { route: r.host.to_string(), env: name.to_owned() });
+        };
+        let injected = match live {
+            Some(t) => Injected::Renewed { token: t.clone(), format: inj.format.clone() },
+            None => Injected::Fixed(header),
+        };
+        tokens.insert(name.to_owned(), injected);
+        let pair = (name.to_owned(), value);
+        if !secrets.contains(&pair) {
+            secrets.push(pair);
+        }
     }
     Ok(Live {
         policy: Arc::new(Policy::new(egress.routes.clone(), egress.dlp)),
         tokens: Arc::new(tokens),
-        detector: LazyDetector::spawn(secrets),
+        detector: LazyDetector::spawn(secrets.clone()),
+        secrets,
     })
 }
 
@@ -477,7 +573,7 @@ impl Inner {
         self.live.read().map(|l| l.policy.clone()).unwrap_or_else(|p| p.into_inner().policy.clone())
     }
 
-    fn snapshot(&self) -> (Arc<Policy>, Arc<HashMap<String, String>>, Arc<LazyDetector>) {
+    fn snapshot(&self) -> (Arc<Policy>, Arc<HashMap<String, Injected>>, Arc<LazyDetector>) {
         let l = self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         (l.policy.clone(), l.tokens.clone(), l.detector.clone())
     }
@@ -531,6 +627,17 @@ impl Inner {
         text(
             StatusCode::BAD_GATEWAY,
             format!("bot-bottle egress proxy: upstream failed\nhost: {}:{}\nreason: {why}\n", c.host, c.port),
+        )
+    }
+
+    /// A request whose route injects a token the host could not renew:
+    /// never sent upstream without it.
+    fn no_credential(&self, c: &Ctx, why: String) -> Response<ProxyBody> {
+        let d = deny("credential", why.clone());
+        self.record(c, "error", Some(&d), 502, 0, 0);
+        text(
+            StatusCode::BAD_GATEWAY,
+            format!("bot-bottle egress proxy: no credential to send\nhost: {}:{}\nreason: {why}\n", c.host, c.port),
         )
     }
 

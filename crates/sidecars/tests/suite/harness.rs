@@ -211,6 +211,8 @@ pub(crate) struct Harness {
     pub(crate) limits: bot_bottle_sidecars::Limits,
     /// Whether the proxy serves a supervised bottle (denials name `request_egress`).
     pub(crate) supervise: bool,
+    /// Tokens renewed while the proxy runs, by env name.
+    pub(crate) live: Vec<(String, bot_bottle_sidecars::LiveToken)>,
 }
 
 pub(crate) const TOKEN: &str = "real-token-7f3c9a1e5b2d4c6f8a0b";
@@ -228,6 +230,7 @@ impl Harness {
             proxy_addr: "127.0.0.1:0".parse().expect("addr"),
             limits: bot_bottle_sidecars::Limits::default(),
             supervise: false,
+            live: Vec::new(),
         }
     }
 
@@ -258,6 +261,7 @@ impl Harness {
             audit_log: Some(self.audit_path()),
             env: Box::new(|name| (name == "TEST_TOKEN").then(|| TOKEN.to_owned())),
             known_secrets: Vec::new(),
+            live: self.live.clone(),
             routes_file: Some(".bot-bottle/bottles/test.yaml".into()),
             limits: self.limits.clone(),
             supervise: self.supervise,

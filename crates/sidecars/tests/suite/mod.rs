@@ -7,4 +7,5 @@ mod hardening;
 mod harness;
 mod host_alias;
 mod proxy;
+mod renewed;
 mod supervise;
