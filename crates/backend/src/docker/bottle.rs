@@ -220,11 +220,20 @@ impl Bottle for DockerBottle {
         relay.finish();
         // The exec's stream can also end because its container did: then
         // the agent's exit code is the runtime's, and why is the container's.
-        if !stopped
-            && let Ok(s) = self.client.state(&self.container)
-            && !s.running
-        {
-            return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+        // A runtime's own failure code (gVisor's sandbox killed at the
+        // memory limit answers 128, "WaitPID failed: EOF") can come back
+        // while the container is still being torn down: its state is given
+        // a moment to settle before the code is taken as the agent's.
+        let settle = if matches!(r, Ok(Ok(c)) if c >= 128) { CONTAINER_SETTLE } else { Duration::ZERO };
+        let waited = std::time::Instant::now();
+        while !stopped {
+            match self.client.state(&self.container) {
+                Ok(s) if !s.running => {
+                    return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+                }
+                Ok(_) if waited.elapsed() < settle => std::thread::sleep(Duration::from_millis(100)),
+                _ => break,
+            }
         }
         match r {
             Ok(r) => r,
@@ -243,6 +252,10 @@ struct Streams {
 
 /// How often a running agent's container is checked.
 const CONTAINER_CHECK: Duration = Duration::from_millis(500);
+
+/// How long a container that may be ending under an agent whose exec
+/// failed (exit code 128 and above) is watched before the code stands.
+const CONTAINER_SETTLE: Duration = Duration::from_secs(3);
 
 /// Why the container ended under the agent, for the user.
 fn container_ended(s: State) -> String {
