@@ -226,13 +226,16 @@ impl Bottle for DockerBottle {
         // a moment to settle before the code is taken as the agent's.
         let settle = if matches!(r, Ok(Ok(c)) if c >= 128) { CONTAINER_SETTLE } else { Duration::ZERO };
         let waited = std::time::Instant::now();
-        while !stopped {
-            match self.client.state(&self.container) {
-                Ok(s) if !s.running => {
-                    return Err(BackendError::Inside { what: "running the agent".into(), message: container_ended(s) });
+        if !stopped {
+            loop {
+                match self.client.state(&self.container) {
+                    Ok(s) if !s.running => {
+                        let message = container_ended(s);
+                        return Err(BackendError::Inside { what: "running the agent".into(), message });
+                    }
+                    Ok(_) if waited.elapsed() < settle => std::thread::sleep(Duration::from_millis(100)),
+                    _ => break,
                 }
-                Ok(_) if waited.elapsed() < settle => std::thread::sleep(Duration::from_millis(100)),
-                _ => break,
             }
         }
         match r {
