@@ -243,24 +243,36 @@ pub(crate) struct RepoState {
 /// The detector, compiled on a thread of its own; a push that arrives
 /// first waits for it (nothing is ever scanned by less).
 #[derive(Debug)]
-struct LazyDetector(Arc<OnceLock<Arc<Detector>>>);
+struct LazyDetector {
+    cell: Arc<OnceLock<Arc<Detector>>>,
+    /// The known secrets, for a detector built here if the wait fails.
+    known: Arc<Vec<(String, String)>>,
+}
 
 impl LazyDetector {
     fn spawn(known: Vec<(String, String)>) -> LazyDetector {
         let cell: Arc<OnceLock<Arc<Detector>>> = Arc::default();
-        let c = cell.clone();
+        let known = Arc::new(known);
+        let (c, k) = (cell.clone(), known.clone());
         std::thread::spawn(move || {
-            let _ = c.set(Arc::new(Detector::builtin().with_known(known)));
+            // The only writer: `set` cannot find the cell full.
+            if c.set(Arc::new(Detector::builtin().with_known(k.to_vec()))).is_err() {
+                tracing::debug!("the gate's detector was already set");
+            }
         });
-        LazyDetector(cell)
+        LazyDetector { cell, known }
     }
 
     async fn get(&self) -> Arc<Detector> {
-        let cell = self.0.clone();
+        let cell = self.cell.clone();
         match tokio::task::spawn_blocking(move || cell.wait().clone()).await {
             Ok(d) => d,
-            // Only if the waiting thread panicked; compile here instead.
-            Err(_) => Arc::new(Detector::builtin()),
+            // Only if the waiting task failed: build the same detector
+            // here, the known secrets included (never scan by less).
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for the gate's detector; building it here");
+                Arc::new(Detector::builtin().with_known(self.known.to_vec()))
+            }
         }
     }
 }
