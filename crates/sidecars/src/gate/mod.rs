@@ -358,7 +358,7 @@ impl Gate {
             hooks,
             run: dir.join("run"),
             repos: IndexMap::new(),
-            detector: LazyDetector(Arc::default()),
+            detector: LazyDetector { cell: Arc::default(), known: Arc::default() },
             redact: Vec::new(),
             audit,
             events: Mutex::default(),
