@@ -182,8 +182,14 @@ mod tests {
 
     #[test]
     fn paths_are_expanded_resolved_and_guarded() {
-        // Not under /tmp, which is refused itself.
-        let tmp = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("tempdir");
+        // Not under /tmp (or another live tree), which is refused itself:
+        // the checkout if it is outside them, else the home directory.
+        let base = [std::env::current_dir().ok(), std::env::home_dir()]
+            .into_iter()
+            .flatten()
+            .find(|b| !HOST_LIVE.iter().any(|l| b.starts_with(l)))
+            .expect("a checkout or home directory outside /tmp");
+        let tmp = tempfile::tempdir_in(base).expect("tempdir");
         let home = tmp.path().join("home");
         for d in [".rustup/toolchains", ".cargo/bin", ".ssh", ".pyenv/bin", "tools"] {
             std::fs::create_dir_all(home.join(d)).expect("mkdir");
