@@ -195,8 +195,15 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     run_on(b.as_ref(), plan, opts)
 }
 
+/// What of `did` (from [`cleanup`]) reports something still there: a
+/// process not killed, a cgroup or file not removed.
+pub(crate) fn failed(did: &[String]) -> Vec<&str> {
+    did.iter().map(String::as_str).filter(|d| d.starts_with(bot_bottle_backend::COULD_NOT)).collect()
+}
+
 /// Removes what a killed launcher left of bottle `m` (state dir `state`):
 /// the backend's leftovers, then the sidecars' (deploy keys on forges).
+/// Entries that [`failed`] picks out are what could not be removed.
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     let mut did = match BackendKind::parse(&m.backend).filter(|k| *k != BackendKind::Auto).map(backend) {
         Some(Ok(b)) => b.cleanup(&m.slug, state),
