@@ -25,8 +25,8 @@ mod detect;
 mod disk;
 pub mod docker;
 mod fds;
-mod gone;
 mod forward;
+mod gone;
 /// Linux namespaces: only Linux has them, so only a Linux build has it;
 /// docker and smolmachines build wherever their daemon and CLI run.
 #[cfg(target_os = "linux")]
