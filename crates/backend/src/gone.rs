@@ -58,10 +58,11 @@ pub(crate) fn kill(what: &str, pid: i32) -> Result<(), Errno> {
 /// Writes `msg` and a newline to stderr. For the messages of processes
 /// (the init stages, the guest forwarder) whose stderr is the only channel
 /// they have: when it is closed there is nobody left to tell, and the exit
-/// code still says that something failed.
+/// code still says that something failed. One write, so that a reader
+/// never sees half the line.
 pub(crate) fn eprintln_best_effort(msg: impl std::fmt::Display) {
     use std::io::Write as _;
-    if writeln!(io::stderr(), "{msg}").is_err() {
+    if io::stderr().write_all(format!("{msg}\n").as_bytes()).is_err() {
         // Nowhere left to say it; see above.
     }
 }

@@ -248,9 +248,7 @@ pub fn pause_point(phase: &str) {
         panic!("test hook: panic at {phase}");
     }
     if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
-        // One write, so a reader never sees half the line.
-        let _ =
-            std::io::Write::write_all(&mut std::io::stderr(), format!("bot-bottle: paused at {phase}\n").as_bytes());
+        gone::eprintln_best_effort(format_args!("bot-bottle: paused at {phase}"));
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
 }
