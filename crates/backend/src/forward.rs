@@ -26,13 +26,40 @@ fn relay(conn: TcpStream, socket: &std::path::Path) {
     let Ok(up) = UnixStream::connect(socket) else { return };
     let (Ok(mut a_r), Ok(mut b_w)) = (conn.try_clone(), up.try_clone()) else { return };
     let (mut a_w, mut b_r) = (conn, up);
-    let t = std::thread::spawn(move || {
-        let _ = io::copy(&mut a_r, &mut b_w);
-        let _ = b_w.shutdown(Shutdown::Write);
-    });
-    let _ = io::copy(&mut b_r, &mut a_w);
-    let _ = a_w.shutdown(Shutdown::Write);
-    let _ = t.join();
+    let t = std::thread::spawn(move || pipe(&mut a_r, &mut b_w, "to the sidecar"));
+    pipe(&mut b_r, &mut a_w, "from the sidecar");
+    if t.join().is_err() {
+        tracing::warn!("forwarder: the copying thread panicked");
+    }
+}
+
+/// Copies `from` into `to` until either end closes, then half-closes `to`.
+/// Either failing only means that one peer has gone, which ends the
+/// connection: nothing is left to check or undo.
+fn pipe<W: io::Write + HalfClose>(from: &mut impl io::Read, to: &mut W, which: &str) {
+    if let Err(e) = io::copy(from, to) {
+        tracing::debug!(error = %e, "forwarder: copying {which} ended");
+    }
+    if let Err(e) = to.shutdown(Shutdown::Write) {
+        tracing::debug!(error = %e, "forwarder: half-closing {which}");
+    }
+}
+
+/// The stream kinds a relay half-closes.
+trait HalfClose {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl HalfClose for TcpStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        TcpStream::shutdown(self, how)
+    }
+}
+
+impl HalfClose for UnixStream {
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        UnixStream::shutdown(self, how)
+    }
 }
 
 /// Brings `lo` up over rtnetlink (RTM_NEWLINK with IFF_UP), so that no
@@ -88,7 +115,7 @@ pub fn guest_main(args: &[String]) -> i32 {
         Err(Failed::NotRun(e)) => (126, e.to_string()),
         Err(Failed::Said(e)) => (1, e),
     };
-    let _ = io::Write::write_all(&mut io::stderr(), format!("bot-bottle forwarder: {msg}\n").as_bytes());
+    crate::gone::eprintln_best_effort(format_args!("bot-bottle forwarder: {msg}"));
     code
 }
 

@@ -26,6 +26,7 @@ mod disk;
 pub mod docker;
 mod fds;
 mod forward;
+mod gone;
 /// Linux namespaces: only Linux has them, so only a Linux build has it;
 /// docker and smolmachines build wherever their daemon and CLI run.
 #[cfg(target_os = "linux")]
@@ -48,6 +49,9 @@ pub use fds::close_inherited as close_inherited_fds;
 pub use forward::guest_main as guest_forward_main;
 pub use session::{Events, Outcome, Session, SessionError, run as run_session};
 pub use teardown::Teardown;
+
+/// How an entry of [`Backend::cleanup`] that reports a failure begins.
+pub const COULD_NOT: &str = "could not ";
 /// The agent's output as it may reach a terminal: escape sequences that
 /// reach past the screen (clipboard, answerbacks, programmable keys) removed.
 pub use terminal::filtered as terminal_safe;
@@ -90,7 +94,10 @@ pub trait Backend: std::fmt::Debug {
     fn prepare(&self, target: &Target<'_>) -> Result<Box<dyn PreparedBottle>, BackendError>;
 
     /// Removes what a launcher killed without tearing down left behind for
-    /// the bottle `slug` with state dir `state`; says what it removed.
+    /// the bottle `slug` with state dir `state`; says what it removed. An
+    /// entry beginning with [`COULD_NOT`] is something still there (a
+    /// process it could not kill, a cgroup it could not remove): the CLI
+    /// then says so and exits non-zero.
     fn cleanup(&self, slug: &str, state: &Path) -> Vec<String>;
 
     /// Removes what this backend keeps between bottles for `cleanup
@@ -105,8 +112,7 @@ pub trait Backend: std::fmt::Debug {
 
     /// Runs `argv` in the running bottle `slug` (state dir `state`) as its
     /// agent, on this process's terminal or streams; returns its exit code.
-    fn exec(&self, slug: &str, state: &Path, argv: &[String]) -> Result<i32, BackendError> {
-        let _ = (slug, state, argv);
+    fn exec(&self, _slug: &str, _state: &Path, _argv: &[String]) -> Result<i32, BackendError> {
         Err(BackendError::Unsupported { backend: self.kind().as_str(), what: "exec" })
     }
 }
@@ -242,9 +248,7 @@ pub fn pause_point(phase: &str) {
         panic!("test hook: panic at {phase}");
     }
     if std::env::var("BOT_BOTTLE_PAUSE_AT").is_ok_and(|p| p == phase) {
-        // One write, so a reader never sees half the line.
-        let _ =
-            std::io::Write::write_all(&mut std::io::stderr(), format!("bot-bottle: paused at {phase}\n").as_bytes());
+        gone::eprintln_best_effort(format_args!("bot-bottle: paused at {phase}"));
         std::thread::sleep(std::time::Duration::from_secs(60));
     }
 }

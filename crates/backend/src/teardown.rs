@@ -29,8 +29,12 @@ impl Teardown {
     /// Runs every step, newest first. A step that panics does not stop the
     /// others.
     pub fn run(&mut self) {
-        while let Some((_, undo)) = self.steps.pop() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(undo));
+        while let Some((what, undo)) = self.steps.pop() {
+            // A step that panics is reported and the rest still run: one
+            // broken undo must not leave the others' resources behind.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(undo)).is_err() {
+                tracing::warn!(step = %what, "a teardown step panicked; `bot-bottle cleanup` retries what it held");
+            }
         }
     }
 }

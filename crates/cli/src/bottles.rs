@@ -144,6 +144,11 @@ fn stop_one(dir: &Path, m: &Meta, grace: Duration) -> Result<(Lock, String), Fai
     let mut m = m.clone();
     m.exit = Some(137);
     write_meta(dir, &m).map_err(|e| failure(format!("error: {}: recording its exit: {e}", m.slug)))?;
+    // Its launcher is gone, but not all it left: never "stopped" then.
+    let failed = launch::failed(&did);
+    if !failed.is_empty() {
+        return Err(failure(format!("error: {}: killed, but {}", m.slug, failed.join(", "))));
+    }
     did.insert(0, format!("killed after {} s", grace.as_secs()));
     Ok((lock, format!("stopped ({})", did.join(", "))))
 }
@@ -279,8 +284,16 @@ pub(crate) fn rm(slugs: &[String], force: bool) -> Result<(), Failure> {
         };
         // What a crashed launcher left outside the state dir (cgroups,
         // leases, deploy keys) goes first; then the state dir itself.
-        for what in launch::cleanup(&m, &dir) {
+        let did = launch::cleanup(&m, &dir);
+        for what in &did {
             tracing::debug!(%slug, what, "rm: cleanup");
+        }
+        // Its state dir is how `cleanup` finds what is left: kept, and
+        // never "removed", while a process or cgroup of it remains.
+        let failed = launch::failed(&did);
+        if !failed.is_empty() {
+            errors.push(failure(format!("error: {slug}: not removed: {}", failed.join(", "))));
+            continue;
         }
         match remove(&dir, &lock) {
             Ok(()) => print(&format!("{slug}: removed\n"))?,
@@ -346,6 +359,13 @@ pub(crate) fn cleanup(purge: bool, yes: bool) -> Result<(), Failure> {
     }
     for (dir, m, lock) in stopped {
         let mut did = launch::cleanup(&m, &dir);
+        let failed: Vec<String> = launch::failed(&did).into_iter().map(str::to_owned).collect();
+        if !failed.is_empty() {
+            // Reported as errors (non-zero exit), and the state dir kept
+            // even with --purge: it is how a later cleanup finds them.
+            errors.push(format!("error: {}: {}", m.slug, failed.join(", ")));
+            did.retain(|d| !d.starts_with(bot_bottle_backend::COULD_NOT));
+        }
         if m.exit.is_none() {
             let mut m = m.clone();
             m.exit = Some(-1);
@@ -354,7 +374,7 @@ pub(crate) fn cleanup(purge: bool, yes: bool) -> Result<(), Failure> {
                 Err(e) => errors.push(format!("error: {}: recording it as crashed: {e}", m.slug)),
             }
         }
-        if purge {
+        if purge && failed.is_empty() {
             let bytes = size(&dir);
             match remove(&dir, &lock) {
                 Ok(()) => did.push(format!("purged ({})", crate::render::size(bytes))),
@@ -372,7 +392,7 @@ pub(crate) fn cleanup(purge: bool, yes: bool) -> Result<(), Failure> {
             out.push_str(&format!("{line}\n"));
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && errors.is_empty() {
         out.push_str("nothing left behind to remove\n");
     }
     if !kept.is_empty() {

@@ -1,7 +1,6 @@
 //! `start` on the native backend: the sidecar bundle on the host, the
 //! bottle around the agent, and teardown whatever happens.
 
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -195,8 +194,15 @@ pub(crate) fn run(plan: &Plan, opts: &Options) -> Result<i32, Failure> {
     run_on(b.as_ref(), plan, opts)
 }
 
+/// What of `did` (from [`cleanup`]) reports something still there: a
+/// process not killed, a cgroup or file not removed.
+pub(crate) fn failed(did: &[String]) -> Vec<&str> {
+    did.iter().map(String::as_str).filter(|d| d.starts_with(bot_bottle_backend::COULD_NOT)).collect()
+}
+
 /// Removes what a killed launcher left of bottle `m` (state dir `state`):
 /// the backend's leftovers, then the sidecars' (deploy keys on forges).
+/// Entries that [`failed`] picks out are what could not be removed.
 pub(crate) fn cleanup(m: &Meta, state: &Path) -> Vec<String> {
     let mut did = match BackendKind::parse(&m.backend).filter(|k| *k != BackendKind::Auto).map(backend) {
         Some(Ok(b)) => b.cleanup(&m.slug, state),
@@ -316,7 +322,7 @@ fn session(
     if let Some(report) = &outcome.report {
         let summary = crate::render::session_report(report, &opts.request.project, slug);
         if !summary.is_empty() {
-            let _ = std::io::stderr().write_all(summary.as_bytes());
+            crate::eprint_best_effort(summary);
         }
     }
     outcome.result.map_err(|e| {
@@ -344,13 +350,13 @@ impl Stderr {
 impl Events for Stderr {
     fn note(&self, line: &str) {
         if !self.quiet {
-            let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+            crate::eprintln_best_effort(format_args!("bot-bottle: {line}"));
         }
     }
 
     fn warn(&self, line: &str) {
         // Shown even with --quiet: a limit that does not hold is not progress.
-        let _ = writeln!(std::io::stderr(), "bot-bottle: warning: {line}");
+        crate::eprintln_best_effort(format_args!("bot-bottle: warning: {line}"));
     }
 
     fn copying(&self, p: Progress) {
@@ -358,19 +364,16 @@ impl Events for Stderr {
             return;
         }
         let line = format!("bot-bottle: copying the project: {} files, {}", p.files, crate::render::size(p.bytes));
-        let mut err = std::io::stderr().lock();
         // A terminal gets one line rewritten in place; a log a line every few seconds.
-        let _ = if self.tty {
-            write!(err, "\r{line}{}", if p.done { "\n" } else { "" })
+        if self.tty {
+            crate::eprint_best_effort(format_args!("\r{line}{}", if p.done { "\n" } else { "" }));
         } else {
             let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if p.done || last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
                 *last = Some(std::time::Instant::now());
-                writeln!(err, "{line}")
-            } else {
-                Ok(())
+                crate::eprintln_best_effort(line);
             }
-        };
+        }
     }
 
     fn copied(&self, r: &CopyReport) {
@@ -380,7 +383,7 @@ impl Events for Stderr {
             self.note(&line);
         }
         for line in always {
-            let _ = writeln!(std::io::stderr(), "bot-bottle: {line}");
+            crate::eprintln_best_effort(format_args!("bot-bottle: {line}"));
         }
     }
 }

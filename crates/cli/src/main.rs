@@ -279,7 +279,7 @@ fn main() -> ExitCode {
     // Whatever our parent left open stays out of every bottle: nothing here
     // needs a descriptor it did not open itself. First, before any thread.
     if let Err(e) = bot_bottle_backend::close_inherited_fds() {
-        let _ = writeln!(io::stderr(), "error: closing inherited descriptors: {e}");
+        eprintln_best_effort(format_args!("error: closing inherited descriptors: {e}"));
         return ExitCode::from(125);
     }
     // `start --detach` runs this again in a session of its own, with no
@@ -288,7 +288,7 @@ fn main() -> ExitCode {
     if std::env::var_os(launch::DETACHED).is_some()
         && let Err(e) = nix::unistd::setsid()
     {
-        let _ = writeln!(io::stderr(), "error: leaving the terminal's session: {e}");
+        eprintln_best_effort(format_args!("error: leaving the terminal's session: {e}"));
         return ExitCode::from(125);
     }
     let cli = Cli::parse();
@@ -297,7 +297,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                let _ = writeln!(io::stderr(), "{}", f.message.trim_end());
+                eprintln_best_effort(f.message.trim_end());
             }
             ExitCode::from(f.code)
         }
@@ -475,8 +475,22 @@ fn logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // A second subscriber cannot be installed, and only tests would try.
     if tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).without_time().try_init().is_err() {
-        let _ = writeln!(io::stderr(), "bot-bottle: warning: logging was already set up");
+        eprintln_best_effort("bot-bottle: warning: logging was already set up");
     }
+}
+
+/// Writes `msg` to stderr. Stderr is where the CLI says what went wrong;
+/// when it is closed or full there is nowhere else to say it, and the exit
+/// code still carries the outcome.
+pub(crate) fn eprint_best_effort(msg: impl std::fmt::Display) {
+    if write!(io::stderr(), "{msg}").is_err() {
+        // Nowhere left to report it; see above.
+    }
+}
+
+/// [`eprint_best_effort`] with a newline.
+pub(crate) fn eprintln_best_effort(msg: impl std::fmt::Display) {
+    eprint_best_effort(format_args!("{msg}\n"));
 }
 
 fn check(flag: Option<PathBuf>, format: ListFormat) -> Result<(), Failure> {

@@ -73,7 +73,12 @@ pub(crate) fn run(args: ProxyArgs) -> Result<(), Failure> {
             out.push_str(&format!("export {k}={v}\n"));
         }
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush());
+        // Without these lines nobody knows where the proxy listens or which
+        // CA to trust: a proxy nobody can use is not started.
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| failure(format!("error: printing where the proxy listens: {e}")))?;
         drop(stdout);
         tokio::select! {
             () = proxy.serve(listener) => {}

@@ -1,10 +1,27 @@
 //! Human-readable text for plans and listings.
 
-use std::fmt::Write;
 use std::path::Path;
 
 use bot_bottle_backend::{CopyReport, Project};
 use bot_bottle_manifest::{AuthKind, ImageSource, KeySource, Listing, Plan, Provider, TlsMode, WorkspaceMode};
+
+// Text is built into `String`s, where `write!` cannot fail yet returns a
+// `Result` that would have to be discarded; these append instead.
+macro_rules! put {
+    ($s:expr, $($t:tt)*) => {
+        $s.push_str(&format!($($t)*))
+    };
+}
+
+macro_rules! putln {
+    ($s:expr) => {
+        $s.push('\n')
+    };
+    ($s:expr, $($t:tt)*) => {{
+        $s.push_str(&format!($($t)*));
+        $s.push('\n');
+    }};
+}
 
 /// The project line of a text plan: what becomes `/workspace`, and where
 /// the agent starts.
@@ -77,24 +94,23 @@ pub(crate) fn plan_text(p: &Plan) -> String {
     let a = &p.agent;
     let provider =
         serde_json::to_value(a.provider).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let _ = write!(s, "agent      {} ({provider}", a.name);
+    put!(s, "agent      {} ({provider}", a.name);
     if let Some(cmd) = &a.command {
-        let _ = write!(s, ": {}", cmd.join(" "));
+        put!(s, ": {}", cmd.join(" "));
     }
     if let Some(m) = &a.model {
-        let _ = write!(s, ", model {m}");
+        put!(s, ", model {m}");
     }
-    let _ = writeln!(s, ")");
-    let _ =
-        writeln!(s, "prompt     {} from line {} ({} bytes)", a.prompt.file.display(), a.prompt.line, a.prompt.bytes);
+    putln!(s, ")");
+    putln!(s, "prompt     {} from line {} ({} bytes)", a.prompt.file.display(), a.prompt.line, a.prompt.bytes);
     if let Some(t) = &a.task {
         let one_line = t.lines().next().unwrap_or_default();
         let more = if t.lines().nth(1).is_some() { " …" } else { "" };
-        let _ = writeln!(s, "task       {one_line}{more} (used when no arguments follow `--`)");
+        putln!(s, "task       {one_line}{more} (used when no arguments follow `--`)");
     }
     if !a.skills.is_empty() {
         let names: Vec<&str> = a.skills.iter().map(|k| k.name.as_str()).collect();
-        let _ = writeln!(s, "skills     {}", names.join(", "));
+        putln!(s, "skills     {}", names.join(", "));
     }
     if let Some(auth) = &a.auth {
         let how = match (a.provider, auth.kind) {
@@ -105,33 +121,33 @@ pub(crate) fn plan_text(p: &Plan) -> String {
             _ => format!("API key from ${}", auth.env),
         };
         let from = if auth.from == "agent" { "the agent's `auth:`" } else { "what the host has" };
-        let _ = writeln!(s, "auth       {how} (chosen by {from})");
+        putln!(s, "auth       {how} (chosen by {from})");
     }
-    let _ = writeln!(s, "bottle     {} (chosen by {})", p.bottle.lineage_text, p.bottle.selected_by);
+    putln!(s, "bottle     {} (chosen by {})", p.bottle.lineage_text, p.bottle.selected_by);
     let backend =
         serde_json::to_value(p.backend.requested).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let _ = writeln!(s, "backend    {backend} (from {})", p.backend.from);
+    putln!(s, "backend    {backend} (from {})", p.backend.from);
     if let Some(r) = &p.runtime {
-        let _ = writeln!(s, "runtime    {} (from {})", r.requested.as_str(), r.from);
+        putln!(s, "runtime    {} (from {})", r.requested.as_str(), r.from);
     }
     match &p.image {
         Some(ImageSource::Image(i)) => {
-            let _ = writeln!(s, "image      {i}");
+            putln!(s, "image      {i}");
         }
         Some(ImageSource::Dockerfile(d)) => {
-            let _ = writeln!(s, "dockerfile {}", d.display());
+            putln!(s, "dockerfile {}", d.display());
         }
         None => {}
     }
     let ws = serde_json::to_value(p.workspace).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     if p.workspace_include_ignored.is_empty() {
-        let _ = writeln!(s, "workspace  {ws}");
+        putln!(s, "workspace  {ws}");
     } else {
-        let _ = writeln!(s, "workspace  {ws}, with ignored files matching {}", p.workspace_include_ignored.join(" "));
+        putln!(s, "workspace  {ws}, with ignored files matching {}", p.workspace_include_ignored.join(" "));
     }
     for m in &p.mounts {
         let on_path = m.bin.as_ref().map(|b| format!(", {} on PATH", b.display())).unwrap_or_default();
-        let _ = writeln!(s, "mount      {} (read-only{on_path})", m.path.display());
+        putln!(s, "mount      {} (read-only{on_path})", m.path.display());
     }
     let r = &p.resources;
     let mut res = Vec::new();
@@ -148,42 +164,42 @@ pub(crate) fn plan_text(p: &Plan) -> String {
         res.push(format!("disk {d}"));
     }
     if !res.is_empty() {
-        let _ = writeln!(s, "resources  {}", res.join(", "));
+        putln!(s, "resources  {}", res.join(", "));
     }
     for (k, v) in &p.env {
-        let _ = writeln!(s, "env        {k}={v}");
+        putln!(s, "env        {k}={v}");
     }
     let dlp = serde_json::to_value(p.egress.dlp).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let _ = writeln!(s, "egress     default deny, {} route(s), dlp {dlp}", p.egress.routes.len());
+    putln!(s, "egress     default deny, {} route(s), dlp {dlp}", p.egress.routes.len());
     for route in &p.egress.routes {
-        let _ = write!(s, "  allow    {}", route.host);
+        put!(s, "  allow    {}", route.host);
         if !route.methods.is_empty() {
             let m: Vec<String> = route.methods.iter().map(ToString::to_string).collect();
-            let _ = write!(s, " {}", m.join(","));
+            put!(s, " {}", m.join(","));
         }
         if !route.paths.is_empty() {
-            let _ = write!(s, " {}", route.paths.join(" "));
+            put!(s, " {}", route.paths.join(" "));
         }
         if route.tls == TlsMode::Passthrough {
-            let _ = write!(s, " (tls passthrough: not inspected)");
+            put!(s, " (tls passthrough: not inspected)");
         }
         if route.websocket {
-            let _ = write!(s, " (websocket)");
+            put!(s, " (websocket)");
         }
         if let Some(i) = &route.inject {
             if i.env.as_str() == bot_bottle_manifest::CODEX_LOGIN_ENV {
-                let _ = write!(s, " [inject {} from the host's ChatGPT login]", i.header);
+                put!(s, " [inject {} from the host's ChatGPT login]", i.header);
             } else {
-                let _ = write!(s, " [inject {} from ${}]", i.header, i.env);
+                put!(s, " [inject {} from ${}]", i.header, i.env);
             }
         }
         if route.provider {
-            let _ = write!(s, " (the provider's)");
+            put!(s, " (the provider's)");
         }
-        let _ = writeln!(s);
+        putln!(s);
     }
     if !p.git_gate.repos.is_empty() {
-        let _ = writeln!(s, "git-gate");
+        putln!(s, "git-gate");
         for (name, repo) in &p.git_gate.repos {
             let key = match &repo.key {
                 KeySource::Static { path } => format!("key {}", path.display()),
@@ -191,15 +207,15 @@ pub(crate) fn plan_text(p: &Plan) -> String {
                 KeySource::Gitea { forge_token_env, .. } => format!("gitea deploy key via ${forge_token_env}"),
                 KeySource::Token { env } => format!("token ${env}"),
             };
-            let _ = writeln!(s, "  {name:<8} {} ({key}), branches {}", repo.url, repo.branches.join(" "));
+            putln!(s, "  {name:<8} {} ({key}), branches {}", repo.url, repo.branches.join(" "));
         }
     }
-    let _ = writeln!(s, "supervise  {}", if p.supervise { "on" } else { "off" });
+    putln!(s, "supervise  {}", if p.supervise { "on" } else { "off" });
     if !p.args.is_empty() {
-        let _ = writeln!(s, "args       {}", p.args.join(" "));
+        putln!(s, "args       {}", p.args.join(" "));
     }
     for w in &p.warnings {
-        let _ = writeln!(s, "warning: {w}");
+        putln!(s, "warning: {w}");
     }
     s
 }
@@ -210,17 +226,17 @@ pub(crate) fn listing_text(l: &Listing) -> String {
         let bottles =
             if a.bottles.is_empty() { "portable (choose with --bottle)".to_owned() } else { a.lineage.join(" -> ") };
         let bad = if a.valid { "" } else { "  [invalid: see manifest check]" };
-        let _ = writeln!(s, "  {:<16} {bottles}{bad}", a.name);
+        putln!(s, "  {:<16} {bottles}{bad}", a.name);
     }
     s.push_str("bottles\n");
     for b in &l.bottles {
         let parents = if b.extends.is_empty() { String::new() } else { format!("extends {}", b.extends.join(", ")) };
         let bad = if b.valid { "" } else { "  [invalid: see manifest check]" };
         let line = format!("  {:<16} {parents}{bad}", b.name);
-        let _ = writeln!(s, "{}", line.trim_end());
+        putln!(s, "{}", line.trim_end());
     }
     if !l.skills.is_empty() {
-        let _ = writeln!(s, "skills\n  {}", l.skills.join(", "));
+        putln!(s, "skills\n  {}", l.skills.join(", "));
     }
     s
 }
@@ -237,7 +253,7 @@ pub(crate) fn session_report(r: &bot_bottle_sidecars::BundleReport, project: &st
         landed.push(u);
     }
     if !landed.is_empty() {
-        let _ = writeln!(s, "bot-bottle: the bottle's work is in your repository {}:", project.display());
+        putln!(s, "bot-bottle: the bottle's work is in your repository {}:", project.display());
         for l in &landed {
             let short = l.commit.get(..10).unwrap_or(&l.commit);
             let what = if r.uncommitted.as_ref().is_some_and(|u| u.branch == l.branch) {
@@ -245,10 +261,10 @@ pub(crate) fn session_report(r: &bot_bottle_sidecars::BundleReport, project: &st
             } else {
                 ""
             };
-            let _ = writeln!(s, "  {} at {short}{what}", l.branch);
+            putln!(s, "  {} at {short}{what}", l.branch);
         }
         let first = &landed[0].branch;
-        let _ = writeln!(
+        putln!(
             s,
             "  look at it there: git -C {} log {first}   (every branch: git -C {} branch --list 'bot-bottle/{slug}/*')",
             project.display(),
@@ -257,7 +273,7 @@ pub(crate) fn session_report(r: &bot_bottle_sidecars::BundleReport, project: &st
     }
     for p in &g.pushed {
         let short = p.commit.get(..10).unwrap_or(&p.commit);
-        let _ = writeln!(s, "bot-bottle: pushed {} to {} at {short}", p.branch, p.repo);
+        putln!(s, "bot-bottle: pushed {} to {} at {short}", p.branch, p.repo);
     }
     for f in &g.refused {
         let secrets = match f.findings {
@@ -265,10 +281,10 @@ pub(crate) fn session_report(r: &bot_bottle_sidecars::BundleReport, project: &st
             1 => " (1 secret)".to_owned(),
             n => format!(" ({n} secrets)"),
         };
-        let _ = writeln!(s, "bot-bottle: refused a push to {} ({}): {}{secrets}", f.repo, f.refs.join(", "), f.reason);
+        putln!(s, "bot-bottle: refused a push to {} ({}): {}{secrets}", f.repo, f.refs.join(", "), f.reason);
     }
     for p in &g.problems {
-        let _ = writeln!(s, "bot-bottle: warning: {p}");
+        putln!(s, "bot-bottle: warning: {p}");
     }
     s
 }

@@ -21,6 +21,7 @@
 mod bundle;
 mod endpoint;
 mod gate;
+mod peer;
 mod proxy;
 mod renew;
 mod supervise;

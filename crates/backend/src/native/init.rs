@@ -47,7 +47,7 @@ pub(super) fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() 
 /// Entry point of the hidden `__bottle-init` mode; returns the exit code.
 pub fn init_main(args: &[String]) -> i32 {
     let (Some(stage), Some(spec)) = (args.first(), args.get(1)) else {
-        let _ = writeln!(std::io::stderr(), "bot-bottle: __bottle-init STAGE SPEC");
+        crate::gone::eprintln_best_effort("bot-bottle: __bottle-init STAGE SPEC");
         return 125;
     };
     let run = || -> R<i32> {
@@ -64,7 +64,7 @@ pub fn init_main(args: &[String]) -> i32 {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "bot-bottle: bottle init failed: {e}");
+            crate::gone::eprintln_best_effort(format_args!("bot-bottle: bottle init failed: {e}"));
             125
         }
     }
@@ -375,7 +375,12 @@ fn stage_b(spec: &Spec) -> R<i32> {
         Ok(()) => serve(spec, ctl),
         Err(e) => {
             let mut w = &ctl;
-            let _ = control::send(&mut w, &Reply::Error { message: e.clone() });
+            // The launcher learns of the failure either way: from this
+            // reply, or else from the control socket closing with no
+            // `Ready` (it then reports that init died). Stderr says both.
+            if let Err(s) = control::send(&mut w, &Reply::Error { message: e.clone() }) {
+                crate::gone::eprintln_best_effort(format_args!("bot-bottle: telling the launcher: {s}"));
+            }
             Err(e)
         }
     }
@@ -635,6 +640,6 @@ fn stage_c(spec: &Spec) -> R<i32> {
         .envs(cmd.env.iter().cloned())
         .current_dir(cmd.workdir.as_deref().unwrap_or(home))
         .exec();
-    let _ = writeln!(std::io::stderr(), "bot-bottle: cannot run `{prog}`: {err}");
+    crate::gone::eprintln_best_effort(format_args!("bot-bottle: cannot run `{prog}`: {err}"));
     Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
 }

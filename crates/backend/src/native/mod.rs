@@ -226,7 +226,10 @@ impl PreparedBottle for Prepared {
         give_to_bottle(&dir, 0o700).map_err(crate::io(format!("securing {}", dir.display())))?;
         let d = dir.clone();
         teardown.push("the sidecar sockets", move || {
-            let _ = fs::remove_dir_all(d);
+            // Logged by `gone`; `bot-bottle cleanup` retries what is left.
+            if crate::gone::remove_dir_all("the sidecar sockets", &d).is_err() {
+                tracing::warn!(dir = %d.display(), "the sidecar sockets outlive the bottle; `bot-bottle cleanup` retries");
+            }
         });
         Ok(Endpoint::Unix { dir, owner: bottle_root() })
     }
@@ -249,11 +252,13 @@ fn cleanup_leftovers(slug: &str, state: &Path) -> Vec<String> {
     {
         let mut did = Vec::new();
         let pids = leftover_processes(state);
-        for pid in &pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        let (killed, alive): (Vec<i32>, Vec<i32>) =
+            pids.iter().partition(|pid| crate::gone::kill("a leftover bottle process", **pid).is_ok());
+        if !killed.is_empty() {
+            did.push(format!("killed {} process(es)", killed.len()));
         }
-        if !pids.is_empty() {
-            did.push(format!("killed {} process(es)", pids.len()));
+        for pid in alive {
+            did.push(format!("could not kill process {pid}"));
         }
         // Kills whatever is still inside, whatever its command line.
         match cgroup::cleanup_stale(slug) {
@@ -264,8 +269,10 @@ fn cleanup_leftovers(slug: &str, state: &Path) -> Vec<String> {
         for d in ["root", "sockets", "sync-in", "sync-out", "spec.json", "control.sock", EXEC_SOCKET] {
             let p = state.join(d);
             if fs::symlink_metadata(&p).is_ok() {
-                let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-                did.push(format!("removed {d}"));
+                match crate::gone::remove_any(d, &p) {
+                    Ok(()) => did.push(format!("removed {d}")),
+                    Err(e) => did.push(format!("could not remove {}: {e}", p.display())),
+                }
             }
         }
         did
@@ -434,14 +441,18 @@ impl NativeBottle {
     /// stage itself.
     fn spawn(spec: &Spec, spec_path: &Path) -> Result<(UnixListener, Child), NativeError> {
         for p in [&spec.sync_out, &spec.sync_in] {
-            let _ = fs::remove_file(p);
+            // A stale fifo from a killed launcher; mkfifo below says what
+            // is wrong if it could not go.
+            crate::gone::remove_file("a stale sync fifo", p).ok();
             mkfifo(p.as_path(), Mode::S_IRUSR | Mode::S_IWUSR)
                 .map_err(|e| NativeError::Io { what: format!("mkfifo {}", p.display()), source: e.into() })?;
         }
         fs::create_dir_all(&spec.root_dir).map_err(io(format!("creating {}", spec.root_dir.display())))?;
         let json = serde_json::to_vec(spec).map_err(|e| NativeError::Io { what: "spec".into(), source: e.into() })?;
         fs::write(spec_path, json).map_err(io("writing the bottle spec"))?;
-        let _ = fs::remove_file(&spec.control);
+        // A stale socket from a killed launcher; bind below fails (and
+        // says why) if it could not go.
+        crate::gone::remove_file("a stale control socket", &spec.control).ok();
         let listener =
             UnixListener::bind(&spec.control).map_err(io(format!("listening on {}", spec.control.display())))?;
         give_to_bottle(&spec.control, 0o600).map_err(io("securing the control socket"))?;
@@ -479,13 +490,21 @@ impl NativeBottle {
         crate::pause_point("init-spawned");
         let result = handshake(spec, &mut child).and_then(|()| accept(&listener, &mut child));
         drop(listener);
-        let _ = fs::remove_file(&spec.control);
+        // Nothing connects to it again; a failure is logged by `gone`, and
+        // `cleanup` at teardown tries once more.
+        crate::gone::remove_file("the control socket", &spec.control).ok();
         crate::pause_point("bottle-mapped");
         let ctl = match result {
             Ok(s) => s,
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                // `kill` fails only for a child already reaped; `wait`
+                // reaps it either way.
+                if let Err(k) = child.kill() {
+                    tracing::warn!(pid = child.id(), error = %k, "killing the bottle's init after a failed start");
+                }
+                if let Err(w) = child.wait() {
+                    tracing::warn!(pid = child.id(), error = %w, "reaping the bottle's init after a failed start");
+                }
                 cleanup(spec, &spec_path);
                 return Err(e);
             }
@@ -820,13 +839,22 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
     s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
 
+/// Removes the bottle's runtime files. What cannot go is logged (by
+/// `gone`) and left for `bot-bottle cleanup`, which removes these same
+/// files and reports any it cannot.
 fn cleanup(spec: &Spec, spec_path: &Path) {
-    let _ = fs::remove_file(spec_path.with_file_name(EXEC_SOCKET));
-    let _ = fs::remove_file(&spec.sync_out);
-    let _ = fs::remove_file(&spec.sync_in);
-    let _ = fs::remove_file(&spec.control);
-    let _ = fs::remove_file(spec_path);
-    let _ = fs::remove_dir(&spec.root_dir);
+    let files = [
+        ("the exec socket", spec_path.with_file_name(EXEC_SOCKET)),
+        ("a sync fifo", spec.sync_out.clone()),
+        ("a sync fifo", spec.sync_in.clone()),
+        ("the control socket", spec.control.clone()),
+        ("the bottle spec", spec_path.to_path_buf()),
+    ];
+    let mut left = files.iter().filter(|(what, p)| crate::gone::remove_file(what, p).is_err()).count();
+    left += usize::from(crate::gone::remove_dir("the bottle's root mount point", &spec.root_dir).is_err());
+    if left > 0 {
+        tracing::warn!(count = left, "runtime files outlive the bottle; `bot-bottle cleanup` retries");
+    }
 }
 
 /// Waits for the bottle's pid 1 to connect, without hanging if it dies.

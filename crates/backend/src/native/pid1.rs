@@ -275,7 +275,11 @@ impl Collect {
                     b.extend_from_slice(&chunk[..room]);
                 }
             }
-            let _ = tx.send(());
+            // The receiver is gone once `finish` has stopped waiting: the
+            // output is taken without this signal then.
+            if tx.send(()).is_err() {
+                tracing::debug!("command output: the reader finished after its waiter gave up");
+            }
         });
         Collect { buf, done }
     }
@@ -284,7 +288,10 @@ impl Collect {
     /// take what is still in the pipe: a background process that keeps the
     /// pipe open does not hold the reply.
     fn finish(self) -> Vec<u8> {
-        let _ = self.done.recv_timeout(Duration::from_millis(500));
+        // A timeout is the background-process case above, not a failure.
+        if self.done.recv_timeout(Duration::from_millis(500)).is_err() {
+            tracing::debug!("command output: pipe still open 500 ms after exit; taking what was read");
+        }
         std::mem::take(&mut *lock(&self.buf))
     }
 }

@@ -444,7 +444,9 @@ impl Smolmachines {
                 break (lease, l);
             }
             busy.push(lease.addr());
-            let _ = lease.release();
+            if let Err(e) = lease.release() {
+                tracing::warn!(addr = %lease.addr(), error = %e, "releasing a loopback lease whose port is taken; `bot-bottle cleanup` retries");
+            }
         };
         let addr = lease.addr();
         teardown.push(format!("the loopback address {addr}"), move || {
@@ -512,17 +514,28 @@ impl Smolmachines {
 
     fn cleanup_leftovers(&self, slug: &str, state: &Path) -> Vec<String> {
         let mut did = Vec::new();
-        for m in self.smolvm.machine_ls().unwrap_or_default() {
-            if m.labels.get(LABEL).is_some_and(|s| s == slug) && self.smolvm.machine_delete(&m.name).is_ok() {
-                did.push(format!("deleted machine {}", m.name));
+        match self.smolvm.machine_ls() {
+            Ok(machines) => {
+                for m in machines.into_iter().filter(|m| m.labels.get(LABEL).is_some_and(|s| s == slug)) {
+                    match self.smolvm.machine_delete(&m.name) {
+                        Ok(()) => did.push(format!("deleted machine {}", m.name)),
+                        Err(e) => did.push(format!("could not delete machine {}: {e}", m.name)),
+                    }
+                }
             }
+            Err(e) => did.push(format!("could not list machines: {e}")),
         }
-        for addr in loopback::release_owner(&self.leases, slug).unwrap_or_default() {
-            did.push(format!("released {addr}"));
+        match loopback::release_owner(&self.leases, slug) {
+            Ok(addrs) => did.extend(addrs.into_iter().map(|a| format!("released {a}"))),
+            Err(e) => did.push(format!("could not release its loopback addresses: {e}")),
         }
         for d in ["copy-in", "sockets", "image"] {
-            if std::fs::remove_dir_all(state.join(d)).is_ok() {
-                did.push(format!("removed {d}"));
+            let p = state.join(d);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                match crate::gone::remove_dir_all(d, &p) {
+                    Ok(()) => did.push(format!("removed {d}")),
+                    Err(e) => did.push(format!("could not remove {}: {e}", p.display())),
+                }
             }
         }
         did
@@ -825,7 +838,9 @@ impl Drop for SmolBottle {
         {
             tracing::warn!(error = %e, "stopping the machine at teardown");
         }
-        let _ = std::fs::remove_dir_all(&self.scratch);
+        if crate::gone::remove_dir_all("the copy-in scratch dir", &self.scratch).is_err() {
+            tracing::warn!(dir = %self.scratch.display(), "`bot-bottle cleanup` retries");
+        }
     }
 }
 

@@ -208,6 +208,81 @@ fn cleanup_and_purge_leave_a_running_bottle_alone_and_ask_first() {
     let _ = holder.wait();
 }
 
+/// Makes `dir` impossible to remove until dropped: as root a tmpfs
+/// mounted on it (rmdir says EBUSY), as a user no write permission on its
+/// parent.
+struct Stuck {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Stuck {
+    fn new(dir: PathBuf) -> Stuck {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        if nix::unistd::geteuid().is_root() {
+            let ok = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&dir).status().expect("mount");
+            assert!(ok.success(), "mounting a tmpfs on {}", dir.display());
+            return Stuck { dir, mounted: true };
+        }
+        let parent = dir.parent().expect("parent");
+        std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o500)).expect("chmod");
+        Stuck { dir, mounted: false }
+    }
+
+    fn release(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount").arg(&self.dir).status().expect("umount");
+            assert!(ok.success(), "unmounting {}", self.dir.display());
+            self.mounted = false;
+        } else if let Some(parent) = self.dir.parent()
+            && let Err(e) = std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        {
+            panic!("chmod {}: {e}", parent.display());
+        }
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        if self.mounted {
+            self.release();
+        }
+    }
+}
+
+/// What cleanup could not remove is never reported as removed: `cleanup`,
+/// `cleanup --purge` and `rm` say what is left, exit non-zero, and keep
+/// the state dir, so that a later `cleanup` finds it and finishes.
+#[test]
+fn cleanup_and_rm_fail_on_what_they_could_not_remove() {
+    let env = super::cli::Env::new();
+    let state = env.path().join("state");
+    let dir = record(&state, "a-stuck", std::process::id(), false, None);
+    let mut stuck = Stuck::new(dir.join("root/mnt"));
+
+    let r = env.run(env.path(), &["cleanup"], &[]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("a-stuck: could not remove") && r.stderr.contains("/root"), "{}", r.stderr);
+    assert!(!r.stdout.contains("removed root"), "{}", r.stdout);
+    let r = env.run(env.path(), &["cleanup", "--purge", "--yes"], &[]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("a-stuck: purged"), "{}", r.stdout);
+    assert!(dir.join("launch.json").is_file(), "a bottle with leftovers is kept");
+    let r = env.run(env.path(), &["rm", "a-stuck"], &[]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("a-stuck: not removed: could not remove"), "{}", r.stderr);
+    assert!(!r.stdout.contains("removed"), "{}", r.stdout);
+    assert!(dir.join("launch.json").is_file(), "rm keeps what cleanup must find again");
+
+    stuck.release();
+    let r = env.run(env.path(), &["cleanup"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("a-stuck: removed root"), "{}", r.stdout);
+    let r = env.run(env.path(), &["rm", "a-stuck"], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!dir.exists());
+}
+
 #[test]
 fn bot_bottles_own_failure_is_125() {
     let env = super::cli::Env::new();

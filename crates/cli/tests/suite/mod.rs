@@ -23,6 +23,7 @@ mod reflection;
 mod renewal;
 mod scan;
 mod smolmachines;
+mod source;
 mod start_native;
 mod supervise;
 mod supervise_claude;

@@ -272,7 +272,10 @@ async fn main() {
                 let forge = forge.clone();
                 async move { Ok::<_, Infallible>(forge.handle(req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            // A client that hangs up ends only its own connection.
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await {
+                tracing::debug!(error = %e, "fake forge: connection ended");
+            }
         });
     }
 }

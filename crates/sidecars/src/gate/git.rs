@@ -80,15 +80,21 @@ impl Git {
                     use tokio::io::AsyncWriteExt;
                     // A command may exit before reading all of it; its
                     // status says whether that was a failure.
-                    let _ = w.write_all(&data).await;
+                    if let Err(e) = w.write_all(&data).await {
+                        tracing::debug!(error = %e, "the command stopped reading its stdin");
+                    }
                 })
             });
             let out = child
                 .wait_with_output()
                 .await
                 .map_err(|source| GateError::Io { what: format!("running `{}`", c.display()), source })?;
-            if let Some(f) = feed {
-                let _ = f.await;
+            // The feeder only writes; its end (or a panic) changes nothing
+            // that the exit status does not already say.
+            if let Some(f) = feed
+                && let Err(e) = f.await
+            {
+                tracing::warn!(error = %e, "the stdin feeder of `{}` failed", c.display());
             }
             Ok(out)
         };

@@ -187,7 +187,11 @@ impl Drop for Session {
         self.verdict = None;
         // Nothing secret is in it, and the gate's directory goes with the
         // bottle's state; a leftover only costs two inodes.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.dir.display(), error = %e, "removing a push session's fifo dir"),
+        }
     }
 }
 

@@ -45,8 +45,21 @@ where
             let inner = inner.clone();
             async move { Ok::<_, Infallible>(handle(inner, req).await) }
         });
-        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        // A connection that ends in an error (the bottle hung up, a
+        // malformed request) ends only itself; each request's outcome is
+        // already audited by `handle`.
+        if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            tracing::debug!(error = %e, "git gate connection ended");
+        }
     });
+}
+
+/// Tells the watcher to kill git. A closed channel means the watcher has
+/// already seen git exit and reaped it: there is nothing left to kill.
+fn stop_git(kill_tx: oneshot::Sender<()>) {
+    if kill_tx.send(()).is_err() {
+        tracing::debug!("git had already exited when the gate stopped it");
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<GateBody> {
@@ -376,8 +389,13 @@ async fn drive(
     // still its own.
     let killpg = || {
         if let Some(p) = pgid {
-            // ESRCH: the group already ended, which is what we wanted.
-            let _ = nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL);
+            match nix::sys::signal::killpg(p, nix::sys::signal::Signal::SIGKILL) {
+                // ESRCH: the group already ended, which is what we wanted.
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                // The hook still refuses what it was not told to accept;
+                // receive-pack running on is what this says.
+                Err(e) => tracing::warn!(pgid = p.as_raw(), error = %e, "killing git receive-pack's process group"),
+            }
         }
     };
     let mut kill = kill;
@@ -420,7 +438,9 @@ async fn drive(
                 if r.is_ok() {
                     killpg();
                     // Reaped here so it leaves no zombie; its status is moot.
-                    let _ = child.wait().await;
+                    if let Err(e) = child.wait().await {
+                        tracing::warn!(pid = ?child.id(), error = %e, "reaping a killed git receive-pack");
+                    }
                     break;
                 }
             }
@@ -492,13 +512,13 @@ async fn rpc(
                 match r {
                     Ok((Ok(()) | Err(PumpError::Child), _)) => {}
                     Ok((Err(e), stdin)) => {
-                        let _ = kill_tx.send(());
+                        stop_git(kill_tx);
                         // git's stdin closes only now that the answer is ours.
                         drop(stdin);
                         return e.response();
                     }
                     Err(_) => {
-                        let _ = kill_tx.send(());
+                        stop_git(kill_tx);
                         return fail(GateError::Internal("the request pump failed".into()));
                     }
                 }
@@ -513,13 +533,13 @@ async fn rpc(
                 && let Ok((Err(e), _)) = pumping.await
                 && !matches!(e, PumpError::Child)
             {
-                let _ = kill_tx.send(());
+                stop_git(kill_tx);
                 return e.response();
             }
             0
         }
         Err(e) => {
-            let _ = kill_tx.send(());
+            stop_git(kill_tx);
             return fail(GateError::io(format!("reading git {}", service.name()))(e));
         }
         Ok(n) => n,

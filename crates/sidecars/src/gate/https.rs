@@ -65,8 +65,11 @@ impl Https {
     pub fn new(extra_ca: Option<&Path>, timeout: Duration) -> Result<Https, HttpsError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_native_certs::load_native_certs().certs {
-            // A system root that does not parse is skipped, as every client does.
-            let _ = roots.add(c);
+            // A system root that does not parse is left out (fewer roots is
+            // the closed side), as every client does.
+            if let Err(e) = roots.add(c) {
+                tracing::debug!(error = %e, "skipping a system root certificate that does not parse");
+            }
         }
         if let Some(p) = extra_ca {
             use rustls_pki_types::pem::PemObject;

@@ -102,7 +102,9 @@ impl Inner {
 
 /// Removes what a killed launcher's gate left on forges: every deploy key
 /// titled with its slug. `gate_dir` is that gate's directory; says what it
-/// did or could not do.
+/// did or could not do. What it could not do begins `could not `, which
+/// the CLI's `cleanup` reports as a failure (a key left on a forge is a
+/// live credential).
 pub async fn cleanup(
     gate_dir: &Path,
     env: &(dyn Fn(&str) -> Option<String> + Sync),
@@ -114,14 +116,14 @@ pub async fn cleanup(
     }
     let https = match Https::new(upstream_ca, Duration::from_secs(30)) {
         Ok(h) => h,
-        Err(e) => return vec![format!("deploy keys: {e}")],
+        Err(e) => return vec![format!("could not delete deploy keys: {e}")],
     };
     let mut did = Vec::new();
     let mut left = Vec::new();
     for r in records {
         let Some(token) = env(&r.token_env).filter(|t| !t.is_empty()) else {
             did.push(format!(
-                "deploy key `{}` on {}/{} stays: set ${} and run cleanup again",
+                "could not delete deploy key `{}` on {}/{}: set ${} and run cleanup again",
                 r.title, r.owner, r.name, r.token_env
             ));
             left.push(r);
@@ -136,13 +138,13 @@ pub async fn cleanup(
                 r.name
             )),
             Err(e) => {
-                did.push(format!("deploy key `{}` on {}/{} stays: {e}", r.title, r.owner, r.name));
+                did.push(format!("could not delete deploy key `{}` on {}/{}: {e}", r.title, r.owner, r.name));
                 left.push(r);
             }
         }
     }
     if let Err(e) = forge::write_records(gate_dir, &left) {
-        did.push(format!("recording the deploy keys left: {e}"));
+        did.push(format!("could not record the deploy keys left: {e}"));
     }
     did
 }

@@ -389,7 +389,10 @@ impl Gate {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
+                    // Only latency is at stake.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "set_nodelay on a gate connection");
+                    }
                     http::spawn_conn(self.inner.clone(), stream);
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -99,7 +99,11 @@ struct Scratch(PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         // Objects already scanned or discarded; only space is at stake.
-        let _ = std::fs::remove_dir_all(&self.0);
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.0.display(), error = %e, "removing a snapshot's scratch dir"),
+        }
     }
 }
 

@@ -90,21 +90,36 @@ pub(crate) fn scan_body(
         match result {
             Ok(logged) if logged.is_empty() => {}
             Ok(logged) => {
-                let _ = vtx.send(Verdict::Logged(logged));
+                // The forwarder stops listening once the upstream has
+                // answered: a finding made after that is not in the
+                // request's audit entry, so it is logged here instead.
+                if let Err(Verdict::Logged(rules)) = vtx.send(Verdict::Logged(logged)) {
+                    tracing::warn!(rules = %rules.join(", "), "dlp-log findings after the upstream answered; not in the audit entry");
+                }
             }
             Err(Some(denial)) => {
                 // The verdict first: the body's error fails the upstream
                 // request, and the forwarder then looks for a verdict to
                 // answer with; finding none it would answer 502.
-                let _ = vtx.send(Verdict::Blocked(denial));
-                let _ = tx.send(Err(Box::new(Refused))).await;
+                if vtx.send(Verdict::Blocked(denial)).is_err() {
+                    tracing::debug!("body refused after the forwarder stopped waiting for a verdict");
+                }
+                refuse(&tx).await;
             }
-            Err(None) => {
-                let _ = tx.send(Err(Box::new(Refused))).await;
-            }
+            Err(None) => refuse(&tx).await,
         }
     });
     (FrameBody::new(rx), vrx, count)
+}
+
+/// Ends the forwarded body with an error, so that the upstream request
+/// fails rather than completing without the refused rest. A closed
+/// channel means the body was already dropped: nothing more is sent then
+/// either, so the request is refused all the same.
+async fn refuse(tx: &mpsc::Sender<Result<Frame<Bytes>, BoxError>>) {
+    if tx.send(Err(Box::new(Refused))).await.is_err() {
+        tracing::debug!("refused body: the upstream request had already dropped it");
+    }
 }
 
 fn dlp_denial(f: &Finding) -> Denial {

@@ -358,7 +358,7 @@ impl Proxy {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
+                    crate::peer::peer_step("set_nodelay on a proxy connection", stream.set_nodelay(true));
                     self.spawn_conn(stream);
                 }
                 // Out of descriptors or similar: back off, keep serving.
@@ -396,8 +396,9 @@ impl Proxy {
                         deny::DENIED_HEADER,
                         reason.len() + 1
                     );
-                    let _ = stream.write_all(msg.as_bytes()).await;
-                    let _ = stream.shutdown().await;
+                    // Recorded above; telling the client is a courtesy.
+                    crate::peer::peer_step("the over-limit answer", stream.write_all(msg.as_bytes()).await);
+                    crate::peer::peer_step("closing an over-limit connection", stream.shutdown().await);
                     return;
                 }
             };
@@ -405,7 +406,10 @@ impl Proxy {
                 let inner = inner.clone();
                 async move { Ok::<_, Infallible>(inner.outer(req).await) }
             });
-            let _ = server_http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+            crate::peer::peer_step(
+                "a proxy connection",
+                server_http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await,
+            );
         });
     }
 }
@@ -454,7 +458,11 @@ fn upstream_client(extra_ca: Option<&Path>) -> Result<ClientConfig, ProxyError> 
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
-        let _ = roots.add(c);
+        // A system root that does not parse is left out (fewer roots is
+        // the closed side), as every client does.
+        if let Err(e) = roots.add(c) {
+            tracing::debug!(error = %e, "skipping a system root certificate that does not parse");
+        }
     }
     if let Some(p) = extra_ca {
         use rustls_pki_types::pem::PemObject;
@@ -727,7 +735,10 @@ impl Inner {
             let t = tunnel.clone();
             async move { Ok::<_, Infallible>(inner.inside(t, req).await) }
         });
-        let _ = server_http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades().await;
+        crate::peer::peer_step(
+            "a CONNECT tunnel",
+            server_http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades().await,
+        );
     }
 
     /// `tls: passthrough`: check that the client speaks TLS to the CONNECT

@@ -250,7 +250,7 @@ pub(crate) fn scan(
         {
             report.refuse(why);
             // The client may be gone already; the refusal is recorded either way.
-            let _ = tx.send(Err(Box::new(Cut) as BoxError)).await;
+            crate::peer::peer_step("cutting a refused response", tx.send(Err(Box::new(Cut) as BoxError)).await);
         }
     });
     FrameBody::new(rx)

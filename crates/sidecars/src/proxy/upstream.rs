@@ -82,7 +82,7 @@ async fn tcp(addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
         .await
         .map_err(|_| UpstreamError::Failed(format!("connecting to {addr} timed out")))?
         .map_err(|e| UpstreamError::Failed(format!("cannot connect to {addr}: {e}")))?;
-    let _ = s.set_nodelay(true);
+    crate::peer::peer_step("set_nodelay upstream", s.set_nodelay(true));
     Ok(s)
 }
 

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex;
 
 use super::policy::{Denial, deny};
+use crate::peer::peer_step;
 
 /// Largest message the relay buffers for scanning.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -52,8 +53,8 @@ pub(crate) async fn relay(
         let mut frame = vec![0x88, (2 + reason.len()) as u8, 0x03, 0xf0];
         frame.extend_from_slice(reason.as_bytes());
         let mut w = cw.lock().await;
-        let _ = w.write_all(&frame).await;
-        let _ = w.shutdown().await;
+        peer_step("websocket: the policy close frame", w.write_all(&frame).await);
+        peer_step("websocket: closing the client side", w.shutdown().await);
         down.abort();
     }
     let (down, redacted) = down.await.unwrap_or((0, 0));
@@ -115,7 +116,7 @@ async fn pump_down(mut ur: ReadHalf<Side>, cw: Arc<Mutex<WriteHalf<Side>>>, know
         }
         out.clear();
     }
-    let _ = cw.lock().await.shutdown().await;
+    peer_step("websocket: closing the client side", cw.lock().await.shutdown().await);
     (total, redacted)
 }
 
@@ -139,7 +140,7 @@ async fn pump_up(
                 Parsed::Bad(why) => return (up, Some(deny("websocket", why)), logged),
                 Parsed::More => match cr.read(&mut chunk).await {
                     Ok(0) | Err(_) => {
-                        let _ = uw.shutdown().await;
+                        peer_step("websocket: closing the upstream side", uw.shutdown().await);
                         return (up, None, logged);
                     }
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),

@@ -100,8 +100,12 @@ impl Fake {
         });
         let status = status.map_err(|e| e.to_string())?;
         // Buffered in the guest, then written, stdout first.
-        let _ = io::stdout().write_all(&out_buf[..out_buf.len().min(MAX_EXEC_OUTPUT)]);
-        let _ = io::stderr().write_all(&err_buf[..err_buf.len().min(MAX_EXEC_OUTPUT)]);
+        io::stdout()
+            .write_all(&out_buf[..out_buf.len().min(MAX_EXEC_OUTPUT)])
+            .map_err(|e| format!("write stdout: {e}"))?;
+        io::stderr()
+            .write_all(&err_buf[..err_buf.len().min(MAX_EXEC_OUTPUT)])
+            .map_err(|e| format!("write stderr: {e}"))?;
         Ok(code(status))
     }
 
@@ -153,7 +157,10 @@ impl Fake {
 fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
     let mut buf = Vec::new();
     if let Some(mut p) = pipe {
-        let _ = p.read_to_end(&mut buf);
+        // What was read before an error is kept, as smolvm relays it.
+        if let Err(e) = p.read_to_end(&mut buf) {
+            super::err_line(&format!("fake-smolvm: reading guest output: {e}"));
+        }
     }
     buf
 }
@@ -169,8 +176,11 @@ fn wait(child: &mut Child, timeout: Option<Duration>) -> io::Result<Option<ExitS
         }
         if Instant::now() >= deadline {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
+            match nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+            child.wait()?;
             return Ok(None);
         }
         thread::sleep(Duration::from_millis(10));
@@ -223,7 +233,7 @@ fn rooted(
         let p = guest.join(d);
         std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
     }
-    let _ = set_mode(&guest.join("tmp"), 0o1777);
+    set_mode(&guest.join("tmp"), 0o1777).map_err(|e| format!("chmod {}/tmp: {e}", guest.display()))?;
     let mut c = match how.netns {
         Some(pid) => {
             let mut c = Command::new("nsenter");

@@ -78,7 +78,9 @@ pub fn main() -> ExitCode {
     let cli = match cmd.try_get_matches_from(&args).and_then(|m| cli::Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            if e.print().is_err() {
+                // Stderr is gone; the exit code still says it.
+            }
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
@@ -105,16 +107,15 @@ fn unknown_flag(args: &[OsString], version: Version) -> Option<ExitCode> {
         let flag = a.split_once('=').map_or(a.as_ref(), |(f, _)| f);
         unknown.contains(&flag)
     })?;
-    let _ = write!(
-        std::io::stderr(),
-        "error: unexpected argument '{found}' found\n\nUsage: smolvm [OPTIONS] <COMMAND>\n\nFor more information, try '--help'.\n"
-    );
+    err_line(&format!(
+        "error: unexpected argument '{found}' found\n\nUsage: smolvm [OPTIONS] <COMMAND>\n\nFor more information, try '--help'."
+    ));
     Some(ExitCode::from(2))
 }
 
 /// smolvm's own failure: `Error: <msg>` on stderr, exit 1.
 fn fail(msg: &str) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "Error: {msg}");
+    err_line(&format!("Error: {msg}"));
     ExitCode::FAILURE
 }
 
@@ -148,12 +149,16 @@ impl Fake {
     fn log_call(&self, args: &[OsString]) {
         let words: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let dir = self.smolvm_dir();
-        let _ = std::fs::create_dir_all(&dir);
-        if let (Ok(line), Ok(mut f)) = (
-            serde_json::to_string(&words),
-            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("fake-calls.jsonl")),
-        ) {
-            let _ = writeln!(f, "{line}");
+        // Tests read this log to see what was called: a call left out of
+        // it is said on stderr, where a failing test shows it.
+        let logged = std::fs::create_dir_all(&dir)
+            .and_then(|()| serde_json::to_string(&words).map_err(std::io::Error::from))
+            .and_then(|line| {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("fake-calls.jsonl"))?;
+                writeln!(f, "{line}")
+            });
+        if let Err(e) = logged {
+            err_line(&format!("fake-smolvm: logging the call: {e}"));
         }
     }
 
@@ -179,8 +184,12 @@ fn out(text: &str) -> R<()> {
     std::io::stdout().write_all(text.as_bytes()).map_err(|e| format!("write stdout: {e}"))
 }
 
+/// A line on stderr; when stderr is gone there is nowhere to say it, and
+/// the exit code still carries the outcome.
 fn err_line(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
+    if writeln!(std::io::stderr(), "{text}").is_err() {
+        // See above.
+    }
 }
 
 /// `KEY=VALUE`, or `KEY` for the host's value; other specs are dropped

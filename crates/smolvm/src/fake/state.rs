@@ -306,7 +306,9 @@ impl Fake {
         if !a.force {
             // smolvm asks on the terminal; with stdin closed the answer is no.
             let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                super::err_line(&format!("reading the answer: {e}"));
+            }
             if !matches!(line.trim(), "y" | "Y" | "yes") {
                 return Err("deletion cancelled".into());
             }
@@ -479,10 +481,19 @@ impl Fake {
         let r = self.runtime(name);
         for pid in r.detached.into_iter().chain(r.netns) {
             let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-            if killpg(pid, Signal::SIGKILL).is_err() {
-                let _ = kill(pid, Signal::SIGKILL);
+            // ESRCH: already gone, as a stopped VM's processes are.
+            if killpg(pid, Signal::SIGKILL).is_err()
+                && let Err(e) = kill(pid, Signal::SIGKILL)
+                && e != nix::errno::Errno::ESRCH
+            {
+                super::err_line(&format!("killing {pid}: {e}"));
             }
         }
-        let _ = std::fs::remove_file(self.runtime_path(name));
+        let path = self.runtime_path(name);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            super::err_line(&format!("removing {}: {e}", path.display()));
+        }
     }
 }

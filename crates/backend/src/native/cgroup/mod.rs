@@ -179,8 +179,10 @@ impl Cgroup {
             if start.elapsed() > PATIENCE {
                 return Err(CgroupError::Busy(self.leaves.first().cloned().unwrap_or_default()));
             }
+            // A pid that cannot be killed stays listed: the loop tries it
+            // again, and past PATIENCE says the cgroup is busy.
             for pid in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                crate::gone::kill("a process in the bottle's cgroup", pid).ok();
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -204,8 +206,15 @@ pub fn cleanup_stale(name: &str) -> Result<bool, CgroupError> {
     let host = RealHost;
     for parent in parents(&host) {
         for launcher in children(&parent).into_iter().filter(|n| n.starts_with(".launcher-")) {
-            // A leaf whose launcher still runs is busy: rmdir refuses it.
-            let _ = fs::remove_dir(parent.join(launcher));
+            // A leaf whose launcher still runs is busy: rmdir refuses it,
+            // and that is expected, so it is not a failure of cleanup.
+            let leaf = parent.join(launcher);
+            match fs::remove_dir(&leaf) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %leaf.display(), error = %e, "removing a launcher's empty cgroup"),
+            }
         }
     }
     let found: Vec<(CgroupMode, PathBuf)> =
@@ -322,13 +331,17 @@ fn create_at(p: &Placement, name: &str, limits: &Limits, pid: u32) -> Result<Cgr
         mkdir(&parent)?;
         let leaf = parent.join(name);
         if !mkdir(&leaf)? {
-            let _ = cg.remove();
+            if let Err(e) = cg.remove() {
+                tracing::warn!(error = %e, "removing a half-made cgroup; `bot-bottle cleanup` retries");
+            }
             return Err(CgroupError::Exists(leaf));
         }
         cg.leaves.push(leaf);
     }
     if let Err(e) = set_limits(&cg, limits) {
-        let _ = cg.remove();
+        if let Err(r) = cg.remove() {
+            tracing::warn!(error = %r, "removing a cgroup whose limits could not be set; `bot-bottle cleanup` retries");
+        }
         return Err(e);
     }
     Ok(cg)
