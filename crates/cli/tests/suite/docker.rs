@@ -1,13 +1,12 @@
 //! `bot-bottle start --backend docker`, end to end against the local
 //! daemon, with the test image built offline (tests/docker/image.sh).
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::native::panic_or_skip;
-use super::start_native::{Project, cli, command, slugs, upstream};
+use super::start_native::{Project, cli, command, slugs, start_paused_at, upstream};
 
 const GHP: &str = "ghp_Zq8VtR2mN4kL7pX1cB9dF3hJ6sW0yA5eG2uT";
 
@@ -131,29 +130,7 @@ fn cleanup_after_sigkill_at_each_docker_launch_phase_leaves_nothing() {
     let (port, _) = upstream();
     for phase in ["sidecars", "container-created", "container-started", "running"] {
         let p = project(&image, port, "echo up; sleep 60");
-        let mut c = command(&p, &["start", "a"]);
-        if phase != "running" {
-            c.env("BOT_BOTTLE_PAUSE_AT", phase);
-        }
-        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
-        let wanted = if phase == "running" { "up".to_owned() } else { format!("paused at {phase}") };
-        let reader: Box<dyn Read + Send> = if phase == "running" {
-            Box::new(child.stdout.take().expect("stdout"))
-        } else {
-            Box::new(child.stderr.take().expect("stderr"))
-        };
-        let mut lines = std::io::BufReader::new(reader);
-        let mut seen = String::new();
-        loop {
-            let mut l = String::new();
-            if std::io::BufRead::read_line(&mut lines, &mut l).expect("read") == 0 {
-                panic!("{phase}: the launcher ended before the phase: {seen}");
-            }
-            seen.push_str(&l);
-            if l.contains(&wanted) {
-                break;
-            }
-        }
+        let mut child = start_paused_at(&p, phase);
         let slugs = slugs(&p);
         if phase != "sidecars" {
             assert_eq!(containers(&slugs).len(), 1, "{phase}: the container exists before the kill");

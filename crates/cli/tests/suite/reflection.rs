@@ -171,18 +171,23 @@ fn never_shown(out: &str) {
     assert!(!out.contains(&b64[4..]), "the agent saw the token in base64: {out}");
 }
 
+/// Native bottles and node (the upstreams are node servers).
+fn probe() -> Result<(), String> {
+    available()?;
+    match Command::new("node").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("node is not installed".into()),
+    }
+}
+
 fn sh_heredoc(name: &str, text: &str) -> String {
     format!("cat > /tmp/{name} <<'EOF'\n{text}\nEOF\n")
 }
 
 #[test]
 fn an_echoing_h2_upstream_never_shows_the_agent_the_token() {
-    if let Err(why) = available() {
+    if let Err(why) = probe() {
         panic_or_skip(&why);
-        return;
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        panic_or_skip("node is not installed");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,12 +220,8 @@ fn an_echoing_h2_upstream_never_shows_the_agent_the_token() {
 
 #[test]
 fn an_echoing_websocket_upstream_never_shows_the_agent_the_token() {
-    if let Err(why) = available() {
+    if let Err(why) = probe() {
         panic_or_skip(&why);
-        return;
-    }
-    if Command::new("node").arg("--version").output().is_err() {
-        panic_or_skip("node is not installed");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -266,30 +266,8 @@ fn cleanup_after_sigkill_at_each_launch_phase_leaves_nothing() {
     let (port, _) = upstream();
     for phase in ["state", "workspace", "sidecars", "init-spawned", "bottle-mapped", "running"] {
         let p = project(port, "echo up; sleep 60");
-        let mut c = command(&p, &["start", "a"]);
-        if phase != "running" {
-            c.env("BOT_BOTTLE_PAUSE_AT", phase);
-        }
-        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
-        // Wait until the launcher is exactly at the phase (or the agent runs).
-        let wanted = if phase == "running" { "up".to_owned() } else { format!("paused at {phase}") };
-        let reader: Box<dyn Read + Send> = if phase == "running" {
-            Box::new(child.stdout.take().expect("stdout"))
-        } else {
-            Box::new(child.stderr.take().expect("stderr"))
-        };
-        let mut lines = std::io::BufReader::new(reader);
-        let mut seen = String::new();
-        loop {
-            let mut l = String::new();
-            if std::io::BufRead::read_line(&mut lines, &mut l).expect("read") == 0 {
-                panic!("{phase}: the launcher ended before the phase: {seen}");
-            }
-            seen.push_str(&l);
-            if l.contains(&wanted) {
-                break;
-            }
-        }
+        // The launcher exactly at the phase (or the agent running).
+        let mut child = start_paused_at(&p, phase);
         let slugs = slugs(&p);
         // Where bottles get cgroups, the bottle has one by now.
         if ["init-spawned", "bottle-mapped", "running"].contains(&phase) && cgroups_here() {
@@ -396,4 +374,34 @@ fn a_missing_agent_program_is_reported_before_the_agent_starts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the agent's program `no-such-program` must exist in the bottle"), "{err}");
     assert_eq!(leftovers(&p), 0);
+}
+
+/// `bot-bottle start a` in `p`, paused at launch `phase` (or, for
+/// `running`, once the agent printed `up`): the launcher, exactly there.
+#[expect(clippy::zombie_processes, reason = "returned to the caller, who kills and waits for it")]
+pub(crate) fn start_paused_at(p: &Project, phase: &str) -> Child {
+    let mut c = command(p, &["start", "a"]);
+    if phase != "running" {
+        c.env("BOT_BOTTLE_PAUSE_AT", phase);
+    }
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
+    let wanted = if phase == "running" { "up".to_owned() } else { format!("paused at {phase}") };
+    let reader: Box<dyn Read + Send> = if phase == "running" {
+        Box::new(child.stdout.take().expect("stdout"))
+    } else {
+        Box::new(child.stderr.take().expect("stderr"))
+    };
+    let mut lines = std::io::BufReader::new(reader);
+    let mut seen = String::new();
+    loop {
+        let mut l = String::new();
+        if std::io::BufRead::read_line(&mut lines, &mut l).expect("read") == 0 {
+            let status = child.wait().expect("wait");
+            panic!("{phase}: the launcher ended ({status}) before the phase: {seen}");
+        }
+        seen.push_str(&l);
+        if l.contains(&wanted) {
+            return child;
+        }
+    }
 }

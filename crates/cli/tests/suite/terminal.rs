@@ -139,10 +139,21 @@ fn an_attached_agent_types_nothing_into_the_users_shell_and_leaves_its_terminal_
     let tmp = tempfile::tempdir().expect("tempdir");
     let mark = tmp.path().join("INJECTED");
     let p = project(1, &injector(&mark));
-    let t = tmp.path().display();
+    let size = injected_from_a_shell(&p, tmp.path(), "start a --quiet", "native");
+    assert_eq!(size.trim(), "24 80");
+    assert_eq!(leftovers(&p), 0);
+}
+
+/// Runs `bot-bottle START` from a real shell on a terminal, its agent
+/// being [`injector`] with its mark at `dir/INJECTED`, and asserts that
+/// nothing the agent pushed ran in the shell and that the user's terminal
+/// modes and size came back as they were. The size it had.
+pub(crate) fn injected_from_a_shell(p: &Project, dir: &Path, start: &str, how: &str) -> String {
+    let t = dir.display();
     let line = format!(
-        "stty -g > {t}/before; stty size > {t}/size-before; {}; stty -g > {t}/after; stty size > {t}/size-after; echo SHELL-$((1+1))BACK\n",
-        typed(&p, "start a --quiet")
+        "stty -g > {t}/before; stty size > {t}/size-before; {}; stty -g > {t}/after; stty size > {t}/size-after; \
+         echo SHELL-$((1+1))BACK\n",
+        typed(p, start)
     );
     let steps = serde_json::json!([
         ["wait", "bash-"],
@@ -153,14 +164,13 @@ fn an_attached_agent_types_nothing_into_the_users_shell_and_leaves_its_terminal_
         ["wait", "E5ND"],
         ["type", "exit\n"]
     ]);
-    let (_, out) = on_a_terminal(&p, &steps, SHELL);
-    assert!(out.contains("injector-done") && out.contains("E5ND"), "{out}");
-    assert!(!mark.exists(), "the agent's keystrokes ran in the user's shell: {out}");
-    let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}: {out}"));
-    assert_eq!(read("size-after"), read("size-before"), "the agent resized the user's terminal");
-    assert_eq!(read("size-before").trim(), "24 80");
-    assert_eq!(read("after"), read("before"), "the user's terminal modes changed");
-    assert_eq!(leftovers(&p), 0);
+    let (_, out) = on_a_terminal(p, &steps, SHELL);
+    assert!(out.contains("injector-done") && out.contains("E5ND"), "{how}: {out}");
+    assert!(!dir.join("INJECTED").exists(), "{how}: the agent's keystrokes ran in the user's shell: {out}");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{how}: {f}: {e}: {out}"));
+    assert_eq!(read("size-after"), read("size-before"), "{how}: the agent resized the user's terminal");
+    assert_eq!(read("after"), read("before"), "{how}: the user's terminal modes changed");
+    read("size-before")
 }
 
 #[test]

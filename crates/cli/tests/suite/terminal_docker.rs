@@ -7,7 +7,7 @@
 use super::docker::{containers, image, project, runtimes};
 use super::native::panic_or_skip;
 use super::start_native::slugs;
-use super::terminal::{BOT_BOTTLE, SHELL, injector, on_a_terminal, typed};
+use super::terminal::{BOT_BOTTLE, injected_from_a_shell, injector, on_a_terminal};
 
 #[test]
 fn a_docker_agent_follows_the_users_window_size() {
@@ -41,27 +41,7 @@ fn a_docker_agent_types_nothing_into_the_users_shell() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mark = tmp.path().join("INJECTED");
         let p = project(&image, 1, &injector(&mark));
-        let t = tmp.path().display();
-        let line = format!(
-            "stty -g > {t}/before; stty size > {t}/size-before; {}; stty -g > {t}/after; stty size > {t}/size-after; \
-             echo SHELL-$((1+1))BACK\n",
-            typed(&p, &format!("start a --quiet --runtime {runtime}"))
-        );
-        let steps = serde_json::json!([
-            ["wait", "bash-"],
-            ["type", line],
-            ["wait", "SHELL-2BACK"],
-            // Anything pushed into the shell's input queue runs before this.
-            ["type", "echo E$((2+3))ND\n"],
-            ["wait", "E5ND"],
-            ["type", "exit\n"]
-        ]);
-        let (_, out) = on_a_terminal(&p, &steps, SHELL);
-        assert!(out.contains("injector-done") && out.contains("E5ND"), "{runtime}: {out}");
-        assert!(!mark.exists(), "{runtime}: the agent's keystrokes ran in the user's shell: {out}");
-        let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap_or_else(|e| panic!("{f}: {e}: {out}"));
-        assert_eq!(read("size-after"), read("size-before"), "{runtime}: the agent resized the user's terminal");
-        assert_eq!(read("after"), read("before"), "{runtime}: the user's terminal modes changed");
+        injected_from_a_shell(&p, tmp.path(), &format!("start a --quiet --runtime {runtime}"), runtime);
         assert!(containers(&slugs(&p)).is_empty(), "{runtime}: a container is left");
     }
 }
