@@ -82,9 +82,65 @@ fn real(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Where else on the host credentials are kept, beyond this user's home.
+struct Elsewhere {
+    /// Other users' homes (root's, every directory under `/home`).
+    homes: Vec<PathBuf>,
+    /// Locations the environment moves out of the home: the variable and
+    /// the path.
+    moved: Vec<(&'static str, PathBuf)>,
+}
+
+impl Elsewhere {
+    fn of_this_host() -> Elsewhere {
+        Elsewhere { homes: other_homes(), moved: moved_credentials() }
+    }
+}
+
+/// Root's home and every directory under `/home`.
+fn other_homes() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let others = std::fs::read_dir("/home").into_iter().flatten().flatten().map(|e| e.path());
+    for h in std::iter::once(PathBuf::from("/root")).chain(others) {
+        if h.is_dir() {
+            v.push(real(&h));
+        }
+    }
+    v
+}
+
+/// Credential and state locations the environment puts outside the home:
+/// the variable and the path.
+fn moved_credentials() -> Vec<(&'static str, PathBuf)> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from).filter(|p| p.is_absolute());
+    let mut v = Vec::new();
+    if let Some(p) = var("CODEX_HOME") {
+        v.push(("CODEX_HOME", p));
+    }
+    if let Some(p) = var("CLAUDE_CONFIG_DIR") {
+        v.push(("CLAUDE_CONFIG_DIR", p));
+    }
+    if let Some(p) = var("XDG_STATE_HOME") {
+        v.push(("XDG_STATE_HOME", p.join("bot-bottle")));
+    }
+    if let Some(p) = var("XDG_CONFIG_HOME") {
+        v.push(("XDG_CONFIG_HOME", p.join("bot-bottle")));
+    }
+    v
+}
+
 /// Checks one `mounts:` entry. `manifest_root` is the manifest directory
 /// (bot-bottle's own, refused like the rest).
 pub(crate) fn check(raw: &str, home: Option<&Path>, manifest_root: Option<&Path>) -> Result<Mount, Refused> {
+    check_against(raw, home, manifest_root, &Elsewhere::of_this_host())
+}
+
+fn check_against(
+    raw: &str,
+    home: Option<&Path>,
+    manifest_root: Option<&Path>,
+    elsewhere: &Elsewhere,
+) -> Result<Mount, Refused> {
     let expanded = match (raw.strip_prefix('~'), home) {
         (Some(rest), Some(h)) if rest.is_empty() || rest.starts_with('/') => h.join(rest.trim_start_matches('/')),
         (Some(_), None) => {
@@ -118,16 +174,28 @@ pub(crate) fn check(raw: &str, home: Option<&Path>, manifest_root: Option<&Path>
         ));
     }
     let via = if Path::new(raw) == path { String::new() } else { format!(" (resolved to {shown})") };
-    if let Some(h) = home.map(real) {
-        if h.starts_with(&path) {
-            let what = if h == path { "is" } else { "contains" };
-            return Err(refused(
-                format!("mount `{raw}`{via} {what} your home directory, where credentials are kept"),
-                "mount only the toolchain directories the agent needs, e.g. `~/.rustup` and `~/.cargo/bin`",
-            ));
-        }
+    // Without a home the credential locations are unknown: nothing is
+    // mounted rather than something unchecked.
+    let Some(h) = home.map(real) else {
+        return Err(refused(
+            format!("mount `{raw}` cannot be checked: HOME is not set"),
+            "set HOME to your home directory, where bot-bottle looks for credentials to keep out",
+        ));
+    };
+    if h.starts_with(&path) {
+        let what = if h == path { "is" } else { "contains" };
+        return Err(refused(
+            format!("mount `{raw}`{via} {what} your home directory, where credentials are kept"),
+            "mount only the toolchain directories the agent needs, e.g. `~/.rustup` and `~/.cargo/bin`",
+        ));
+    }
+    // This user's credential locations, every other home's on this host
+    // (a launch under sudo, a shared machine), and those the environment
+    // moves elsewhere (CODEX_HOME holds a ChatGPT login's refresh token).
+    let others = elsewhere.homes.iter().filter(|o| **o != h).map(|o| (o.display().to_string(), o.clone()));
+    for (home_shown, home) in std::iter::once(("~".to_owned(), h.clone())).chain(others) {
         for c in HOME_CREDENTIALS {
-            let guarded = real(&h.join(c));
+            let guarded = real(&home.join(c));
             if path.starts_with(&guarded) || guarded.starts_with(&path) {
                 let what = if path.starts_with(&guarded) { "lies in" } else { "contains" };
                 let help = if *c == ".cargo/credentials.toml" || *c == ".cargo/credentials" {
@@ -136,10 +204,19 @@ pub(crate) fn check(raw: &str, home: Option<&Path>, manifest_root: Option<&Path>
                     "mount only the toolchain directories the agent needs".to_owned()
                 };
                 return Err(refused(
-                    format!("mount `{raw}`{via} {what} ~/{c}, where credentials or bot-bottle's state are kept"),
+                    format!("mount `{raw}`{via} {what} {home_shown}/{c}, where credentials or bot-bottle's state are kept"),
                     help,
                 ));
             }
+        }
+    }
+    for (var, guarded) in &elsewhere.moved {
+        let guarded = real(guarded);
+        if path.starts_with(&guarded) || guarded.starts_with(&path) {
+            return Err(refused(
+                format!("mount `{raw}`{via} overlaps {} (${var}), where credentials or bot-bottle's state are kept", guarded.display()),
+                "mount only the toolchain directories the agent needs",
+            ));
         }
     }
     if let Some(root) = manifest_root.map(real)
@@ -228,5 +305,37 @@ mod tests {
         // The manifest directory is refused too.
         let e = check("~/tools", h, Some(&home.join("tools"))).map(drop).map_err(|r| r.message);
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn other_homes_moved_credentials_and_no_home_are_refused() {
+        let tmp = tempfile::tempdir_in(std::env::home_dir().expect("home")).expect("tempdir");
+        let root = tmp.path().canonicalize().expect("real");
+        for d in ["me", "bob/.ssh", "bob/src", "codex", "state/bot-bottle", "tools"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        let me = root.join("me");
+        let elsewhere = Elsewhere {
+            homes: vec![root.join("bob")],
+            moved: vec![("CODEX_HOME", root.join("codex")), ("XDG_STATE_HOME", root.join("state/bot-bottle"))],
+        };
+        let at = |raw: &Path| {
+            check_against(raw.to_str().expect("utf-8"), Some(&me), None, &elsewhere).map(drop).map_err(|r| r.message)
+        };
+        for (raw, why) in [
+            (root.join("bob/.ssh"), "bob/.ssh"),
+            (root.join("bob"), "contains"),
+            (root.join("codex"), "$CODEX_HOME"),
+            (root.join("state"), "$XDG_STATE_HOME"),
+        ] {
+            let e = at(&raw).expect_err(&raw.display().to_string());
+            assert!(e.contains(why), "{}: {e}", raw.display());
+        }
+        assert!(at(&root.join("bob/src")).is_ok(), "another user's project directory is no credential");
+        assert!(at(&root.join("tools")).is_ok());
+        let e = check_against(&root.join("tools").display().to_string(), None, None, &elsewhere)
+            .map(drop)
+            .map_err(|r| r.message);
+        assert!(e.is_err_and(|m| m.contains("HOME is not set")), "no home, nothing mounted");
     }
 }
