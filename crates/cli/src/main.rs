@@ -460,7 +460,10 @@ fn start(flag: Option<PathBuf>, args: StartArgs) -> Result<(), Failure> {
     if args.detach {
         return launch::detach(&plan.agent.name, None);
     }
-    let resume = std::env::var("BOT_BOTTLE_SLUG").ok();
+    // The slug `detach` claimed, for the detached launcher only: a stray
+    // BOT_BOTTLE_SLUG in a user's environment never points `start` at
+    // another bottle.
+    let resume = std::env::var_os(launch::DETACHED).and_then(|_| std::env::var("BOT_BOTTLE_SLUG").ok());
     agent_exit(launch::run(&plan, &launch::Options { quiet: args.quiet, request, resume })?)
 }
 

@@ -92,6 +92,10 @@ pub(crate) struct EscapeFilter {
     held: Vec<u8>,
     /// UTF-8 continuation bytes still expected (text and passed OSC).
     need: u8,
+    /// The least the next continuation byte may be: above 0x80 after the
+    /// leads whose short forms are overlong (`E0 82 9D` is not U+009D,
+    /// whatever a lenient decoder makes of it).
+    lo: u8,
     /// A 0xC2 lead byte is held: with 0x80–0x9F after it, it is a C1 control.
     c2: bool,
     /// The number of the OSC being read.
@@ -100,7 +104,7 @@ pub(crate) struct EscapeFilter {
 
 impl Default for EscapeFilter {
     fn default() -> Self {
-        EscapeFilter { state: State::Ground, held: Vec::new(), need: 0, c2: false, osc: 0 }
+        EscapeFilter { state: State::Ground, held: Vec::new(), need: 0, lo: 0x80, c2: false, osc: 0 }
     }
 }
 
@@ -159,12 +163,16 @@ impl EscapeFilter {
                 out.push(b);
                 self.state = State::Ground;
             }
-            0x80..=0xbf if self.need > 0 => {
+            0x80..=0xbf if self.need > 0 && b >= self.lo => {
                 self.need -= 1;
+                self.lo = 0x80;
                 out.push(b);
             }
-            // A stray C1 control (8-bit): judged as one.
+            // A stray C1 control (8-bit), or one that breaks off a UTF-8
+            // sequence: judged as one, the sequence abandoned.
             0x80..=0x9f => {
+                self.need = 0;
+                self.lo = 0x80;
                 self.state = State::Ground;
                 self.c1(b, &[b]);
             }
@@ -175,6 +183,11 @@ impl EscapeFilter {
                     0xe0..=0xef => 2,
                     0xf0..=0xf4 => 3,
                     _ => 0,
+                };
+                self.lo = match b {
+                    0xe0 => 0xa0,
+                    0xf0 => 0x90,
+                    _ => 0x80,
                 };
                 out.push(b);
             }
@@ -210,6 +223,10 @@ impl EscapeFilter {
                 self.state = State::OscNumber;
             }
             b'P' | b'X' | b'^' | b'_' => self.state = State::Drop { osc: false },
+            // A change of coding system (`ESC % @` leaves UTF-8, after
+            // which the terminal reads 0x80-0x9F as C1 controls inside
+            // what this filter reads as UTF-8 text): dropped.
+            b'%' => self.state = State::Ground,
             // ESC ESC: the first is abandoned.
             ESC => {}
             CAN | SUB => {
@@ -383,6 +400,14 @@ mod tests {
         // Numbers that wrap, or lead with a zero the allow list has.
         check(b"a\x1b]4294967348;c;eA==\x07b", b"ab");
         check(b"a\x1b]00052;c;eA==\x07b", b"ab");
+        // Leaving UTF-8 (`ESC % @`) would make a UTF-8 letter's second
+        // byte a C1 OSC or DCS to the terminal: the switch never passes.
+        check(b"a\x1b%@\xc3\x9d52;c;ZWNobw==\x07b", b"a@\xc3\x9d52;c;ZWNobw==\x07b");
+        check(b"\x1b%@\xc3\x90$qm\x1b\\", b"@\xc3\x90$qm\x1b\\");
+        check(b"\x1b%8", b"8");
+        // Overlong UTF-8 for a C1 control is no letter: judged as the C1.
+        check(b"a\xe0\x82\x9d52;c;eA==\x07b", b"a\xe0b");
+        check(b"a\xf0\x80\x82\x9d52;c;eA==\x07b", b"a\xf0b");
         // A CSI too long to hold is dropped whole.
         let long = filtered(format!("a\x1b[{}21tb", "1;".repeat(200)).as_bytes());
         assert!(!long.contains(&ESC) && long.starts_with(b"a") && long.ends_with(b"21tb"), "{long:?}");
