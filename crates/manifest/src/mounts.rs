@@ -204,7 +204,9 @@ fn check_against(
                     "mount only the toolchain directories the agent needs".to_owned()
                 };
                 return Err(refused(
-                    format!("mount `{raw}`{via} {what} {home_shown}/{c}, where credentials or bot-bottle's state are kept"),
+                    format!(
+                        "mount `{raw}`{via} {what} {home_shown}/{c}, where credentials or bot-bottle's state are kept"
+                    ),
                     help,
                 ));
             }
@@ -214,7 +216,10 @@ fn check_against(
         let guarded = real(guarded);
         if path.starts_with(&guarded) || guarded.starts_with(&path) {
             return Err(refused(
-                format!("mount `{raw}`{via} overlaps {} (${var}), where credentials or bot-bottle's state are kept", guarded.display()),
+                format!(
+                    "mount `{raw}`{via} overlaps {} (${var}), where credentials or bot-bottle's state are kept",
+                    guarded.display()
+                ),
                 "mount only the toolchain directories the agent needs",
             ));
         }

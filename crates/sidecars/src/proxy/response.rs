@@ -302,16 +302,17 @@ async fn pump(
     let mut mode = Mode::Undecided;
     // Masked bytes waiting for the decoded side to clear them.
     let mut held: Vec<u8> = Vec::new();
+    // Trailers, masked like headers, go last: after every byte still held
+    // (the redactor's tail, a body scanned whole), as HTTP requires.
+    let mut trailers = None;
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
         let chunk = match frame.into_data() {
             Ok(chunk) => chunk,
             Err(frame) => {
-                // Trailers: masked like headers.
                 if let Ok(mut t) = frame.into_trailers() {
                     report.redacted.fetch_add(redact_headers(&mut t, det) as u64, Ordering::Relaxed);
-                    send(tx, std::mem::take(&mut held)).await?;
-                    tx.send(Ok(Frame::trailers(t))).await.map_err(|_| String::new())?;
+                    trailers = Some(t);
                 }
                 continue;
             }
@@ -384,6 +385,9 @@ async fn pump(
     }
     send(tx, held).await?;
     send(tx, raw.finish()).await?;
+    if let Some(t) = trailers {
+        tx.send(Ok(Frame::trailers(t))).await.map_err(|_| String::new())?;
+    }
     Ok(())
 }
 

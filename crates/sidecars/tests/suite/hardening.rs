@@ -88,6 +88,45 @@ fn a_websocket_server_that_echoes_the_token_shows_only_a_mask() {
     );
 }
 
+/// An upstream's trailers that echo the token never show it, and the body
+/// before them arrives whole, the redactor's held-back tail included (it
+/// used to be sent after the trailers), over h1 and h2 upstreams.
+#[test]
+fn trailers_are_masked_and_come_after_the_whole_body() {
+    for h2 in [false, true] {
+        let (h, a) = injecting(h2, "");
+        let env = h.client_env();
+        let script = format!(
+            "import socket,ssl\n\
+             s=socket.create_connection(('127.0.0.1',{pp}))\n\
+             s.sendall(b'CONNECT 127.0.0.1:{pa} HTTP/1.1\\r\\nHost: 127.0.0.1:{pa}\\r\\n\\r\\n'); s.recv(200)\n\
+             t=ssl.create_default_context().wrap_socket(s, server_hostname='127.0.0.1')\n\
+             t.sendall(b'GET /api/trailers HTTP/1.1\\r\\nHost: 127.0.0.1:{pa}\\r\\nTE: trailers\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             raw=b''\n\
+             while True:\n    d=t.recv(4096)\n    if not d: break\n    raw+=d\n\
+             head,rest=raw.split(b'\\r\\n\\r\\n',1)\n\
+             body=b''\n\
+             while True:\n    size,rest=rest.split(b'\\r\\n',1)\n    n=int(size,16)\n    if n==0: break\n    body+=rest[:n]; rest=rest[n+2:]\n\
+             print('BODY:'+body.decode()); print('TRAILERS:'+rest.decode().replace('\\r\\n','|'))",
+            pp = h.proxy_addr.port(),
+            pa = a.addr.port()
+        );
+        let out = python(&env, &script);
+        let got = out.stdout.trim();
+        assert!(!got.contains(TOKEN), "h2={h2}: the token came back: {got}");
+        // Every byte of the body arrived before the last chunk.
+        assert!(
+            got.starts_with(&format!("BODY:body-start {}\nTRAILERS:", &TOKEN[..6])),
+            "h2={h2}: {got}\n{}",
+            out.stderr
+        );
+        // Trailers do not reach an HTTP/1.1 agent (the proxy keeps the
+        // `Trailer` header back); whatever arrives after the body is masked.
+        let trailers = got.split_once("TRAILERS:").map_or("", |(_, t)| t);
+        assert!(!trailers.contains(&TOKEN[..8]), "h2={h2}: {got}");
+    }
+}
+
 /// Raw HTTP/1.1 through a CONNECT tunnel: the status line the proxy answers.
 fn raw_status(h: &Harness, a: &Upstream, request: &str) -> String {
     let script = format!(

@@ -89,7 +89,9 @@ impl Upstream {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let log = log.clone();
                         let files = files.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &log, files.as_deref()).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(body_of(handle(req, peer, &log, files.as_deref()).await))
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -114,7 +116,7 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let log = log.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &log, None).await) }
+                        async move { Ok::<_, std::convert::Infallible>(body_of(handle(req, peer, &log, None).await)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
                 });
@@ -128,7 +130,81 @@ impl Upstream {
     }
 }
 
+/// A response's body as the upstream sends it: whole, or for
+/// `/api/trailers` ([`Trailing`]) as data then trailers.
+type AnyBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// The upstream's answer to send: `handle`'s, or one with trailers.
+enum Reply {
+    Whole(Response<Full<Bytes>>),
+    Trailing(Response<AnyBody>),
+}
+
+impl From<Response<Full<Bytes>>> for Reply {
+    fn from(r: Response<Full<Bytes>>) -> Reply {
+        Reply::Whole(r)
+    }
+}
+
+fn body_of(r: Reply) -> Response<AnyBody> {
+    match r {
+        Reply::Whole(r) => r.map(BodyExt::boxed),
+        Reply::Trailing(r) => r,
+    }
+}
+
+/// A chunked response whose trailer hands back the request's `x-api-key`
+/// and whose body ends in the key's first bytes (so a redactor holds its
+/// tail back until the end).
+fn trailing(headers: &BTreeMap<String, String>) -> Reply {
+    let key = headers.get("x-api-key").cloned().unwrap_or_default();
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("x-echo-trailer", key.parse().expect("h"));
+    let frames = Frames(
+        [
+            hyper::body::Frame::data(Bytes::from(format!("body-start {}", &key[..6]))),
+            hyper::body::Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let mut r = Response::new(BodyExt::boxed(frames));
+    r.headers_mut().insert("trailer", "x-echo-trailer".parse().expect("h"));
+    Reply::Trailing(r)
+}
+
+/// A body of the frames given, in order.
+struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
 async fn handle(
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    log: &Arc<Mutex<Vec<Seen>>>,
+    files: Option<&Path>,
+) -> Reply {
+    if req.uri().path() == "/api/trailers" {
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        return trailing(&headers);
+    }
+    handle_whole(req, peer, log, files).await.into()
+}
+
+async fn handle_whole(
     mut req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
     log: &Arc<Mutex<Vec<Seen>>>,
