@@ -182,6 +182,76 @@ fn walk(
     Ok(())
 }
 
+/// The Dockerfile as the daemon gets it: from the context's tar.
+fn dockerfile_text(ctx: &Context) -> Result<String, BackendError> {
+    let mut a = tar::Archive::new(&ctx.tar[..]);
+    for e in a.entries().map_err(io("reading the build context"))? {
+        let mut e = e.map_err(io("reading the build context"))?;
+        if e.path().is_ok_and(|p| p == Path::new(&ctx.dockerfile)) {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut e, &mut text).map_err(io("reading the Dockerfile"))?;
+            return Ok(text);
+        }
+    }
+    Err(BackendError::Preflight(format!("the build context holds no {}", ctx.dockerfile)))
+}
+
+/// What in a Dockerfile the daemon itself would fetch over the network,
+/// outside `RUN`'s `none` network and outside the proxy: `ADD` of a URL
+/// or a git repository, and every image it would pull (`FROM`,
+/// `COPY --from`) that `local` says is not on the machine. A Dockerfile in
+/// the project is the agent's to write, and an image reference can carry
+/// data out in its name. The reasons, one per line.
+pub(super) fn fetches(dockerfile: &str, local: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let joined = dockerfile.replace("\\\r\n", " ").replace("\\\n", " ");
+    let mut stages: Vec<String> = Vec::new();
+    let mut why = Vec::new();
+    let image = |r: &str, stages: &[String], why: &mut Vec<String>, what: &str| {
+        if r.eq_ignore_ascii_case("scratch") || stages.iter().any(|s| s.eq_ignore_ascii_case(r)) {
+        } else if r.contains('$') {
+            why.push(format!("{what} `{r}` names its image through a variable: write the image's name"));
+        } else if !local(r) {
+            why.push(format!("{what} `{r}` is not on this machine: `docker pull {r}` it yourself first"));
+        }
+    };
+    for line in joined.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let mut words = line.split_whitespace();
+        let op = words.next().unwrap_or_default().to_ascii_uppercase();
+        let args: Vec<&str> = words.collect();
+        let plain: Vec<&str> = args.iter().copied().filter(|a| !a.starts_with("--")).collect();
+        match op.as_str() {
+            "FROM" => {
+                if let Some(r) = plain.first() {
+                    image(r, &stages, &mut why, "FROM");
+                }
+                if let [_, as_, name, ..] = plain.as_slice()
+                    && as_.eq_ignore_ascii_case("as")
+                {
+                    stages.push((*name).to_owned());
+                }
+            }
+            "COPY" => {
+                for from in args.iter().filter_map(|a| a.strip_prefix("--from=")) {
+                    if from.parse::<usize>().is_err() {
+                        image(from, &stages, &mut why, "COPY --from");
+                    }
+                }
+            }
+            "ADD" => {
+                let json = line.contains('[');
+                for a in &plain {
+                    let a = if json { a.trim_matches(|c| c == '[' || c == ']' || c == ',' || c == '"') } else { a };
+                    if a.contains("://") || a.starts_with("git@") {
+                        why.push(format!("ADD `{a}`: the daemon would fetch it; download it into the build's folder"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    why
+}
+
 /// Adds `tag` to the list in `file` (once). A list that cannot be written
 /// only means `cleanup --purge` will not find the image; the bottle is fine.
 pub(super) fn record(file: &Path, tag: &str) {
@@ -253,6 +323,15 @@ impl Client {
         if self.has_image(&ctx.tag) {
             tracing::debug!(tag = %ctx.tag, "the image is built already");
             return Ok(());
+        }
+        let text = dockerfile_text(&ctx)?;
+        let refused = fetches(&text, &|r| self.has_image(r));
+        if !refused.is_empty() {
+            return Err(BackendError::Build {
+                dockerfile: source.to_path_buf(),
+                why: "it would reach the network outside the bottle's proxy".into(),
+                log: refused.join("\n"),
+            });
         }
         let labels: HashMap<&str, &str> = [(LABEL_BUILD, "1"), (LABEL_BACKEND, "docker")].into();
         let opts = BuildImageOptionsBuilder::new()
@@ -348,5 +427,19 @@ mod tests {
         assert_eq!(context(&df).expect("context").tag, c1.tag, "ignored files do not count");
         std::fs::write(d.path().join("a"), "two").expect("write");
         assert_ne!(context(&df).expect("context").tag, c1.tag);
+    }
+
+    #[test]
+    fn what_the_daemon_would_fetch_is_refused() {
+        let local = |r: &str| r == "bot-bottle-test:base";
+        let ok =
+            "FROM bot-bottle-test:base AS b\nFROM scratch\nCOPY --from=b /x /x\nCOPY --from=0 /y /y\nADD a.tar /\n";
+        assert_eq!(fetches(ok, &local), Vec::<String>::new());
+        let bad = "FROM registry.example/x:c2VjcmV0\nFROM $BASE\nCOPY --from=other:1 /x /x\n\
+                   ADD https://example.com/a /a\nadd [\"git@github.com:o/r\", \"/r\"]\nADD \\\n  http://e/x /x\n";
+        let why = fetches(bad, &local);
+        assert_eq!(why.len(), 6, "{why:?}");
+        assert!(why[0].contains("docker pull registry.example/x:c2VjcmV0"), "{why:?}");
+        assert!(why[1].contains("variable"), "{why:?}");
     }
 }

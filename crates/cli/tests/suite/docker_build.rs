@@ -119,6 +119,17 @@ fn a_dockerfile_that_fails_to_build_says_why_with_its_log_and_creates_nothing() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("bot-bottle-test:no-such-tag"), "{err}");
+    // Refused before the daemon is asked: a pull would reach the network
+    // outside the proxy, with whatever the image's name carries.
+    assert!(err.contains("docker pull bot-bottle-test:no-such-tag"), "{err}");
+
+    // So would an ADD of a URL, fetched by the daemon itself.
+    with_dockerfile(&p, "FROM scratch\nADD https://example.com/x /x\n", &[]);
+    let out = command(&p, &["start", "a", "--quiet"]).output().expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("ADD `https://example.com/x`"), "{err}");
+    assert!(containers(&slugs(&p)).is_empty(), "no container was made");
 }
 
 /// The plan of a `dockerfile:` bottle names the image it would build by
