@@ -174,6 +174,12 @@ fn guest(args: &[String]) -> Result<(), Failed> {
     if pairs.is_empty() {
         return Err(Failed::Said("nothing to forward".into()));
     }
+    // Not dumpable: an agent of the same uid (a docker bottle launched by
+    // an unprivileged user) cannot open this process's descriptors (the
+    // sidecar sockets) through /proc, nor ptrace it.
+    #[cfg(target_os = "linux")]
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("making the forwarder non-dumpable: {e}"))?;
     // smolvm's no-network guest may leave `lo` down; an `lo` already up
     // (or a bind that works) needs nothing.
     if let Err(e) = loopback_up()
@@ -210,12 +216,17 @@ fn ready(ports: &[String]) -> Result<(), Failed> {
 /// content and `chmod` for a file): a docker bottle's provisioning in one
 /// exec instead of one each.
 fn unpack(input: impl io::Read) -> Result<(), Failed> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut a = tar::Archive::new(input);
     let entries = a.entries().map_err(|e| format!("reading the files to write: {e}"))?;
     for e in entries {
         let mut e = e.map_err(|e| format!("reading the files to write: {e}"))?;
         let rel = e.path().map_err(|e| format!("a path to write: {e}"))?.into_owned();
+        // Plain names only: no `..`, no root, nothing to lead the write
+        // elsewhere than the path the launcher named.
+        if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(format!("{}: not a plain path", rel.display()).into());
+        }
         let path = Path::new("/").join(&rel);
         let mode = e.header().mode().map_err(|e| format!("{}: {e}", path.display()))? & 0o7777;
         let perms = std::fs::Permissions::from_mode(mode);
@@ -227,12 +238,25 @@ fn unpack(input: impl io::Read) -> Result<(), Failed> {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
                 }
-                let mut f = std::fs::File::create(&path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+                // A link at the file's own name is never followed.
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
                 io::copy(&mut e, &mut f).map_err(|e| format!("writing {}: {e}", path.display()))?;
+                f.set_permissions(perms.clone()).map_err(|e| format!("chmod {}: {e}", path.display()))?;
             }
             other => return Err(format!("{}: cannot write a {other:?}", path.display()).into()),
         }
-        std::fs::set_permissions(&path, perms).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        if e.header().entry_type() == tar::EntryType::Directory {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(format!("{}: a link where a directory is to be", path.display()).into());
+            }
+            std::fs::set_permissions(&path, perms).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -323,5 +347,18 @@ mod tests {
         assert_eq!(mode("home/a/b.txt"), 0o600);
         assert_eq!(std::fs::read_to_string(d.path().join("home/a/b.txt")).expect("read"), "one");
         assert_eq!(std::fs::read_to_string(d.path().join("run/ca.pem")).expect("read"), "three");
+
+        // A link planted at a file's name is not followed: the write fails
+        // and the file it names is untouched.
+        std::fs::write(d.path().join("target"), "kept").expect("write");
+        std::os::unix::fs::symlink(d.path().join("target"), d.path().join("home/link")).expect("symlink");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(3);
+        b.append_data(&mut h, at("home/link"), &b"new"[..]).expect("append");
+        assert!(unpack(&b.into_inner().expect("tar")[..]).is_err());
+        assert_eq!(std::fs::read_to_string(d.path().join("target")).expect("read"), "kept");
     }
 }
