@@ -105,6 +105,15 @@ pub fn parse_rules(yaml: &str) -> Result<Vec<Rule>, RuleError> {
         if r.keywords.is_empty() || r.keywords.iter().any(String::is_empty) {
             return Err(invalid("needs non-empty keywords"));
         }
+        // Keywords open the regex's window as written unless `nocase`: a
+        // case-insensitive regex behind case-sensitive keywords would miss
+        // every other spelling.
+        if r.regex.starts_with("(?i)")
+            && !r.nocase
+            && r.keywords.iter().any(|k| k.bytes().any(|b| b.is_ascii_alphabetic()))
+        {
+            return Err(invalid("a case-insensitive regex needs `nocase: true` for its keywords"));
+        }
         // Compiled here to check it, then dropped: see `LazyRegex`.
         let captures =
             compile(&r.regex).map_err(|source| RuleError::Regex { id: r.id.clone(), source })?.captures_len();

@@ -55,6 +55,8 @@ fn short_case_insensitive_keywords_match_in_any_case() {
     // open the rule's window.
     let det = Detector::builtin();
     let key = "XmyhXQ2b5Krp0R6uv1Czb3URj1MkPwX/ka7eVzTX";
+    let nuget = "<ADD KEY=\"ClearTextPassword\" VALUE=\"RSYwTr7R6F7oG7e5\" />";
+    assert!(det.scan(nuget.as_bytes()).iter().any(|f| f.rule == "nuget-config-password"), "{nuget}");
     for name in ["aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "Aws_Secret_Access_Key", "aWs_secret"] {
         let text = format!("{name} = {key}\n");
         let found = det.scan(text.as_bytes());
