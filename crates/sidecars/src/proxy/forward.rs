@@ -35,6 +35,8 @@ impl Inner {
             Err(cap) => return self.denied(&c, deny("limit", cap.reason(&self.gates.limits))),
         };
         let (policy, tokens, lazy) = self.snapshot();
+        // Built before anything is decided: a denial's audit record shows
+        // its path only once the detector has cleared it.
         let dets = match lazy.get().await {
             Ok(d) => d,
             Err(why) => return self.denied(&c, deny("detector", why)),
@@ -77,6 +79,17 @@ impl Inner {
                 Ok(v) => HeaderName::from_bytes(i.header.as_bytes()).ok().map(|n| (n, v, i.env.clone())),
                 Err(why) => return self.no_credential(&c, why),
             },
+        };
+        // The detectors as they are once the token was read: a token
+        // renewed since the snapshot is injected now, and its response must
+        // be scanned for it too (a renewal teaches the detectors the new
+        // token before it swaps it in).
+        let dets = match inject {
+            Some(_) => match self.snapshot().2.get().await {
+                Ok(d) => d,
+                Err(why) => return self.denied(&c, deny("detector", why)),
+            },
+            None => dets,
         };
         if scheme == Scheme::Http && inject.is_some() {
             return self
@@ -187,7 +200,9 @@ impl Inner {
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED
-            || hyper::body::Body::is_end_stream(&body);
+            || hyper::body::Body::is_end_stream(&body)
+            // Nothing to look for: the body is not decoded at all.
+            || !dets.response.has_known();
         let body: ProxyBody = if no_body {
             body.map_err(|e| -> body::BoxError { Box::new(e) }).boxed()
         } else {
@@ -266,6 +281,9 @@ impl Inner {
             let masked = response::redact_headers(&mut parts.headers, &known)
                 + response::redact_reason(&mut parts.extensions, &known);
             self.record_full(&c, "allow", None, status, 0, 0, masked as u64);
+            if !known.has_known() {
+                return Response::from_parts(parts, body.map_err(|e| -> body::BoxError { Box::new(e) }).boxed());
+            }
             let codings = response::codings(&parts.headers);
             let body = response::scan(body, codings, known, self.gates.clone(), report);
             return Response::from_parts(parts, body.boxed());
