@@ -21,6 +21,7 @@
 mod bundle;
 mod endpoint;
 mod gate;
+mod lazy;
 mod peer;
 mod proxy;
 mod renew;

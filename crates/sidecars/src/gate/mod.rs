@@ -38,7 +38,7 @@ mod snapshot;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bot_bottle_detect::Detector;
@@ -56,6 +56,7 @@ use check::Rules;
 use git::Git;
 
 use crate::EnvLookup;
+use crate::lazy::Lazy;
 
 /// Everything a gate needs to start.
 pub struct GateConfig {
@@ -240,43 +241,6 @@ pub(crate) struct RepoState {
     pub(crate) head_known: std::sync::atomic::AtomicBool,
 }
 
-/// The detector, compiled on a thread of its own; a push that arrives
-/// first waits for it (nothing is ever scanned by less).
-#[derive(Debug)]
-struct LazyDetector {
-    cell: Arc<OnceLock<Arc<Detector>>>,
-    /// The known secrets, for a detector built here if the wait fails.
-    known: Arc<Vec<(String, String)>>,
-}
-
-impl LazyDetector {
-    fn spawn(known: Vec<(String, String)>) -> LazyDetector {
-        let cell: Arc<OnceLock<Arc<Detector>>> = Arc::default();
-        let known = Arc::new(known);
-        let (c, k) = (cell.clone(), known.clone());
-        std::thread::spawn(move || {
-            // The only writer: `set` cannot find the cell full.
-            if c.set(Arc::new(Detector::builtin().with_known(k.to_vec()))).is_err() {
-                tracing::debug!("the gate's detector was already set");
-            }
-        });
-        LazyDetector { cell, known }
-    }
-
-    async fn get(&self) -> Arc<Detector> {
-        let cell = self.cell.clone();
-        match tokio::task::spawn_blocking(move || cell.wait().clone()).await {
-            Ok(d) => d,
-            // Only if the waiting task failed: build the same detector
-            // here, the known secrets included (never scan by less).
-            Err(e) => {
-                tracing::warn!(error = %e, "waiting for the gate's detector; building it here");
-                Arc::new(Detector::builtin().with_known(self.known.to_vec()))
-            }
-        }
-    }
-}
-
 pub(crate) struct Inner {
     bottle: String,
     dir: PathBuf,
@@ -284,9 +248,9 @@ pub(crate) struct Inner {
     hooks: PathBuf,
     run: PathBuf,
     repos: IndexMap<String, RepoState>,
-    detector: LazyDetector,
-    /// Secret values to take out of any upstream message shown to the agent.
-    redact: Vec<String>,
+    /// Built off the start's path; a push that arrives first waits for it,
+    /// and one that cannot have it is refused.
+    detector: Lazy<Detector>,
     audit: Audit,
     events: Mutex<GateReport>,
     keys: Mutex<Vec<forge::KeyRecord>>,
@@ -358,8 +322,7 @@ impl Gate {
             hooks,
             run: dir.join("run"),
             repos: IndexMap::new(),
-            detector: LazyDetector { cell: Arc::default(), known: Arc::default() },
-            redact: Vec::new(),
+            detector: Lazy::never(),
             audit,
             events: Mutex::default(),
             // What an earlier launch of this bottle recorded stays on the
@@ -442,10 +405,7 @@ impl Inner {
         if let Some(project) = &cfg.local {
             self.add_local(project)?;
         }
-        for (_, v) in &known {
-            self.redact.push(v.clone());
-        }
-        self.detector = LazyDetector::spawn(known);
+        self.detector = Lazy::spawn(move || Detector::builtin().with_known(known));
         for r in self.repos.values() {
             if !r.dir.join("HEAD").exists() {
                 let out = self.git.output(&argv::init_bare(&r.dir)?, None).await?;
@@ -579,15 +539,15 @@ impl Inner {
     /// message can echo the credential git sent it (base64 inside
     /// `Authorization: Basic`, hex, reversed), and it goes to the agent.
     async fn redact(&self, s: &str) -> String {
-        let mut out = s.to_owned();
-        for v in &self.redact {
-            if v.len() >= 8 {
-                out = out.replace(v.as_str(), "<redacted>");
+        match self.detector.get().await {
+            Ok(det) => {
+                let mut bytes = s.as_bytes().to_vec();
+                det.redact_known(&mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
             }
+            // Nothing to mask with: nothing of the message is shown.
+            Err(why) => format!("(the upstream's message is withheld: {why})"),
         }
-        let mut bytes = out.into_bytes();
-        self.detector.get().await.redact_known(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn audit(
@@ -640,7 +600,10 @@ impl Inner {
     /// first hundred, named as the detector allows.
     async fn served_refs(&self, repo: &RepoState) -> Vec<String> {
         const SHOWN: usize = 100;
-        let det = self.detector.get().await;
+        let det = match self.detector.get().await {
+            Ok(d) => d,
+            Err(why) => return vec![format!("(the refs are withheld: {why})")],
+        };
         let Ok(cmd) = argv::list_refs(&repo.dir) else { return Vec::new() };
         let out = match self.git.output(&cmd, None).await {
             Ok(o) if o.status.success() => o.stdout,

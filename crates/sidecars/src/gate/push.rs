@@ -13,7 +13,12 @@ impl Inner {
     /// The gate's decision on one push, made while its objects are in
     /// quarantine: the verdict and what the agent's `git push` shows.
     pub(crate) async fn decide(&self, repo: &RepoState, req: HookRequest) -> (bool, String) {
-        let det = self.detector.get().await;
+        let det = match self.detector.get().await {
+            Ok(d) => d,
+            Err(why) => {
+                return (false, format!("refused: the gate cannot scan this push ({why}); nothing was pushed\n"));
+            }
+        };
         let refs: Vec<String> =
             req.updates.iter().map(|u| check::show_path(u.name.as_str().as_bytes(), &det)).collect();
         // A push that only deletes brings no objects, and git makes no
@@ -50,7 +55,7 @@ impl Inner {
         env: &(dyn Fn(GitCmd) -> GitCmd + Sync),
         op: &'static str,
     ) -> Result<String, String> {
-        let det = self.detector.get().await;
+        let det = self.detector.get().await.map_err(|why| format!("the gate cannot scan this push ({why})"))?;
         // Ref names are the agent's text too: shown and logged redacted.
         let show = |r: &RefName| check::show_path(r.as_str().as_bytes(), &det);
         let refs: Vec<String> = updates.iter().map(|u| show(&u.name)).collect();

@@ -49,6 +49,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::lazy::Lazy;
 use crate::renew::LiveToken;
 pub use ca::Ca;
 pub use limits::Limits;
@@ -190,43 +191,15 @@ pub(crate) struct Detectors {
     pub(crate) response: Arc<Detector>,
 }
 
-/// The result of building the detectors, once known.
-type Built = Option<Result<Arc<Detectors>, String>>;
+/// The detectors, built off the start's path (see [`Lazy`]); none is ever
+/// scanned by less, and a build that fails answers every request with a 503.
+type LazyDetector = Lazy<Detectors>;
 
-/// The detectors, compiled on a thread of their own: compiling the rules
-/// takes tens of milliseconds, which need not delay a bottle's start. A
-/// request that arrives first waits for them (asynchronously); none is ever
-/// scanned by less. A build that fails (panics) fails every request closed
-/// with a 503 instead of leaving it waiting.
-struct LazyDetector(tokio::sync::watch::Receiver<Built>);
-
-impl LazyDetector {
-    fn spawn(known: Vec<(String, String)>) -> Arc<LazyDetector> {
-        LazyDetector::spawn_with(move || {
-            let response = Arc::new(Detector::known_only(known.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))));
-            Detectors { request: Arc::new(Detector::builtin().with_known(known)), response }
-        })
-    }
-
-    fn spawn_with(build: impl FnOnce() -> Detectors + Send + 'static) -> Arc<LazyDetector> {
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        std::thread::spawn(move || {
-            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build))
-                .map(Arc::new)
-                .map_err(|_| "the secret detector failed to build".to_owned());
-            // With no receiver left the proxy is gone: nothing to tell.
-            tx.send_replace(Some(built));
-        });
-        Arc::new(LazyDetector(rx))
-    }
-
-    async fn get(&self) -> Result<Arc<Detectors>, String> {
-        let mut rx = self.0.clone();
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_else(|| Err("the secret detector is not ready".into())),
-            Err(_) => Err("the secret detector failed to build".into()),
-        }
-    }
+fn spawn_detectors(known: Vec<(String, String)>) -> Arc<LazyDetector> {
+    Arc::new(Lazy::spawn(move || {
+        let response = Arc::new(Detector::known_only(known.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))));
+        Detectors { request: Arc::new(Detector::builtin().with_known(known)), response }
+    }))
 }
 
 struct Inner {
@@ -316,7 +289,7 @@ impl Proxy {
         }
         let mut l = self.inner.live.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         l.secrets.push(pair);
-        l.detector = LazyDetector::spawn(l.secrets.clone());
+        l.detector = spawn_detectors(l.secrets.clone());
     }
 
     /// Whether `value` is one of the secrets the detectors are built from.
@@ -449,7 +422,7 @@ fn build_live(
     Ok(Live {
         policy: Arc::new(Policy::new(egress.routes.clone(), egress.dlp)),
         tokens: Arc::new(tokens),
-        detector: LazyDetector::spawn(secrets.clone()),
+        detector: spawn_detectors(secrets.clone()),
         secrets,
     })
 }
@@ -596,10 +569,7 @@ impl Inner {
         // The detector may not be built yet (or have failed): then the path
         // is not logged at all.
         let (_, _, lazy) = self.snapshot();
-        let clean = match lazy.0.borrow().as_ref() {
-            Some(Ok(dets)) => !dets.request.any(c.path.as_bytes()),
-            _ => false,
-        };
+        let clean = lazy.ready().is_some_and(|dets| !dets.request.any(c.path.as_bytes()));
         let path = if clean { c.path.as_str() } else { "[redacted]" };
         self.audit.write(&Record {
             time: audit::now(),
@@ -921,14 +891,10 @@ fn client_hello_sni(rec: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// A detector build that fails (panics) answers every request with an
-    /// error at once instead of leaving it waiting forever.
-    #[tokio::test]
-    async fn a_failed_detector_build_fails_closed() {
-        let lazy = LazyDetector::spawn_with(|| panic!("rules do not compile"));
-        let r = tokio::time::timeout(std::time::Duration::from_secs(10), lazy.get()).await;
-        let why = r.expect("answers without hanging").err().expect("no detector");
-        assert!(why.contains("failed to build"), "{why}");
+    /// A detector that cannot be had is a 503 (see `lazy`'s test for the
+    /// build that fails).
+    #[test]
+    fn no_detector_is_unavailable() {
         assert_eq!(status_of("detector"), StatusCode::SERVICE_UNAVAILABLE);
     }
 }
