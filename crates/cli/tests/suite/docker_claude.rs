@@ -10,7 +10,7 @@ use std::process::Command;
 use bot_bottle_provision::PLACEHOLDER_KEY;
 
 use super::claude::claude_installed;
-use super::docker::image;
+use super::docker::{image, runtimes};
 use super::native::panic_or_skip;
 use super::providers::{REAL_KEY, fixture_with, workspace};
 
@@ -34,13 +34,6 @@ fn add(root: &Path, path: &Path, to: Option<&str>) {
             std::fs::copy(&from, &dest).expect("copy");
         }
     }
-}
-
-/// The docker runtimes to try: runc, and runsc when registered.
-fn runtimes() -> Vec<&'static str> {
-    let out = Command::new("docker").args(["info", "--format", "{{range $k, $v := .Runtimes}}{{$k}} {{end}}"]).output();
-    let have = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    ["runc", "runsc"].into_iter().filter(|r| have.split_whitespace().any(|h| h == *r)).collect()
 }
 
 #[test]

@@ -4,16 +4,8 @@
 
 use std::process::{Command, Stdio};
 
-use super::native::{available, panic_or_skip};
 use super::start_native::{Project, command, leftovers, project};
-
-fn skip_without_bottles() -> bool {
-    if let Err(why) = available() {
-        panic_or_skip(&why);
-        return true;
-    }
-    false
-}
+use super::terminal::skip_without_bottles;
 
 /// The project's bottle with `resources` (a YAML flow mapping).
 fn with_resources(p: &Project, resources: &str) {

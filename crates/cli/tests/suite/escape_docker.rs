@@ -159,9 +159,6 @@ fn nothing_escapes_a_docker_bottle_under_runc_or_runsc() {
         Err(why) => return panic_or_skip(&why),
     };
     let runtimes = runtimes();
-    if std::env::var_os("CI").is_some() {
-        assert!(runtimes.contains(&"runsc"), "CI registers runsc with dockerd: {runtimes:?}");
-    }
     let all = cases();
     assert!(all.len() >= 58, "{} cases", all.len());
     let outside = Outside::new();
